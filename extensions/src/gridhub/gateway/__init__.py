@@ -1,0 +1,1 @@
+"""dask-gateway integration: the DIRAC backend (``gridhub.gateway.backend``)."""

@@ -1,0 +1,350 @@
+"""A dask-gateway backend whose workers are DIRAC grid jobs.
+
+The scheduler runs at the facility, one process per cluster with the
+cluster's own TLS credentials (as dask-gateway's LocalBackend runs it). Each
+worker is one DIRAC job submitted to DiracX over HTTP. Worker nodes have no
+public address: workers dial the scheduler through Traefik
+(``gateway://<public>/<cluster>``, TLS passthrough by SNI) and open a reverse
+path back (``gridhub-worker``) so that the scheduler and the other workers
+can reach them.
+
+State lives in dask-gateway's database (``cluster.state`` / ``worker.state``
+hold the sandbox and the DIRAC job id), so a restarted gateway finds its
+clusters and jobs again through the DB backend's reconcile loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from dask_gateway_server.backends.base import PublicException
+from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, Worker
+from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
+from dask_gateway_server.options import Float, Integer, Options, Select, String
+from dask_gateway_server.traitlets import Type
+from traitlets import Bool, Dict, List, Unicode, default
+
+from ..dirac import DiracXClient, DiracXError, DiracXUnreachable, TokenSource
+from .jdl import WorkerJob, job_sandbox
+
+# DIRAC job states after which the job's process is gone for good.
+FINAL_STATES = frozenset({"Done", "Failed", "Killed", "Deleted", "Stalled"})
+
+
+class DiracClusterConfig(LocalClusterConfig):
+    """Per-cluster settings (deployer defaults, user options override them)."""
+
+    sites = List(
+        Unicode(),
+        help="DIRAC sites the workers may run at (empty: any site).",
+        config=True,
+    )
+    worker_image = Unicode(
+        "",
+        help="""Container image the worker runs in: a registry image or an
+        unpacked image on CVMFS (/cvmfs/unpacked.cern.ch/...). Empty: the
+        worker node's own environment. Best kept the same as the notebook
+        image so that package versions match.""",
+        config=True,
+    )
+    max_wall_time = Integer(
+        3600 * 8,
+        min=60,
+        help="Maximum wall time of one worker job, in seconds.",
+        config=True,
+    )
+    job_tags = List(
+        Unicode(),
+        help="Extra DIRAC job Tags (e.g. site capabilities).",
+        config=True,
+    )
+
+
+class DiracBackend(UnsafeLocalBackend):
+    """dask-gateway backend: facility-side schedulers, DIRAC-job workers.
+
+    Schedulers run as processes of the gateway's own user (the facility
+    account), isolated per cluster by their own TLS credentials; the gateway
+    never needs sudo or per-user Unix accounts.
+    """
+
+    cluster_config_class = Type(
+        "gridhub.gateway.backend.DiracClusterConfig",
+        klass="dask_gateway_server.backends.base.ClusterConfig",
+        help="The cluster config class to use",
+        config=True,
+    )
+
+    diracx_url = Unicode(
+        help="Base URL of the DiracX server jobs are submitted to.",
+        config=True,
+    )
+    diracx_ca_file = Unicode(
+        "",
+        help="CA bundle to verify DiracX's certificate (empty: system CAs).",
+        config=True,
+    )
+    diracx_embedded_state_dir = Unicode(
+        "",
+        help="""State directory of the embedded DiracX server. When set, jobs are
+        submitted with the facility's own DIRAC identity from that state (the
+        one-machine default and masterclass mode).""",
+        config=True,
+    )
+    diracx_token_file = Unicode(
+        "",
+        help="""File holding a DiracX refresh token for the facility's robot
+        identity (production without per-user identities).""",
+        config=True,
+    )
+    diracx_timeout = Float(10.0, help="Seconds for one DiracX request.", config=True)
+    diracx_probe_timeout = Float(
+        5.0,
+        help="Seconds to wait for DiracX before refusing to create a cluster.",
+        config=True,
+    )
+
+    public_dask_address = Unicode(
+        help="""host:port of the facility's public Dask TLS entrypoint (Traefik's
+        8786) as the grid worker nodes reach it.""",
+        config=True,
+    )
+    scheduler_host = Unicode(
+        "127.0.0.1",
+        help="""Address schedulers listen on: one Traefik can reach (0.0.0.0
+        in containers). Nothing else needs to reach it.""",
+        config=True,
+    )
+
+    worker_command = List(
+        Unicode(),
+        ["gridhub-worker"],
+        help="""Command that starts a worker on the worker node, before the
+        dask worker arguments. gridhub-worker opens the reverse path.""",
+        config=True,
+    )
+    worker_environment = Dict(
+        help="Extra environment for worker jobs (not secrets: use the sandbox).",
+        config=True,
+    )
+    reverse_path = Bool(
+        True,
+        help="""Open a reverse path from each worker through Traefik. Switch
+        off only where workers are directly reachable.""",
+        config=True,
+    )
+
+    # A grid job may wait in a queue: give it longer than a local process.
+    @default("worker_start_timeout")
+    def _worker_start_timeout_default(self) -> float:
+        return 900.0
+
+    @default("worker_status_period")
+    def _worker_status_period_default(self) -> float:
+        return 5.0
+
+    @default("cluster_status_period")
+    def _cluster_status_period_default(self) -> float:
+        return 5.0
+
+    # ------------------------------------------------------------------
+    # DiracX access
+
+    def token_source(self) -> TokenSource:
+        """The identity jobs are submitted with."""
+        if self.diracx_embedded_state_dir:
+            from ..embedded import facility_token_source
+
+            return facility_token_source(self.diracx_embedded_state_dir, self.diracx_url)
+        if self.diracx_token_file:
+            from ..dirac import RefreshingToken
+
+            return RefreshingToken.from_file(
+                self.diracx_url, self.diracx_token_file, verify=self._verify()
+            )
+        raise ValueError(
+            "DiracBackend needs an identity: set diracx_embedded_state_dir or diracx_token_file"
+        )
+
+    def _verify(self) -> bool | str:
+        return self.diracx_ca_file or True
+
+    async def do_setup(self) -> None:
+        await super().do_setup()
+        if not self.diracx_url:
+            raise ValueError("DiracBackend.diracx_url is not set")
+        if not self.public_dask_address:
+            raise ValueError("DiracBackend.public_dask_address is not set")
+        self.dirac = DiracXClient(
+            self.diracx_url,
+            self.token_source(),
+            timeout=self.diracx_timeout,
+            verify=self._verify(),
+        )
+
+    async def do_cleanup(self) -> None:
+        await super().do_cleanup()
+        if hasattr(self, "dirac"):
+            await self.dirac.aclose()
+
+    async def start_cluster(self, user: Any, cluster_options: dict[str, Any]) -> str:
+        # Refuse up front, with the reason, rather than fail after a timeout.
+        try:
+            await asyncio.wait_for(self._probe_dirac(), self.diracx_probe_timeout)
+        except (DiracXError, TimeoutError, OSError) as exc:
+            reason = (
+                exc
+                if isinstance(exc, DiracXError)
+                else DiracXUnreachable(
+                    f"no answer within {self.diracx_probe_timeout:.0f} s", self.diracx_url
+                )
+            )
+            raise PublicException(
+                f"Cannot create a cluster: DIRAC is unreachable ({reason}). "
+                "Nothing was created; try again when DIRAC is back."
+            ) from exc
+        return await super().start_cluster(user, cluster_options)
+
+    async def _probe_dirac(self) -> None:
+        # An authenticated search matching nothing: proves both reachability
+        # and that our identity is accepted.
+        await self.dirac.search([{"parameter": "JobID", "operator": "eq", "value": 0}], ["JobID"])
+
+    # ------------------------------------------------------------------
+    # Schedulers: local processes at the facility (LocalBackend's code)
+
+    def get_scheduler_command(self, cluster: Cluster) -> list[str]:
+        cmd = DBBackendBase.get_scheduler_command(self, cluster)
+        # Listen where Traefik can reach it; the preload reports the address.
+        cmd[cmd.index("--host") + 1] = self.scheduler_host
+        return cmd
+
+    # ------------------------------------------------------------------
+    # Workers: DIRAC jobs
+
+    def worker_env(self, cluster: Cluster) -> dict[str, str]:
+        """What the job exports: dask-gateway's worker environment, without
+        the facility's paths (the job script sets the TLS paths on the node)."""
+        env = DBBackendBase.get_env(self, cluster)
+        env.update(self.worker_environment)
+        env["GRIDHUB_CLUSTER_NAME"] = cluster.name
+        env["GRIDHUB_FACILITY_DASK_ADDRESS"] = self.public_dask_address
+        if cluster.config.worker_image:
+            env["GRIDHUB_WORKER_IMAGE"] = cluster.config.worker_image
+        return env
+
+    def job_worker_command(self, cluster: Cluster) -> list[str]:
+        scheduler = f"gateway://{self.public_dask_address}/{cluster.name}"
+        dask_args = DBBackendBase.get_worker_command(
+            self, cluster, "{worker_name}", scheduler_address=scheduler
+        )[len(cluster.config.worker_cmd) :]
+        if self.reverse_path:
+            return [*self.worker_command, "--", *dask_args]
+        return [*cluster.config.worker_cmd, *dask_args]
+
+    async def cluster_sandbox(self, cluster: Cluster) -> str:
+        """Upload the cluster's sandbox once; its PFN is kept in the DB."""
+        pfn = cluster.state.get("sandbox")
+        if pfn:
+            return str(pfn)
+        files = job_sandbox(
+            env=self.worker_env(cluster),
+            worker_cmd=self.job_worker_command(cluster),
+            tls_cert=cluster.tls_cert,
+            tls_key=cluster.tls_key,
+        )
+        pfn = await self.dirac.upload_sandbox(files)
+        self.db.update_cluster(cluster, state={**cluster.state, "sandbox": pfn})
+        return pfn
+
+    async def do_start_worker(self, worker: Worker) -> AsyncIterator[dict[str, Any]]:
+        cluster = worker.cluster
+        job = WorkerJob(
+            cluster_name=cluster.name,
+            worker_name=worker.name,
+            username=cluster.username,
+            sandbox_pfn=await self.cluster_sandbox(cluster),
+            cores=cluster.config.worker_cores,
+            wall_time=cluster.config.max_wall_time,
+            sites=tuple(cluster.config.sites),
+            tags=tuple(cluster.config.job_tags),
+        )
+        (job_id,) = await self.dirac.submit_jdl([job.jdl()])
+        self.log.info(
+            "Worker %s of cluster %s (user %s) is DIRAC job %d",
+            worker.name,
+            cluster.name,
+            cluster.username,
+            job_id,
+        )
+        yield {"job_id": job_id}
+
+    async def do_stop_worker(self, worker: Worker) -> None:
+        job_id = worker.state.get("job_id")
+        if job_id is not None:
+            await self.dirac.kill([int(job_id)])
+
+    async def do_check_workers(self, workers: Sequence[Worker]) -> list[bool]:
+        ids = [w.state.get("job_id") for w in workers]
+        known = [int(i) for i in ids if i is not None]
+        states = await self.dirac.statuses(known) if known else {}
+        out = []
+        for job_id in ids:
+            state = states.get(int(job_id)) if job_id is not None else None
+            out.append(state is not None and state.status not in FINAL_STATES)
+        return out
+
+    async def do_stop_cluster(self, cluster: Cluster) -> None:
+        # Workers are stopped one by one by the reconcile loop; this catches
+        # any job of the cluster that the DB lost track of (zero orphans).
+        try:
+            jobs = await self.dirac.search(
+                [{"parameter": "JobGroup", "operator": "eq", "value": cluster.name}],
+                ["JobID", "Status"],
+            )
+            alive = [int(j["JobID"]) for j in jobs if j["Status"] not in FINAL_STATES]
+            if alive:
+                self.log.info("Killing %d leftover jobs of cluster %s", len(alive), cluster.name)
+                await self.dirac.kill(alive)
+        finally:
+            await super().do_stop_cluster(cluster)
+
+
+def default_cluster_options(
+    *,
+    max_cores: int = 8,
+    max_memory_gib: float = 32,
+    max_workers: int = 50,
+    sites: Sequence[str] = (),
+    images: Sequence[str] = ("",),
+    max_wall_hours: float = 24,
+) -> Options:
+    """The options users see in dask-gateway's dialog and the labextension."""
+
+    def handler(options: Any, user: Any) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "worker_cores": options.worker_cores,
+            "worker_threads": options.worker_cores,
+            "worker_memory": int(options.worker_memory * 2**30),
+            "cluster_max_workers": options.max_workers,
+            "max_wall_time": int(options.max_wall_hours * 3600),
+        }
+        if options.site != "ANY":
+            config["sites"] = [options.site]
+        if options.worker_image:
+            config["worker_image"] = options.worker_image
+        return config
+
+    return Options(
+        Integer("worker_cores", 1, min=1, max=max_cores, label="Worker cores"),
+        Float("worker_memory", 2, min=0.5, max=max_memory_gib, label="Worker memory (GiB)"),
+        Integer("max_workers", max_workers, min=1, max=max_workers, label="Maximum workers"),
+        Select("site", ["ANY", *sites], default="ANY", label="DIRAC site"),
+        Select("worker_image", list(images), default=images[0], label="Worker image")
+        if len(images) > 1
+        else String("worker_image", images[0], label="Worker image (empty: site default)"),
+        Float("max_wall_hours", 8, min=0.1, max=max_wall_hours, label="Max wall time (hours)"),
+        handler=handler,
+    )
