@@ -1,0 +1,96 @@
+"""e2e fixtures: images built from images/, containers that are always removed,
+and a real browser (Playwright driving Debian's /usr/bin/chromium).
+
+tests/e2e/prepare-host has already checked docker, seeded the base image and
+checked that Playwright can drive chromium (tests/run calls it).
+Reuse: `build_image("hub")` from dockerharness, the `containers` fixture,
+the `browser` / `page` fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dockerharness import (
+    ARTIFACTS,
+    Containers,
+    build_image,
+    leftover_test_containers,
+    running_containers,
+)
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = ARTIFACTS / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def notebook_image() -> str:
+    """The notebook (and worker) image, built once per session."""
+    return build_image("notebook")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_leftover_containers() -> Iterator[None]:
+    yield
+    left = leftover_test_containers()
+    assert not left, f"e2e tests left containers behind: {left}"
+
+
+@pytest.fixture
+def containers() -> Iterator[Containers]:
+    """Run containers in a test; all are removed (logs kept in artifacts/)."""
+    with running_containers() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def browser():  # type: ignore[no-untyped-def]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    rep = yield
+    setattr(item, f"rep_{rep.when}", rep)
+    return rep
+
+
+@pytest.fixture
+def page(browser, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A fresh browser page (1400x900); a failing test leaves a screenshot."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    ctx.set_default_timeout(30_000)
+    pg = ctx.new_page()
+    try:
+        yield pg
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            screenshot(pg, f"FAILED-{request.node.name}")
+        ctx.close()
+
+
+def screenshot(pg, name: str) -> Path:  # type: ignore[no-untyped-def]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / (re.sub(r"[^\w.-]+", "_", name) + ".png")
+    pg.screenshot(path=str(path), full_page=True)
+    return path

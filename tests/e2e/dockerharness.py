@@ -1,0 +1,177 @@
+"""Build and run the images under images/ for the e2e tier.
+
+`build_image(name)` builds images/<name>/Dockerfile with the repository root
+as context and returns the tag. The Dockerfiles are the standard ones a user
+builds with plain internet; what this machine needs to reach PyPI and Debian
+from inside a build is passed here, never written into a Dockerfile:
+
+- `--network host`: the build uses the host's resolver and routes.
+- `EXTRA_CA_CERTS`: the locally added CA certificates of this host
+  (/usr/local/share/ca-certificates, Debian's place for them; or the file in
+  $GRIDHUB_BUILD_CA_FILE). A TLS-intercepting egress proxy signs with such a
+  CA. Dockerfiles trust it in their build stage only.
+- `PIP_INDEX_URL`, `PIP_EXTRA_INDEX_URL` from the environment or /etc/pip.conf,
+  and the standard proxy variables (Docker keeps those out of the image
+  history) when the host has them.
+
+Docker here may lack buildx, so builds use the classic builder: no
+`RUN --mount=type=secret`; the CA travels as a build argument of a build
+stage that the final image does not inherit.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "artifacts"
+BUILD_TIMEOUT = int(os.environ.get("GRIDHUB_BUILD_TIMEOUT", "2400"))
+TEST_LABEL = "org.gridhub.test"
+
+
+def docker(
+    *args: str, timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the docker CLI; raise with its stderr on failure."""
+    p = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and p.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args[:3])}... failed ({p.returncode}):\n{p.stderr}")
+    return p
+
+
+def _extra_ca_pem() -> str:
+    path = os.environ.get("GRIDHUB_BUILD_CA_FILE")
+    files = (
+        [Path(path)] if path else sorted(Path("/usr/local/share/ca-certificates").rglob("*.crt"))
+    )
+    return "\n".join(f.read_text().strip() for f in files if f.is_file())
+
+
+def _pip_settings() -> dict[str, str]:
+    out: dict[str, str] = {}
+    cfg = configparser.ConfigParser()
+    cfg.read(["/etc/pip.conf", os.path.expanduser("~/.config/pip/pip.conf")])
+    for key in ("index-url", "extra-index-url"):
+        if cfg.has_option("global", key):
+            out["PIP_" + key.upper().replace("-", "_")] = cfg.get("global", key).strip()
+    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        if os.environ.get(var):
+            out[var] = os.environ[var]
+    return out
+
+
+def build_args() -> list[str]:
+    """The machine-specific `docker build` flags (see the module docstring)."""
+    args = ["--network", "host"]
+    pem = _extra_ca_pem()
+    if pem:
+        args += ["--build-arg", f"EXTRA_CA_CERTS={pem}"]
+    for k, v in _pip_settings().items():
+        args += ["--build-arg", f"{k}={v}"]
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        if os.environ.get(var):
+            args += ["--build-arg", var]  # value taken from the environment
+    return args
+
+
+def build_image(name: str, tag: str | None = None, *, timeout: int = BUILD_TIMEOUT) -> str:
+    """Build images/<name>/Dockerfile (context: repo root); return the tag.
+
+    The build log goes to artifacts/build-<name>.log and the wall time to
+    artifacts/build-times.json. Docker's layer cache makes a rebuild of an
+    unchanged image take seconds; nothing depends on that cache.
+    """
+    tag = tag or f"gridhub/{name}:test"
+    dockerfile = ROOT / "images" / name / "Dockerfile"
+    if not dockerfile.is_file():
+        raise FileNotFoundError(dockerfile)
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = ARTIFACTS / f"build-{name}.log"
+    cmd = ["docker", "build", *build_args(), "-f", str(dockerfile), "-t", tag, str(ROOT)]
+    t0 = time.monotonic()
+    with log.open("w") as f:
+        p = subprocess.run(
+            cmd,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )
+    took = time.monotonic() - t0
+    if p.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"building {tag} failed (exit {p.returncode}), log {log}:\n{tail}")
+    times = ARTIFACTS / "build-times.json"
+    record = json.loads(times.read_text()) if times.exists() else {}
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", tag).stdout)
+    record[name] = {"seconds": round(took, 1), "size_bytes": size}
+    times.write_text(json.dumps(record, indent=2) + "\n")
+    return tag
+
+
+class Containers:
+    """Starts containers for a test and removes every one of them afterwards."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def run(
+        self, image: str, *args: str, docker_args: tuple[str, ...] = (), timeout: float = 120
+    ) -> str:
+        """`docker run -d`; return the container id."""
+        name = f"gridhub-test-{uuid.uuid4().hex[:8]}"
+        cid = docker(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            TEST_LABEL + "=1",
+            *docker_args,
+            image,
+            *args,
+            timeout=timeout,
+        ).stdout.strip()
+        self.ids.append(cid)
+        return cid
+
+    def logs(self, cid: str) -> str:
+        p = docker("logs", cid, check=False)
+        return p.stdout + p.stderr
+
+    def port(self, cid: str, container_port: int) -> int:
+        out = docker("port", cid, f"{container_port}/tcp").stdout.split()[0]
+        return int(out.rsplit(":", 1)[1])
+
+    def remove_all(self) -> None:
+        for cid in reversed(self.ids):
+            p = docker("logs", cid, check=False, timeout=30)
+            (ARTIFACTS / "containers").mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / "containers" / f"{cid[:12]}.log").write_text(p.stdout + p.stderr)
+            docker("rm", "-f", "-v", cid, check=False, timeout=60)
+        self.ids.clear()
+
+
+@contextmanager
+def running_containers() -> Iterator[Containers]:
+    """Context manager: a Containers whose containers are removed on exit."""
+    c = Containers()
+    try:
+        yield c
+    finally:
+        c.remove_all()
+
+
+def leftover_test_containers() -> list[str]:
+    return docker("ps", "-aq", "--filter", f"label={TEST_LABEL}").stdout.split()
