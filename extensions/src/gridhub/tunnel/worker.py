@@ -1,0 +1,353 @@
+"""``gridhub-worker``: a Dask worker that a grid node's firewall cannot hide.
+
+Usage (what the DIRAC backend puts in the job)::
+
+    gridhub-worker [options] -- gateway://<traefik>:8786/<cluster> [dask worker args]
+
+1. picks a free local port P;
+2. opens SSH to the facility's tunnel service through Traefik (TLS to
+   ``<traefik>:8786`` with SNI ``gridhub-tunnel``), user ``<cluster>``,
+   authenticated with the cluster's private key (the worker's TLS key file);
+3. asks for the remote forward ``<cluster>-<worker>`` -> 127.0.0.1:P;
+4. runs ``dask worker`` with ``--listen-address tls://127.0.0.1:P
+   --contact-address gateway://<traefik>:8786/<cluster>-<worker>`` plus the
+   given arguments.
+
+If the tunnel drops, the worker is stopped (Dask reschedules its tasks); if
+the worker exits, the tunnel is closed and gridhub-worker exits with the
+worker's code. SIGTERM/SIGINT stop the worker, then the tunnel.
+
+Options fall back to the environment the job already has:
+``GRIDHUB_FACILITY_DASK_ADDRESS`` (traefik host:port), ``GRIDHUB_CLUSTER_NAME``,
+``GRIDHUB_WORKER_NAME``, ``DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY`` (the
+cluster key), ``GRIDHUB_FACILITY_CA`` (CA file for Traefik's certificate;
+default: the system's trust store), ``GRIDHUB_TUNNEL_HOST_KEY`` (optional
+pinned SSH host key), ``GRIDHUB_REVERSE_PATH`` (``0``: no tunnel, plain
+dask worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import asyncssh
+
+from .common import TUNNEL_SNI, route_name
+
+log = logging.getLogger("gridhub.tunnel.worker")
+
+#: Exit code when the tunnel (not the worker) failed.
+EXIT_TUNNEL = 75
+DEFAULT_DASK_WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
+SSH_OPTIONS: dict[str, Any] = {
+    # Bulk Dask transfers go through the channel: large windows, no zlib,
+    # AES-GCM (hardware-accelerated through cryptography/OpenSSL).
+    "encryption_algs": [
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "chacha20-poly1305@openssh.com",
+    ],
+    "compression_algs": ["none"],
+    "window": 8 * 1024 * 1024,
+    "max_pktsize": 256 * 1024,
+}
+
+
+class TLSTunnel:
+    """asyncssh ``tunnel=`` object: the SSH connection runs inside TLS to
+    Traefik, which terminates it (SNI ``gridhub-tunnel``) and passes plain
+    TCP to the tunnel service."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, server_hostname: str = TUNNEL_SNI):
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname
+        self.logger = log
+
+    async def create_connection(self, session_factory: Any, host: str, port: int) -> Any:
+        loop = asyncio.get_running_loop()
+        transport, session = await loop.create_connection(
+            session_factory, host, port, ssl=self.ssl_context, server_hostname=self.server_hostname
+        )
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return transport, session
+
+    def __str__(self) -> str:
+        return f"TLS (SNI {self.server_hostname})"
+
+
+def facility_ssl_context(cafile: str | None, insecure: bool = False) -> ssl.SSLContext:
+    """TLS context for the outer leg: verify Traefik's certificate."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile or None)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _opt_value(args: Sequence[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _first_positional(args: Sequence[str]) -> str | None:
+    for a in args:
+        if "://" in a and not a.startswith("-"):
+            return a
+    return None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        i = argv.index("--")
+        ours, dask_args = argv[:i], argv[i + 1 :]
+    else:
+        ours, dask_args = [], argv
+    env = os.environ
+    p = argparse.ArgumentParser(
+        prog="gridhub-worker",
+        description="Run a Dask worker reachable through a reverse SSH path via Traefik.",
+        epilog="Everything after -- goes to dask worker (the scheduler address first).",
+    )
+    p.add_argument(
+        "--facility",
+        default=env.get("GRIDHUB_FACILITY_DASK_ADDRESS"),
+        help="Traefik's Dask TLS entrypoint host:port "
+        "[GRIDHUB_FACILITY_DASK_ADDRESS; default: from the scheduler address]",
+    )
+    p.add_argument(
+        "--cluster",
+        default=env.get("GRIDHUB_CLUSTER_NAME"),
+        help="cluster name [GRIDHUB_CLUSTER_NAME; default: scheduler address path]",
+    )
+    p.add_argument(
+        "--worker-name",
+        default=env.get("GRIDHUB_WORKER_NAME"),
+        help="worker name for the route [GRIDHUB_WORKER_NAME; default: --name]",
+    )
+    p.add_argument(
+        "--key",
+        default=env.get("DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY"),
+        help="the cluster's private key, PEM [DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY]",
+    )
+    p.add_argument(
+        "--facility-ca",
+        default=env.get("GRIDHUB_FACILITY_CA"),
+        help="CA file for Traefik's certificate [GRIDHUB_FACILITY_CA; default: system]",
+    )
+    p.add_argument(
+        "--insecure-facility-tls",
+        action="store_true",
+        default=env.get("GRIDHUB_FACILITY_TLS_INSECURE", "") in ("1", "true"),
+        help="do not verify Traefik's certificate (tests only)",
+    )
+    p.add_argument("--tunnel-sni", default=env.get("GRIDHUB_TUNNEL_SNI", TUNNEL_SNI))
+    p.add_argument(
+        "--ssh-host-key",
+        default=env.get("GRIDHUB_TUNNEL_HOST_KEY"),
+        help="pin the tunnel server's SSH host key (OpenSSH public key line) "
+        "[GRIDHUB_TUNNEL_HOST_KEY]; default: trust the TLS-verified facility",
+    )
+    p.add_argument(
+        "--no-reverse-path",
+        dest="reverse_path",
+        action="store_false",
+        default=env.get("GRIDHUB_REVERSE_PATH", "1") not in ("0", "false", "no"),
+        help="no tunnel: run dask worker as given [GRIDHUB_REVERSE_PATH=0]",
+    )
+    p.add_argument(
+        "--dask-worker",
+        default=env.get("GRIDHUB_DASK_WORKER_CMD"),
+        help="command that starts the worker (default: this Python's dask worker)",
+    )
+    p.add_argument(
+        "--stop-grace",
+        type=float,
+        default=10.0,
+        help="seconds between SIGTERM and SIGKILL for the worker",
+    )
+    p.add_argument(
+        "--keepalive",
+        type=float,
+        default=15.0,
+        help="SSH keepalive interval; 4 missed keepalives drop the tunnel",
+    )
+    p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    ns = p.parse_args(ours)
+    ns.dask_args = dask_args
+    scheduler = _first_positional(dask_args)
+    if ns.reverse_path:
+        if scheduler is None or not scheduler.startswith("gateway://"):
+            p.error("the dask worker arguments must start with gateway://<traefik>/<cluster>")
+        u = urlparse(scheduler)
+        ns.facility = ns.facility or u.netloc
+        ns.cluster = ns.cluster or u.path.strip("/")
+        if not ns.key:
+            p.error("no cluster key (--key or DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY)")
+        if not ns.cluster:
+            p.error("no cluster name")
+    ns.worker_name = ns.worker_name or _opt_value(dask_args, "--name")
+    ns.dask_cmd = ns.dask_worker.split() if ns.dask_worker else list(DEFAULT_DASK_WORKER)
+    return ns
+
+
+def worker_command(ns: argparse.Namespace, port: int | None, route: str | None) -> list[str]:
+    args = list(ns.dask_args)
+    if port is not None and route is not None:
+        args += [
+            "--listen-address",
+            f"tls://127.0.0.1:{port}",
+            "--contact-address",
+            f"gateway://{ns.facility}/{route}",
+        ]
+        # The nanny would need a reverse path of its own: one process per job.
+        if "--nanny" not in args and "--no-nanny" not in args:
+            args.append("--no-nanny")
+    return [*ns.dask_cmd, *args]
+
+
+async def open_tunnel(
+    ns: argparse.Namespace, route: str, port: int
+) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHListener]:
+    host, _, tport = ns.facility.rpartition(":")
+    with open(ns.key, "rb") as f:
+        key = asyncssh.import_private_key(f.read())
+    known_hosts: Any = None
+    if ns.ssh_host_key:
+        known_hosts = ([asyncssh.import_public_key(ns.ssh_host_key)], [], [])
+    tunnel = TLSTunnel(
+        facility_ssl_context(ns.facility_ca, ns.insecure_facility_tls), ns.tunnel_sni
+    )
+    conn = await asyncio.wait_for(
+        asyncssh.connect(
+            host.strip("[]"),
+            int(tport),
+            tunnel=tunnel,
+            username=ns.cluster,
+            client_keys=[key],
+            known_hosts=known_hosts,
+            agent_path=None,
+            preferred_auth="publickey",
+            config=None,
+            keepalive_interval=ns.keepalive,
+            keepalive_count_max=4,
+            **SSH_OPTIONS,
+        ),
+        ns.connect_timeout,
+    )
+    try:
+        listener = await conn.forward_remote_port(route, 0, "127.0.0.1", port)
+    except Exception:
+        conn.close()
+        raise
+    return conn, listener
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> int:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return proc.returncode if proc.returncode is not None else 1
+
+
+async def run(ns: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    conn = None
+    if ns.reverse_path:
+        port = free_port()
+        route = route_name(ns.cluster, ns.worker_name)
+        try:
+            conn, listener = await open_tunnel(ns, route, port)
+        except (OSError, asyncssh.Error, TimeoutError, ssl.SSLError) as e:
+            log.error("gridhub-worker: cannot open the reverse path via %s: %s", ns.facility, e)
+            return EXIT_TUNNEL
+        log.info(
+            "gridhub-worker: reverse path %s -> 127.0.0.1:%d open (route %s)",
+            ns.facility,
+            port,
+            route,
+        )
+        cmd = worker_command(ns, port, route)
+    else:
+        cmd = worker_command(ns, None, None)
+
+    log.info("gridhub-worker: starting %s", " ".join(cmd))
+    proc = await asyncio.create_subprocess_exec(*cmd)
+    waits: dict[str, asyncio.Future] = {
+        "worker": asyncio.ensure_future(proc.wait()),
+        "signal": asyncio.ensure_future(stop.wait()),
+    }
+    if conn is not None:
+        waits["tunnel"] = asyncio.ensure_future(conn.wait_closed())
+    done, _ = await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if waits["worker"] in done:
+            code = proc.returncode or 0
+            log.info("gridhub-worker: worker exited with %s", code)
+        elif waits["signal"] in done:
+            log.info("gridhub-worker: signal received, stopping the worker")
+            code = await _terminate(proc, ns.stop_grace)
+        else:
+            log.error("gridhub-worker: reverse path closed, stopping the worker")
+            await _terminate(proc, ns.stop_grace)
+            code = EXIT_TUNNEL
+    finally:
+        for f in waits.values():
+            f.cancel()
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        if proc.returncode is None:
+            await _terminate(proc, ns.stop_grace)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ns = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    if not ns.verbose:
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    sys.exit(asyncio.run(run(ns)))
+
+
+if __name__ == "__main__":
+    main()
