@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from dask_gateway_server.backends.base import PublicException
@@ -118,6 +119,13 @@ class DiracBackend(UnsafeLocalBackend):
         config=True,
     )
 
+    facility_ca_file = Unicode(
+        "",
+        help="""CA certificate of Traefik's public certificate, sent to workers
+        in the sandbox (needed when it is self-signed; empty: system CAs).""",
+        config=True,
+    )
+
     worker_command = List(
         Unicode(),
         ["gridhub-worker"],
@@ -168,6 +176,9 @@ class DiracBackend(UnsafeLocalBackend):
             "DiracBackend needs an identity: set diracx_embedded_state_dir or diracx_token_file"
         )
 
+    def _read_facility_ca(self) -> bytes | None:
+        return Path(self.facility_ca_file).read_bytes() if self.facility_ca_file else None
+
     def _verify(self) -> bool | str:
         return self.diracx_ca_file or True
 
@@ -177,6 +188,7 @@ class DiracBackend(UnsafeLocalBackend):
             raise ValueError("DiracBackend.diracx_url is not set")
         if not self.public_dask_address:
             raise ValueError("DiracBackend.public_dask_address is not set")
+        self._facility_ca = self._read_facility_ca()  # once, at startup
         self.dirac = DiracXClient(
             self.diracx_url,
             self.token_source(),
@@ -254,6 +266,7 @@ class DiracBackend(UnsafeLocalBackend):
             worker_cmd=self.job_worker_command(cluster),
             tls_cert=cluster.tls_cert,
             tls_key=cluster.tls_key,
+            facility_ca=self._facility_ca,
         )
         pfn = await self.dirac.upload_sandbox(files)
         self.db.update_cluster(cluster, state={**cluster.state, "sandbox": pfn})

@@ -12,6 +12,9 @@ export DASK_DISTRIBUTED__COMM__TLS__CA_FILE="$here/dask.crt"
 export DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT="$here/dask.crt"
 export DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY="$here/dask.pem"
 export GRIDHUB_WORKER_NAME="$worker_name"
+if [ -f facility-ca.crt ]; then
+  export GRIDHUB_FACILITY_CA="$here/facility-ca.crt"
+fi
 
 # Run inside the worker image when one is asked for and the node has a
 # container runtime (an unpacked image on CVMFS, or a registry image).

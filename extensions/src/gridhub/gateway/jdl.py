@@ -16,6 +16,7 @@ JOB_SCRIPT = "gridhub-job.sh"
 ENV_FILE = "worker.env"
 CERT_FILE = "dask.crt"
 KEY_FILE = "dask.pem"
+FACILITY_CA_FILE = "facility-ca.crt"
 
 
 def quote(value: str) -> str:
@@ -90,7 +91,12 @@ def env_file(env: Mapping[str, str]) -> bytes:
 
 
 def job_sandbox(
-    *, env: Mapping[str, str], worker_cmd: Sequence[str], tls_cert: bytes, tls_key: bytes
+    *,
+    env: Mapping[str, str],
+    worker_cmd: Sequence[str],
+    tls_cert: bytes,
+    tls_key: bytes,
+    facility_ca: bytes | None = None,
 ) -> dict[str, bytes]:
     """The files of a cluster's input sandbox, shared by all its workers.
 
@@ -98,9 +104,13 @@ def job_sandbox(
     name it is given as its first argument.
     """
     cmd = " ".join(shlex.quote(c) for c in worker_cmd)
-    return {
+    files = {
         JOB_SCRIPT: job_script(),
         ENV_FILE: env_file(env) + f"GRIDHUB_WORKER_CMD={shlex.quote(cmd)}\n".encode(),
         CERT_FILE: tls_cert,
         KEY_FILE: tls_key,
     }
+    if facility_ca:
+        # Lets the worker verify Traefik's certificate when it is self-signed.
+        files[FACILITY_CA_FILE] = facility_ca
+    return files
