@@ -16,18 +16,22 @@ clusters and jobs again through the DB backend's reconcile loop.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from dask_gateway_server.backends.base import PublicException
-from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, Worker
+from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, JobStatus, Worker
 from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
 from dask_gateway_server.options import Float, Integer, Options, Select, String
 from dask_gateway_server.traitlets import Type
 from traitlets import Bool, Dict, List, Unicode, default
 
 from ..dirac import DiracXClient, DiracXError, DiracXUnreachable, TokenSource
+from ..tunnel.server import TunnelServer
+from ..tunnel.traefik import dynamic_config, make_traefik_handler
 from .jdl import WorkerJob, job_sandbox
 
 # DIRAC job states after which the job's process is gone for good.
@@ -144,6 +148,44 @@ class DiracBackend(UnsafeLocalBackend):
         config=True,
     )
 
+    state_dir = Unicode(
+        "",
+        help="""Directory for the gateway's own state (the tunnel's SSH host
+        key, generated once). Default: a temporary directory.""",
+        config=True,
+    )
+    tunnel_listen_address = Unicode(
+        "127.0.0.1:0",
+        help="""host:port the reverse-path SSH service listens on; Traefik's
+        gridhub-tunnel route points here.""",
+        config=True,
+    )
+    tunnel_forward_host = Unicode(
+        "127.0.0.1",
+        help="Address worker routes listen on (reachable by Traefik only).",
+        config=True,
+    )
+    tunnel_advertise_host = Unicode(
+        "",
+        help="Host Traefik uses to reach tunnel and worker routes (default: the bind host).",
+        config=True,
+    )
+    traefik_token = Unicode(
+        help="""Bearer token Traefik's HTTP provider presents to read routes
+        (GET <gateway>/api/v1/traefik). Env: GRIDHUB_TRAEFIK_PROVIDER_TOKEN.""",
+        config=True,
+    )
+
+    @default("traefik_token")
+    def _traefik_token_default(self) -> str:
+        return os.environ.get("GRIDHUB_TRAEFIK_PROVIDER_TOKEN", "")
+
+    traefik_cert_resolver = Unicode(
+        "",
+        help="Traefik certificate resolver for routes it terminates (ACME); empty: default cert.",
+        config=True,
+    )
+
     # A grid job may wait in a queue: give it longer than a local process.
     @default("worker_start_timeout")
     def _worker_start_timeout_default(self) -> float:
@@ -182,6 +224,42 @@ class DiracBackend(UnsafeLocalBackend):
     def _verify(self) -> bool | str:
         return self.diracx_ca_file or True
 
+    async def setup(self, app: Any) -> None:
+        if not self.traefik_token:
+            raise ValueError(
+                "DiracBackend.traefik_token (GRIDHUB_TRAEFIK_PROVIDER_TOKEN) is not set: "
+                "Traefik could not read the routes of clusters"
+            )
+        app.router.add_get(
+            "/api/v1/traefik", make_traefik_handler(self.traefik_config, self.traefik_token)
+        )
+        await super().setup(app)
+
+    def traefik_config(self) -> dict[str, Any]:
+        """Routes for Traefik's HTTP provider, from dask-gateway's own route
+        table (schedulers, dashboards) and the live reverse paths."""
+        schedulers, dashboards = {}, {}
+        for route in self.proxy.routes.values():
+            if route["kind"] == "SNI":
+                schedulers[route["sni"]] = route["target"]
+            elif route["path"].startswith("/clusters/"):
+                dashboards[route["path"].removeprefix("/clusters/")] = route["target"]
+        tunnel = getattr(self, "tunnel", None)
+        return dynamic_config(
+            schedulers,
+            dashboards,
+            tunnel.routes if tunnel else {},
+            (self.tunnel_advertise_host or tunnel.listen_host, tunnel.port) if tunnel else None,
+            gateway_prefix=self.proxy.prefix,
+            cert_resolver=self.traefik_cert_resolver or None,
+        )
+
+    def _cluster_public_key(self, cluster_name: str) -> bytes | None:
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is None or cluster.status > JobStatus.RUNNING:
+            return None
+        return cluster.tls_cert
+
     async def do_setup(self) -> None:
         await super().do_setup()
         if not self.diracx_url:
@@ -195,9 +273,24 @@ class DiracBackend(UnsafeLocalBackend):
             timeout=self.diracx_timeout,
             verify=self._verify(),
         )
+        if self.reverse_path:
+            host, _, port = self.tunnel_listen_address.rpartition(":")
+            if not self.state_dir:
+                self.state_dir = tempfile.mkdtemp(prefix="gridhub-gateway-")
+            self.tunnel = TunnelServer(
+                self._cluster_public_key,
+                Path(self.state_dir) / "tunnel",
+                listen_host=host,
+                listen_port=int(port),
+                forward_host=self.tunnel_forward_host,
+                advertise_host=self.tunnel_advertise_host or None,
+            )
+            await self.tunnel.start()
 
     async def do_cleanup(self) -> None:
         await super().do_cleanup()
+        if hasattr(self, "tunnel"):
+            await self.tunnel.stop()
         if hasattr(self, "dirac"):
             await self.dirac.aclose()
 
