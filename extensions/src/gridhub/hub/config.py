@@ -1,0 +1,289 @@
+"""Turn validated Settings + HubSecrets into JupyterHub configuration.
+
+Called from hub_config/jupyterhub_config.py in a fixed order:
+``apply_defaults(c)`` (built-in defaults), ``apply_settings(c, settings, secrets)``
+(the deployer's validated settings), then the config file loads
+``jupyterhub_config.d/*.py`` in sorted order.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .secrets import HubSecrets
+from .settings import Settings
+
+TOKEN_SERVICE = "gridhub-tokens"  # noqa: S105  (a service name)
+GATEWAY_SERVICE = "dask-gateway"
+BASE_SCOPES = ["openid", "profile", "email", "offline_access"]
+MASTERCLASS_USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
+
+
+def apply_defaults(c) -> None:
+    """Security and behaviour defaults that hold in every GridHub."""
+    c.JupyterHub.authenticate_prometheus = True  # /hub/metrics needs read:metrics
+    c.JupyterHub.cleanup_servers = False  # servers survive a hub restart
+    c.JupyterHub.allow_named_servers = False
+    c.JupyterHub.implicit_spawn_seconds = 0
+    c.JupyterHub.redirect_to_server = True
+    c.JupyterHub.active_server_limit = 0
+    c.Spawner.http_timeout = 60
+    c.Spawner.default_url = "/lab"
+    c.Authenticator.enable_auth_state = False
+    c.Authenticator.delete_invalid_users = True
+
+
+def _hub_port(url: str) -> int:
+    return urlsplit(url).port or 8081
+
+
+def apply_settings(c, s: Settings, sec: HubSecrets, config_dir: Path) -> None:
+    state = Path(s.state_dir)
+    c.JupyterHub.log_level = s.log_level
+    c.JupyterHub.bind_url = s.public_url + "/"
+    c.JupyterHub.hub_bind_url = s.hub_bind_url
+    if s.hub_connect_host:
+        c.JupyterHub.hub_connect_url = f"http://{s.hub_connect_host}:{_hub_port(s.hub_bind_url)}"
+    c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.cookie_secret = bytes.fromhex(sec.cookie_secret)
+    c.CryptKeeper.keys = [sec.crypt_key.encode()]
+    c.JupyterHub.template_paths = [str(config_dir / "templates")]
+    c.JupyterHub.template_vars = {"facility_name": s.facility_name, "gridhub_mode": s.mode}
+
+    _proxy(c, s, sec, state)
+    _spawner(c, s)
+    if s.mode == "iam":
+        _iam(c, s)
+    else:
+        _masterclass(c, s, sec)
+    _services(c, s, sec)
+    admins = set(s.admin_users)
+    if s.mode == "masterclass":
+        admins |= set(s.masterclass_teachers)
+    c.Authenticator.admin_users = admins
+
+
+def _proxy(c, s: Settings, sec: HubSecrets, state: Path) -> None:
+    c.JupyterHub.proxy_class = "traefik_file"
+    p = c.TraefikFileProviderProxy
+    p.should_start = s.proxy_should_start
+    p.traefik_api_url = s.proxy_api_url
+    p.traefik_api_username = "jupyterhub"
+    p.traefik_api_password = sec.proxy_api_password
+    p.static_config_file = str(state / "traefik.toml")
+    p.dynamic_config_file = str(s.traefik_dynamic_config_file or state / "rules.toml")
+    p.traefik_log_level = "WARN"
+    traefik = (
+        s.traefik_bin or shutil.which("traefik") or str(Path(sys.executable).parent / "traefik")
+    )
+    # jupyterhub-traefik-proxy runs "traefik" from PATH
+    bindir = str(Path(traefik).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def _dask_env(s: Settings) -> dict[str, str]:
+    env = {
+        "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
+        "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
+        "DASK_GATEWAY__ADDRESS": f"{s.public_url}/services/{GATEWAY_SERVICE}",
+        "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
+        "GRIDHUB_FACILITY_NAME": s.facility_name,
+    }
+    if s.gateway_proxy_address:
+        env["DASK_GATEWAY__PROXY_ADDRESS"] = s.gateway_proxy_address
+    return env
+
+
+def _spawner(c, s: Settings) -> None:
+    c.Spawner.default_url = s.default_url
+    c.Spawner.start_timeout = s.start_timeout
+    c.Spawner.cpu_limit = s.cpu_limit
+    c.Spawner.mem_limit = s.mem_limit
+    env = _dask_env(s)
+    if s.spawner == "docker":
+        c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
+        d = c.DockerSpawner
+        d.image = s.notebook_image
+        d.network_name = s.docker_network
+        d.remove = True
+        d.name_template = "jupyter-{username}"
+        d.volumes = {"gridhub-home-{username}": "/home/jovyan"}
+        d.notebook_dir = "/home/jovyan"
+        if s.mode == "masterclass":
+            env["GRIDHUB_MASTERCLASS_NOTEBOOKS"] = "/srv/gridhub/masterclass"
+            d.volumes[f"{Path(s.masterclass_notebooks_dir)}"] = {
+                "bind": "/srv/gridhub/masterclass",
+                "mode": "ro",
+            }
+    elif s.local_unix_user:
+        c.JupyterHub.spawner_class = "gridhub.hub.spawners.SharedAccountSpawner"
+        c.SharedAccountSpawner.unix_user = s.local_unix_user
+        c.SharedAccountSpawner.home_root = str(s.local_home_root)
+    else:
+        c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
+    if s.spawner == "local":
+        # the servers run the hub's python environment
+        bindir = str(Path(sys.executable).parent)
+        c.Spawner.cmd = [str(Path(bindir) / "jupyterhub-singleuser")]
+        env["PATH"] = bindir + os.pathsep + "/usr/local/bin:/usr/bin:/bin"
+    c.Spawner.environment = env
+
+
+def _iam(c, s: Settings) -> None:
+    from .auth import discover
+
+    doc = discover(s.iam_issuer)
+    c.JupyterHub.authenticator_class = "gridhub.hub.auth.IAMAuthenticator"
+    a = c.IAMAuthenticator
+    a.facility_name = s.facility_name
+    a.login_service = "IAM"
+    a.client_id = s.iam_client_id
+    if s.iam_client_secret is not None:
+        a.client_secret = s.iam_client_secret.get_secret_value()
+    a.oauth_callback_url = f"{s.public_url}/hub/oauth_callback"
+    a.authorize_url = doc["authorization_endpoint"]
+    a.token_url = doc["token_endpoint"]
+    a.userdata_url = doc["userinfo_endpoint"]
+    if doc.get("end_session_endpoint"):
+        a.logout_redirect_url = doc["end_session_endpoint"]
+    a.scope = BASE_SCOPES + [x for x in s.iam_extra_scopes if x not in BASE_SCOPES]
+    a.username_claim = s.iam_username_claim
+    a.groups_claim = s.iam_groups_claim
+    a.enable_auth_state = True
+    a.refresh_pre_spawn = True
+    a.auth_refresh_age = s.token_refresh_age
+    a.refresh_margin = s.token_refresh_margin
+    a.manage_groups = True
+    from .auth import groups_from_claim
+
+    a.auth_state_groups_key = groups_from_claim(s.iam_groups_claim)
+    if s.iam_allowed_groups:
+        a.allowed_groups = set(s.iam_allowed_groups)
+    else:
+        a.allow_all = True
+    a.admin_groups = set(s.iam_admin_groups)
+    allowed = ", ".join(sorted(s.iam_allowed_groups)) or "(any)"
+    a.custom_403_message = (
+        f"Your IAM account is not in a group allowed to use {s.facility_name}. "
+        f"Allowed groups: {allowed}. Ask your experiment's IAM administrator to add you "
+        "to one of them, then log in again."
+    )
+    # the user's access token as a file, kept fresh while the server runs
+    c.Spawner.args = [
+        *_list(c.Spawner.args),
+        "--ServerApp.jpserver_extensions=gridhub.hub.tokenfile=True",
+    ]
+    env = dict(c.Spawner.environment)
+    env["GRIDHUB_TOKEN_SERVICE_URL"] = (
+        f"http://{s.connect_host}:{s.token_service_port}/services/{TOKEN_SERVICE}/"
+    )
+    env["GRIDHUB_TOKEN_FILE_INTERVAL"] = str(s.token_file_interval)
+    if s.spawner == "docker":
+        env["BEARER_TOKEN_FILE"] = "/home/jovyan/.gridhub/bearer_token"  # noqa: S105
+    else:
+        env["BEARER_TOKEN_FILE"] = _token_file_path
+    c.Spawner.environment = env
+
+
+def _token_file_path(spawner) -> str:
+    from .spawners import unix_home_and_ids
+
+    info = unix_home_and_ids(spawner)
+    home = info[0] if info else os.path.expanduser("~")
+    return os.path.join(home, ".gridhub", "bearer_token")
+
+
+def _list(value) -> list:
+    try:
+        return list(value)
+    except TypeError:
+        return []
+
+
+def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
+    c.JupyterHub.authenticator_class = "shared-password"
+    a = c.SharedPasswordAuthenticator
+    a.user_password = sec.masterclass_access_code
+    a.admin_password = sec.masterclass_teacher_code
+    a.allow_all = True
+    c.Authenticator.username_pattern = MASTERCLASS_USERNAME_PATTERN
+    notebooks = Path(s.masterclass_notebooks_dir)
+
+    async def copy_notebooks(spawner) -> None:
+        import asyncio
+
+        from .masterclass import copy_as_user
+        from .spawners import unix_home_and_ids
+
+        info = unix_home_and_ids(spawner)
+        if info is None or not await asyncio.to_thread(notebooks.is_dir):
+            return  # containers copy at start-up (python -m gridhub.hub.masterclass)
+        home, uid, gid = info
+        await asyncio.to_thread(copy_as_user, notebooks, home, uid, gid)
+
+    c.Spawner.pre_spawn_hook = copy_notebooks
+
+
+def _services(c, s: Settings, sec: HubSecrets) -> None:
+    services = [
+        {
+            "name": GATEWAY_SERVICE,
+            "url": s.gateway_url,
+            "api_token": sec.gateway_api_token,
+            "display": False,
+        },
+        {"name": "prometheus", "api_token": sec.metrics_token, "display": False},
+    ]
+    roles = [
+        {"name": "metrics", "scopes": ["read:metrics"], "services": ["prometheus"]},
+        {"name": "user", "scopes": ["self", f"access:services!service={GATEWAY_SERVICE}"]},
+    ]
+    if s.cull_idle_timeout:
+        services.append(
+            {
+                "name": "idle-culler",
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "jupyterhub_idle_culler",
+                    f"--timeout={s.cull_idle_timeout}",
+                    f"--cull-every={s.cull_every}",
+                ],
+                "display": False,
+            }
+        )
+        roles.append(
+            {
+                "name": "idle-culler",
+                "scopes": [
+                    "list:users",
+                    "read:users:activity",
+                    "read:servers",
+                    "delete:servers",
+                ],
+                "services": ["idle-culler"],
+            }
+        )
+    if s.mode == "iam":
+        services.append(
+            {
+                "name": TOKEN_SERVICE,
+                "url": f"http://{s.connect_host}:{s.token_service_port}",
+                "command": [sys.executable, "-m", "gridhub.hub.tokenservice"],
+                "display": False,
+            }
+        )
+        roles.append(
+            {
+                "name": TOKEN_SERVICE,
+                "scopes": ["read:users", "admin:auth_state"],
+                "services": [TOKEN_SERVICE],
+            }
+        )
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles

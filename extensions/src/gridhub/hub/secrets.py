@@ -1,0 +1,106 @@
+"""Hub secrets: from config, else from the state directory, else generated once.
+
+A generated secret is 32 random bytes (hex), written to ``<state_dir>/secrets/<name>``
+with mode 0600 in a 0700 directory, atomically and without replacing an existing file,
+so an upgrade or restart never regenerates it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets as _random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings
+
+SECRET_BYTES = 32
+
+
+def _private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def load_or_create(state_dir: Path, name: str, configured: str | None = None, generate=None) -> str:
+    """Return the secret `name`: configured value, else stored value, else a new one."""
+    if configured:
+        return configured
+    directory = _private_dir(Path(state_dir) / "secrets")
+    path = directory / name
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        value = ""
+    if value:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return value
+    value = generate() if generate else _random.token_hex(SECRET_BYTES)
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (value + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        # link() refuses to replace: if another process won the race, use its value.
+        os.link(tmp, path)
+    except FileExistsError:
+        value = path.read_text().strip()
+    finally:
+        tmp.unlink()
+    return value
+
+
+def _access_code() -> str:
+    # typed by students from a slide: short, unambiguous characters, still 60 bits
+    alphabet = "abcdefghjkmnpqrstuvwxyz23456789"
+    raw = "".join(_random.choice(alphabet) for _ in range(12))
+    return f"{raw[:4]}-{raw[4:8]}-{raw[8:]}"
+
+
+@dataclass(frozen=True)
+class HubSecrets:
+    cookie_secret: str
+    crypt_key: str
+    proxy_api_password: str
+    gateway_api_token: str
+    metrics_token: str
+    masterclass_access_code: str
+    masterclass_teacher_code: str
+
+    def __repr__(self) -> str:  # never print secrets by accident
+        return "HubSecrets(<hidden>)"
+
+
+def _value(secret) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def load_secrets(settings: Settings) -> HubSecrets:
+    state = settings.state_dir
+    _private_dir(Path(state))
+    return HubSecrets(
+        cookie_secret=load_or_create(state, "cookie_secret", _value(settings.cookie_secret)),
+        crypt_key=load_or_create(state, "crypt_key", _value(settings.crypt_key)),
+        proxy_api_password=load_or_create(
+            state, "proxy_api_password", _value(settings.proxy_api_password)
+        ),
+        gateway_api_token=load_or_create(
+            state, "gateway_api_token", _value(settings.gateway_api_token)
+        ),
+        metrics_token=load_or_create(state, "metrics_token", _value(settings.metrics_token)),
+        masterclass_access_code=load_or_create(
+            state,
+            "masterclass_access_code",
+            _value(settings.masterclass_access_code),
+            generate=_access_code,
+        ),
+        masterclass_teacher_code=load_or_create(
+            state, "masterclass_teacher_code", _value(settings.masterclass_teacher_code)
+        ),
+    )

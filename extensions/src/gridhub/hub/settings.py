@@ -1,0 +1,352 @@
+"""The deployer's configuration: one schema, read from GRIDHUB_* env vars and/or a YAML file.
+
+Every key a deployer may set is a field of :class:`Settings`.  The same key can come from
+
+- the YAML file named by ``GRIDHUB_CONFIG_FILE`` (key ``facility_name``), then
+- the environment (``GRIDHUB_FACILITY_NAME``, e.g. from the compose ``.env``), which wins.
+
+Unknown or misspelled keys are rejected with a message naming the key and the closest
+valid one.  The facility's mode is derived: ``iam`` when ``iam_issuer`` is set, else
+``masterclass``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "GRIDHUB_"
+CONFIG_FILE_ENV = "GRIDHUB_CONFIG_FILE"
+# GRIDHUB_* variables that are not settings (they locate the settings, or are set by
+# the hub for the processes it starts).
+NOT_SETTINGS = frozenset(
+    {
+        "GRIDHUB_CONFIG_FILE",
+        "GRIDHUB_EXTRA_CONFIG_DIR",
+        "GRIDHUB_TOKEN_SERVICE_URL",
+        "GRIDHUB_TOKEN_FILE_INTERVAL",
+        "GRIDHUB_MASTERCLASS_NOTEBOOKS",
+    }
+)
+
+_REPO_ROOT = Path(__file__).resolve().parents[4]
+
+
+def _default_notebooks() -> Path:
+    return _REPO_ROOT / "notebooks" / "masterclass"
+
+
+class SettingsError(Exception):
+    """The deployer's configuration is invalid; the message names every bad key."""
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item for item in value.replace(",", " ").split() if item]
+    return value
+
+
+class Settings(BaseModel):
+    """GridHub deployer settings (``GRIDHUB_<KEY>`` in the environment, ``<key>`` in YAML)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # --- the facility ---
+    facility_name: str = Field(
+        "GridHub", description="Name shown on the login page and in page titles."
+    )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="URL users type into the browser (scheme://host[:port]); Traefik serves it.",
+    )
+    state_dir: Path = Field(
+        Path("/srv/gridhub/state"),
+        description="Directory (a volume in compose) for the hub database and generated secrets.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level of the hub."
+    )
+    admin_users: list[str] = Field(
+        default_factory=list,
+        description="Hub user names that are always admins (comma or space separated).",
+    )
+
+    # --- IAM (OpenID Connect) mode ---
+    iam_issuer: str | None = Field(
+        None,
+        description="OIDC issuer URL of the INDIGO IAM instance. Setting it selects IAM mode;"
+        " the endpoints come from <issuer>/.well-known/openid-configuration.",
+    )
+    iam_client_id: str | None = Field(None, description="OIDC client id registered in IAM.")
+    iam_client_secret: SecretStr | None = Field(None, description="OIDC client secret.")
+    iam_extra_scopes: list[str] = Field(
+        default_factory=list,
+        description="Scopes requested on top of 'openid profile email offline_access',"
+        " e.g. 'wlcg.groups'.",
+    )
+    iam_groups_claim: str = Field(
+        "groups",
+        description="userinfo claim holding the user's groups (IAM: 'groups' or 'wlcg.groups').",
+    )
+    iam_username_claim: str = Field(
+        "preferred_username", description="userinfo claim used as the hub user name."
+    )
+    iam_allowed_groups: list[str] = Field(
+        default_factory=list,
+        description="Groups whose members may log in. Empty: every IAM user may log in.",
+    )
+    iam_admin_groups: list[str] = Field(
+        default_factory=list, description="Groups whose members are hub admins."
+    )
+    token_refresh_age: int = Field(
+        60,
+        ge=1,
+        description="Seconds after which the hub re-checks a user's IAM tokens"
+        " (Authenticator.auth_refresh_age).",
+    )
+    token_refresh_margin: int = Field(
+        300,
+        ge=1,
+        description="Refresh the access token when it has less than this many seconds left"
+        " (capped at half the token's lifetime).",
+    )
+    token_file_interval: int = Field(
+        30,
+        ge=1,
+        description="Seconds between refreshes of BEARER_TOKEN_FILE in each running server.",
+    )
+    token_service_port: int = Field(
+        10101, description="Port of the hub-managed service that hands servers their token."
+    )
+
+    # --- masterclass mode ---
+    masterclass_access_code: SecretStr | None = Field(
+        None,
+        description="Code students type as password (8+ characters). Generated once and kept"
+        " in the state dir when unset.",
+    )
+    masterclass_teacher_code: SecretStr | None = Field(
+        None,
+        description="Password of the teachers (32+ characters). Generated once when unset.",
+    )
+    masterclass_teachers: list[str] = Field(
+        default_factory=list, description="User names of the teachers; they are admins."
+    )
+    masterclass_notebooks_dir: Path = Field(
+        default_factory=_default_notebooks,
+        description="Notebooks copied once into each new student's home.",
+    )
+
+    # --- the user servers ---
+    spawner: Literal["docker", "local"] = Field(
+        "docker",
+        description="'docker': DockerSpawner (the compose facility); 'local': local processes.",
+    )
+    notebook_image: str = Field(
+        "gridhub/notebook:latest", description="Image of the user servers (docker spawner)."
+    )
+    docker_network: str = Field(
+        "gridhub", description="Docker network the user containers join (docker spawner)."
+    )
+    local_unix_user: str | None = Field(
+        None,
+        description="local spawner: run every server as this one unix account, each hub user"
+        " in its own home under local_home_root. Unset: one unix account per hub user.",
+    )
+    local_home_root: Path | None = Field(
+        None, description="local spawner with local_unix_user: parent of the per-user homes."
+    )
+    cpu_limit: float | None = Field(2.0, gt=0, description="CPU cores per user server.")
+    mem_limit: str | None = Field("4G", description="Memory per user server, e.g. '4G'.")
+    default_url: str = Field("/lab", description="Where a user lands in their server.")
+    cull_idle_timeout: int = Field(
+        3600, ge=0, description="Stop servers idle for this many seconds (0: never)."
+    )
+    cull_every: int = Field(
+        300, ge=1, description="Seconds between idle-culler passes (default: timeout/2 capped)."
+    )
+    start_timeout: int = Field(120, ge=1, description="Seconds a server may take to start.")
+
+    # --- the hub and its proxy ---
+    hub_bind_url: str = Field(
+        "http://127.0.0.1:8081", description="Where the hub process listens (internal)."
+    )
+    hub_connect_host: str | None = Field(
+        None,
+        description="Host name user servers use to reach the hub and its services"
+        " (compose: 'hub'). Default: the host of hub_bind_url.",
+    )
+    proxy_api_url: str = Field(
+        "http://127.0.0.1:8099", description="Traefik API entrypoint (internal)."
+    )
+    proxy_should_start: bool = Field(
+        True, description="The hub starts Traefik itself (false: Traefik runs on its own)."
+    )
+    traefik_bin: str | None = Field(
+        None, description="Path of the traefik binary (default: next to the hub's python)."
+    )
+    traefik_dynamic_config_file: Path | None = Field(
+        None, description="File the hub writes routes to (default: <state_dir>/rules.toml)."
+    )
+
+    # --- Dask gateway and DIRAC ---
+    gateway_url: str = Field(
+        "http://127.0.0.1:8001",
+        description="Internal URL of the dask-gateway API; the hub routes"
+        " /services/dask-gateway/ to it.",
+    )
+    gateway_proxy_address: str | None = Field(
+        None, description="Dask TLS address clients use for schedulers (e.g. tls://host:8786)."
+    )
+    diracx_url: str | None = Field(
+        None,
+        description="URL of an external DiracX. Unset: the embedded DiracX and local site.",
+    )
+
+    # --- secrets (each generated once into the state dir when unset) ---
+    cookie_secret: SecretStr | None = Field(None, description="Hub cookie secret (hex).")
+    crypt_key: SecretStr | None = Field(
+        None, description="JUPYTERHUB_CRYPT_KEY: encrypts auth_state (32 bytes hex)."
+    )
+    proxy_api_password: SecretStr | None = Field(None, description="Traefik API password.")
+    gateway_api_token: SecretStr | None = Field(
+        None, description="API token of the dask-gateway hub service."
+    )
+    metrics_token: SecretStr | None = Field(
+        None, description="Token Prometheus uses for /hub/metrics (read:metrics)."
+    )
+
+    _split = field_validator(
+        "admin_users",
+        "iam_extra_scopes",
+        "iam_allowed_groups",
+        "iam_admin_groups",
+        "masterclass_teachers",
+        mode="before",
+    )(_split_list)
+
+    @field_validator("public_url", "hub_bind_url", "proxy_api_url", "gateway_url", "iam_issuer")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("masterclass_access_code")
+    @classmethod
+    def _code_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 8:
+            raise ValueError("must be at least 8 characters")
+        return value
+
+    @field_validator("masterclass_teacher_code")
+    @classmethod
+    def _teacher_code_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.iam_issuer and not self.iam_client_id:
+            raise ValueError("iam_issuer is set, so iam_client_id is required")
+        if self.local_unix_user and not self.local_home_root:
+            raise ValueError("local_unix_user is set, so local_home_root is required")
+        return self
+
+    @property
+    def mode(self) -> Literal["iam", "masterclass"]:
+        return "iam" if self.iam_issuer else "masterclass"
+
+    @property
+    def connect_host(self) -> str:
+        if self.hub_connect_host:
+            return self.hub_connect_host
+        from urllib.parse import urlsplit
+
+        return urlsplit(self.hub_bind_url).hostname or "127.0.0.1"
+
+
+FIELDS = tuple(Settings.model_fields)
+
+
+def _unknown(key: str, source: str, as_env: bool) -> str:
+    valid = [ENV_PREFIX + f.upper() for f in FIELDS] if as_env else list(FIELDS)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return f"unknown setting {key} (in {source}){hint}"
+
+
+def load_settings(
+    environ: os._Environ[str] | dict[str, str] | None = None, config_file: str | None = None
+) -> Settings:
+    """Read, check and return the deployer's settings; raise SettingsError naming bad keys."""
+    env = os.environ if environ is None else environ
+    config_file = config_file or env.get(CONFIG_FILE_ENV)
+    raw: dict[str, Any] = {}
+    problems: list[str] = []
+    origin: dict[str, str] = {}
+    if config_file:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read {CONFIG_FILE_ENV}={config_file}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise SettingsError(f"{config_file}: the top level must be a mapping of settings")
+        for key, value in data.items():
+            key = str(key)
+            if key not in FIELDS:
+                problems.append(_unknown(key, config_file, as_env=False))
+                continue
+            raw[key] = value
+            origin[key] = f"{key} (in {config_file})"
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS:
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        if key not in FIELDS:
+            problems.append(_unknown(name, "the environment", as_env=True))
+            continue
+        if value == "":
+            continue  # an empty line in .env means "use the default"
+        raw[key] = value
+        origin[key] = f"{name} (in the environment)"
+    if not problems:
+        try:
+            return Settings(**raw)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = err["loc"]
+                key = str(loc[0]) if loc else ""
+                where = origin.get(key, key or "settings")
+                problems.append(f"invalid setting {where}: {err['msg']}")
+    raise SettingsError("GridHub configuration is invalid:\n  " + "\n  ".join(problems))
+
+
+def describe() -> str:
+    """Every key with its default and description (docs/hub.md is generated from this)."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr) or "secret" in name or "code" in name:
+            default = default if default is None else "***"
+        lines.append(
+            f"| `{ENV_PREFIX}{name.upper()}` / `{name}` | `{default!s}` | {field.description} |"
+        )
+    return "\n".join(lines)
