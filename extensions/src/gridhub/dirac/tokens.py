@@ -1,0 +1,288 @@
+"""Where the DiracX client gets its bearer tokens.
+
+* ``StaticToken``: one access token, never refreshed (tests, short scripts).
+* ``RefreshingToken``: an access token plus a refresh token; refreshed with
+  DiracX's ``refresh_token`` grant at ``<url>/api/auth/token`` shortly before
+  expiry.  DiracX rotates refresh tokens (each refresh returns a new one and
+  the old one becomes invalid), so a token file, when given, is rewritten
+  (mode 0600) after every refresh; do not share one file between processes.
+* ``LegacyExchangeToken``: DiracX's ``GET /api/auth/legacy-exchange``, which
+  turns an API key (whose SHA-256 the server knows from
+  ``DIRACX_LEGACY_EXCHANGE_HASHED_API_KEY``) into access+refresh tokens for a
+  user registered in the DIRAC configuration.  This is how the facility gets
+  tokens for its own identity without a browser (see ``gridhub.embedded``).
+
+No token is ever logged or put into an exception message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import httpx
+
+from .errors import DiracXError, DiracXForbidden, DiracXTokenExpired, DiracXUnreachable
+from .models import TokenResponse
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLIENT_ID = "myDIRACClientID"  # DiracX's AuthSettings.dirac_client_id default
+#: Refresh this long before the access token expires (capped at half its life).
+REFRESH_MARGIN = 60.0
+
+
+@runtime_checkable
+class TokenSource(Protocol):
+    async def access_token(self) -> str:
+        """A valid access token (cached, refreshed before expiry)."""
+        ...
+
+    async def refresh(self) -> str:
+        """Force a refresh (e.g. after a 401) and return the new access token."""
+        ...
+
+
+class StaticToken:
+    """A fixed access token; ``refresh`` cannot renew it."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __repr__(self) -> str:
+        return "StaticToken(<hidden>)"
+
+    async def access_token(self) -> str:
+        return self._token
+
+    async def refresh(self) -> str:
+        return self._token
+
+
+async def _token_request(
+    server: str,
+    method: str,
+    path: str,
+    *,
+    verify: bool | str,
+    timeout: float,  # noqa: ASYNC109 (httpx timeouts, per phase)
+    data: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> TokenResponse:
+    url = server.rstrip("/") + path
+    try:
+        async with httpx.AsyncClient(
+            verify=verify, timeout=httpx.Timeout(timeout, connect=min(timeout, 3.0))
+        ) as http:
+            r = await http.request(method, url, data=data, params=params, headers=headers)
+    except httpx.TransportError as exc:
+        raise DiracXUnreachable(f"cannot get a token ({type(exc).__name__})", server) from exc
+    if r.status_code == 200:
+        return TokenResponse.model_validate(r.json())
+    try:
+        detail = r.json().get("detail") or r.json().get("error") or r.text
+    except ValueError:
+        detail = r.text
+    detail = str(detail)[:300]
+    if r.status_code in (502, 503, 504):
+        raise DiracXUnreachable(f"token endpoint answered {r.status_code}: {detail}", server)
+    if r.status_code == 403:
+        raise DiracXForbidden(f"token refused: {detail}", server)
+    if r.status_code in (400, 401):
+        raise DiracXTokenExpired(f"cannot renew the token ({r.status_code}): {detail}", server)
+    raise DiracXError(f"token endpoint answered {r.status_code}: {detail}", server)
+
+
+class _CachedToken:
+    """Shared caching: subclasses implement ``_fetch``."""
+
+    def __init__(self, url: str, *, verify: bool | str = True, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.verify = verify
+        self.timeout = timeout
+        self._access: str | None = None
+        self._expires_at = 0.0
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, <hidden>)"
+
+    def _get_lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock, self._lock_loop = asyncio.Lock(), loop
+        return self._lock
+
+    def _store(self, tok: TokenResponse) -> None:
+        self._access = tok.access_token
+        life = max(float(tok.expires_in), 1.0)
+        self._expires_at = time.time() + life - min(REFRESH_MARGIN, life / 2)
+
+    async def _fetch(self) -> TokenResponse:
+        raise NotImplementedError
+
+    async def access_token(self) -> str:
+        if self._access is not None and time.time() < self._expires_at:
+            return self._access
+        async with self._get_lock():
+            if self._access is not None and time.time() < self._expires_at:
+                return self._access
+            self._store(await self._fetch())
+            assert self._access is not None
+            return self._access
+
+    async def refresh(self) -> str:
+        stale = self._access
+        async with self._get_lock():
+            if self._access is not None and self._access != stale:
+                return self._access  # someone else refreshed meanwhile
+            self._store(await self._fetch())
+            assert self._access is not None
+            return self._access
+
+
+class RefreshingToken(_CachedToken):
+    """Access token renewed with DiracX's refresh_token grant."""
+
+    def __init__(
+        self,
+        url: str,
+        refresh_token: str,
+        *,
+        access_token: str | None = None,
+        expires_at: float | None = None,
+        client_id: str = DEFAULT_CLIENT_ID,
+        verify: bool | str = True,
+        timeout: float = 10.0,
+        token_file: str | Path | None = None,
+    ) -> None:
+        super().__init__(url, verify=verify, timeout=timeout)
+        self._refresh_token = refresh_token
+        self.client_id = client_id
+        self.token_file = Path(token_file) if token_file else None
+        if access_token:
+            self._access = access_token
+            self._expires_at = (expires_at or 0.0) - REFRESH_MARGIN
+
+    @classmethod
+    def from_file(
+        cls, url: str, path: str | Path, *, verify: bool | str = True, timeout: float = 10.0
+    ) -> RefreshingToken:
+        """Read a DiracX credentials file (``dirac login``'s JSON:
+        ``access_token``, ``refresh_token``, ``expires_on`` epoch seconds).
+        The file is rewritten after each refresh because DiracX rotates
+        refresh tokens."""
+        data = json.loads(Path(path).read_text())
+        return cls(
+            url,
+            data["refresh_token"],
+            access_token=data.get("access_token"),
+            expires_at=float(data.get("expires_on") or 0),
+            verify=verify,
+            timeout=timeout,
+            token_file=path,
+        )
+
+    async def _fetch(self) -> TokenResponse:
+        tok = await _token_request(
+            self.url,
+            "POST",
+            "/api/auth/token",
+            verify=self.verify,
+            timeout=self.timeout,
+            data={
+                "grant_type": "refresh_token",
+                "client_id": self.client_id,
+                "refresh_token": self._refresh_token,
+            },
+        )
+        if tok.refresh_token:
+            self._refresh_token = tok.refresh_token
+        if self.token_file is not None:
+            write_credentials(self.token_file, tok)
+        return tok
+
+
+class LegacyExchangeToken(_CachedToken):
+    """Tokens for a CS user from DiracX's legacy-exchange endpoint and an API key.
+
+    The first token comes from ``GET /api/auth/legacy-exchange``; later ones
+    from the refresh_token grant, falling back to a new exchange when the
+    refresh token is refused (e.g. after a server restart changed the issuer).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: bytes,
+        preferred_username: str,
+        scope: str,
+        *,
+        client_id: str = DEFAULT_CLIENT_ID,
+        verify: bool | str = True,
+        timeout: float = 10.0,
+    ) -> None:
+        super().__init__(url, verify=verify, timeout=timeout)
+        self._api_key = api_key
+        self.preferred_username = preferred_username
+        self.scope = scope
+        self.client_id = client_id
+        self._refresh_token: str | None = None
+
+    async def _exchange(self) -> TokenResponse:
+        encoded = base64.urlsafe_b64encode(self._api_key).decode()
+        return await _token_request(
+            self.url,
+            "GET",
+            "/api/auth/legacy-exchange",
+            verify=self.verify,
+            timeout=self.timeout,
+            params={"preferred_username": self.preferred_username, "scope": self.scope},
+            headers={"Authorization": f"Bearer diracx:legacy:{encoded}"},
+        )
+
+    async def _fetch(self) -> TokenResponse:
+        tok: TokenResponse | None = None
+        if self._refresh_token:
+            try:
+                tok = await _token_request(
+                    self.url,
+                    "POST",
+                    "/api/auth/token",
+                    verify=self.verify,
+                    timeout=self.timeout,
+                    data={
+                        "grant_type": "refresh_token",
+                        "client_id": self.client_id,
+                        "refresh_token": self._refresh_token,
+                    },
+                )
+            except DiracXTokenExpired:
+                log.info("Refresh token for %s refused; exchanging the API key again", self.url)
+        if tok is None:
+            tok = await self._exchange()
+        self._refresh_token = tok.refresh_token
+        return tok
+
+
+def write_credentials(path: str | Path, tok: TokenResponse) -> None:
+    """Write tokens in ``dirac login``'s credentials format, mode 0600, atomically."""
+    path = Path(path)
+    data = {
+        "access_token": tok.access_token,
+        "refresh_token": tok.refresh_token,
+        "expires_on": int(time.time()) + int(tok.expires_in),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)

@@ -1,0 +1,136 @@
+"""Run the embedded DiracX server (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from . import (
+    BUCKET,
+    CS_DIR,
+    DB_DIR,
+    SERVER_INFO,
+    SIGNING_KEY,
+    STATE_KEY,
+    ensure_state,
+    hashed_api_key,
+)
+
+log = logging.getLogger("gridhub.embedded")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def diracx_environment(state_dir: Path, url: str, s3_url: str) -> dict[str, str]:
+    """Every DIRACX_* variable DiracX's app factory needs for this state dir."""
+    from diracx.core.extensions import DiracEntryPoint, select_from_extension
+
+    env = {
+        "DIRACX_CONFIG_BACKEND_URL": f"git+file://{state_dir / CS_DIR}",
+        "DIRACX_SERVICE_AUTH_TOKEN_ISSUER": url,
+        "DIRACX_SERVICE_AUTH_TOKEN_KEYSTORE": f"file://{state_dir / SIGNING_KEY}",
+        "DIRACX_SERVICE_AUTH_STATE_KEY": (state_dir / STATE_KEY).read_text().strip(),
+        "DIRACX_SERVICE_AUTH_ALLOWED_REDIRECTS": json.dumps([f"{url}/api/docs/oauth2-redirect"]),
+        "DIRACX_SANDBOX_STORE_BUCKET_NAME": BUCKET,
+        "DIRACX_SANDBOX_STORE_AUTO_CREATE_BUCKET": "true",
+        "DIRACX_SANDBOX_STORE_S3_CLIENT_KWARGS": json.dumps(
+            {
+                "endpoint_url": s3_url,
+                "aws_access_key_id": "gridhub",
+                "aws_secret_access_key": "gridhub",
+            }
+        ),
+        "DIRACX_LEGACY_EXCHANGE_HASHED_API_KEY": hashed_api_key(state_dir),
+    }
+    db_dir = state_dir / DB_DIR
+    for ep in select_from_extension(group=DiracEntryPoint.SQL_DB):
+        env[f"DIRACX_DB_URL_{ep.name.upper()}"] = (
+            f"sqlite+aiosqlite:///{db_dir / (ep.name.lower() + '.db')}"
+        )
+    for ep in select_from_extension(group=DiracEntryPoint.OS_DB):
+        env[f"DIRACX_OS_DB_{ep.name.upper()}"] = json.dumps(
+            {"sqlalchemy_dsn": f"sqlite+aiosqlite:///{db_dir / (ep.name.lower() + '.db')}"}
+        )
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="gridhub-embedded-dirac", description=__doc__)
+    p.add_argument("--state-dir", required=True, type=Path)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--public-url",
+        help="URL clients use (token issuer); default http://HOST:PORT",
+    )
+    p.add_argument("--s3-host", help="address for the S3 sandbox store (default: --host)")
+    p.add_argument("--s3-port", type=int, default=0, help="0: a free port")
+    p.add_argument(
+        "--s3-public-url",
+        help="S3 URL put into presigned URLs (must be reachable by clients)",
+    )
+    p.add_argument("--log-level", default="warning")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    t0 = time.monotonic()
+
+    state_dir = ensure_state(args.state_dir)
+    url = (args.public_url or f"http://{args.host}:{args.port}").rstrip("/")
+
+    from moto.server import ThreadedMotoServer
+
+    s3_host = args.s3_host or args.host
+    s3_port = args.s3_port or free_port(s3_host)
+    moto = ThreadedMotoServer(ip_address=s3_host, port=s3_port, verbose=False)
+    moto.start()
+    s3_url = args.s3_public_url or f"http://{s3_host}:{s3_port}"
+
+    os.environ.update(diracx_environment(state_dir, url, s3_url))
+    os.environ.setdefault("DIRACX_LOG_LEVEL", "WARNING")
+
+    import uvicorn
+    from diracx.testing.routers import create_app
+
+    from .routes import add_gridhub_routes
+
+    app = create_app()
+    add_gridhub_routes(app)
+    for noisy in ("werkzeug", "moto"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    info = {"url": url, "s3_url": s3_url, "pid": os.getpid()}
+    info_path = state_dir / SERVER_INFO
+    info_path.write_text(json.dumps(info))
+
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level.lower(),
+        access_log=args.log_level.lower() == "debug",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    print(
+        f"gridhub-embedded-dirac: DiracX at {url}, S3 at {s3_url}, state in {state_dir} "
+        f"(setup {time.monotonic() - t0:.1f}s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        server.run()
+    finally:
+        moto.stop()
+        info_path.unlink(missing_ok=True)
