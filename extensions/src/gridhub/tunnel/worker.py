@@ -225,6 +225,9 @@ def worker_command(ns: argparse.Namespace, port: int | None, route: str | None) 
             "--contact-address",
             f"gateway://{ns.facility}/{route}",
         ]
+        # The protocol would otherwise follow the scheduler address (gateway).
+        if "--protocol" not in args:
+            args += ["--protocol", "tls"]
         # The nanny would need a reverse path of its own: one process per job.
         if "--nanny" not in args and "--no-nanny" not in args:
             args.append("--no-nanny")
@@ -235,8 +238,7 @@ async def open_tunnel(
     ns: argparse.Namespace, route: str, port: int
 ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHListener]:
     host, _, tport = ns.facility.rpartition(":")
-    with open(ns.key, "rb") as f:
-        key = asyncssh.import_private_key(f.read())
+    key = asyncssh.read_private_key(ns.key)
     known_hosts: Any = None
     if ns.ssh_host_key:
         known_hosts = ([asyncssh.import_public_key(ns.ssh_host_key)], [], [])
@@ -292,7 +294,7 @@ async def run(ns: argparse.Namespace) -> int:
         port = free_port()
         route = route_name(ns.cluster, ns.worker_name)
         try:
-            conn, listener = await open_tunnel(ns, route, port)
+            conn, _listener = await open_tunnel(ns, route, port)
         except (OSError, asyncssh.Error, TimeoutError, ssl.SSLError) as e:
             log.error("gridhub-worker: cannot open the reverse path via %s: %s", ns.facility, e)
             return EXIT_TUNNEL
