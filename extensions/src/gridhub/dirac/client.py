@@ -331,6 +331,10 @@ class DiracXClient:
                 return  # none of them exist any more
             raise
 
+    async def patch_metadata(self, job_id: int, **attrs: Any) -> None:
+        """PATCH /api/jobs/metadata: job parameters, and the Site attribute."""
+        await self._request("PATCH", "/api/jobs/metadata", json={str(job_id): attrs}, job_id=job_id)
+
     async def heartbeat(self, job_id: int, **data: Any) -> list[str]:
         """PATCH /api/jobs/heartbeat; returns pending commands, e.g. ``["Kill"]``.
 

@@ -1,0 +1,401 @@
+"""The LOCAL SITE: a plainly named stand-in for a DIRAC grid site.
+
+DiracX 0.7 has no job-matching endpoint, so a real DIRAC pilot cannot run
+against it.  This process plays the site for the embedded setup and the
+tests; it is not part of the production path (there, real sites run the
+jobs through their pilots).
+
+    python -m gridhub.localsite --diracx-url URL --state-dir DIR \
+        [--embedded-state-dir EDIR | --token-file FILE] [--site LCG.Local.gridhub] \
+        [--max-jobs N] [--runner process|docker] [--docker-network grid] [--image IMAGE]
+
+Every ~1 s it searches DiracX for jobs in Received/Waiting whose Site is
+unset/ANY or this site, walks each through valid states to Running
+(Received -> Checking -> Waiting -> Matched -> Running), fetches its JDL
+(from the embedded server's ``/api/gridhub/jobs/{id}/jdl``, standing in for
+the matcher) and input sandbox into ``DIR/jobs/<id>``, and runs the JDL's
+Executable with its Arguments (stdout/stderr to the JDL's StdOutput/StdError,
+default ``std.out``/``std.err``).  While it runs it sends heartbeats and obeys
+a ``Kill`` command, and stops jobs whose status became Killed/Deleted.  At
+exit it uploads the OutputSandbox files that exist and reports Done (exit 0)
+or Failed ("exit code N").  One log line per job transition; never a token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .dirac import DiracXClient, DiracXError, TokenSource
+from .dirac.jdl import as_list, command, input_sandbox_pfns, parse_jdl
+
+log = logging.getLogger("gridhub.localsite")
+
+DEFAULT_SITE = "LCG.Local.gridhub"
+SOURCE = "LocalSite"
+KILL_GRACE = 5.0
+
+
+@dataclass
+class RunningJob:
+    job_id: int
+    workdir: Path
+    proc: asyncio.subprocess.Process | None = None
+    container: str | None = None
+    killed: str | None = None  # why, once we decided to kill it
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Task | None = None
+
+
+class LocalSite:
+    def __init__(
+        self,
+        client: DiracXClient,
+        state_dir: str | Path,
+        *,
+        site: str = DEFAULT_SITE,
+        max_jobs: int = 4,
+        runner: str = "process",
+        docker_network: str | None = None,
+        image: str | None = None,
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 3.0,
+        keep_workdirs: bool = True,
+    ) -> None:
+        if runner not in ("process", "docker"):
+            raise ValueError(f"unknown runner {runner!r}")
+        if runner == "docker" and not image:
+            raise ValueError("--runner docker needs --image")
+        self.dx = client
+        self.state_dir = Path(state_dir)
+        self.site = site
+        self.max_jobs = max_jobs
+        self.runner = runner
+        self.docker_network = docker_network
+        self.image = image
+        self.poll_interval = poll_interval
+        # DiracX keys heartbeat records by (job, name, second): keep > 1 s.
+        self.heartbeat_interval = max(heartbeat_interval, 1.5)
+        self.keep_workdirs = keep_workdirs
+        self.jobs: dict[int, RunningJob] = {}
+        self._refused: set[int] = set()
+
+    # ------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        (self.state_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        log.info("Local site %s polling %s (max %d jobs)", self.site, self.dx.url, self.max_jobs)
+        failures = 0
+        try:
+            while not stop.is_set():
+                try:
+                    await self.poll_once()
+                    if failures:
+                        log.info("DiracX at %s reachable again", self.dx.url)
+                    failures = 0
+                except DiracXError as exc:
+                    failures += 1
+                    if failures == 1 or failures % 30 == 0:
+                        log.warning("Poll failed: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.poll_interval)
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        for job in list(self.jobs.values()):
+            await self._terminate(job, "local site shutting down")
+        tasks = [j.task for j in self.jobs.values() if j.task]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def poll_once(self) -> None:
+        # Jobs we run whose status was changed behind our back (killed via DiracX).
+        if self.jobs:
+            states = await self.dx.statuses(list(self.jobs))
+            for job_id, job in list(self.jobs.items()):
+                st = states.get(job_id)
+                if job.killed is None and (st is None or st.status in ("Killed", "Deleted")):
+                    why = f"status {st.status}" if st else "job gone from DiracX"
+                    await self._terminate(job, why)
+        free = self.max_jobs - len(self.jobs)
+        if free <= 0:
+            return
+        found = await self.dx.search(
+            [{"parameter": "Status", "operator": "in", "values": ["Received", "Waiting"]}],
+            ["JobID", "Status", "Site"],
+            sort=[{"parameter": "JobID", "direction": "asc"}],
+        )
+        for j in found:
+            job_id = int(j["JobID"])
+            if job_id in self.jobs or job_id in self._refused:
+                continue
+            sites = [s.strip() for s in str(j.get("Site") or "ANY").split(",")]
+            if not ({"", "ANY", "Any", "Multiple", self.site} & set(sites)):
+                continue
+            if free <= 0:
+                break
+            free -= 1
+            job = RunningJob(job_id, self.state_dir / "jobs" / str(job_id))
+            self.jobs[job_id] = job
+            job.task = asyncio.create_task(self._run_job(job, str(j["Status"])))
+
+    # ------------------------------------------------------------------
+
+    async def _run_job(self, job: RunningJob, status: str) -> None:
+        jid = job.job_id
+        try:
+            steps: list[tuple[str, str]] = []
+            if status == "Received":
+                steps += [("Checking", "JobSanity"), ("Waiting", "Pilot Agent Submission")]
+            steps += [("Matched", "Assigned"), ("Running", "Job Initialization")]
+            await self.dx.set_statuses(jid, steps, source=SOURCE)
+            st = (await self.dx.statuses([jid])).get(jid)
+            if st is None or st.status != "Running":
+                log.info("Job %d: not started, it is %s", jid, st.status if st else "gone")
+                self._refused.add(jid)
+                return
+            log.info("Job %d: %s -> Running at %s", jid, status, self.site)
+            with contextlib.suppress(DiracXError):
+                await self.dx.patch_metadata(jid, Site=self.site)
+            attrs = parse_jdl(await self.dx.job_jdl(jid))
+            if job.workdir.exists():
+                shutil.rmtree(job.workdir)
+            job.workdir.mkdir(parents=True)
+            try:
+                await self.dx.download_input_sandbox(
+                    jid, job.workdir, pfns=input_sandbox_pfns(attrs)
+                )
+                argv = command(attrs)
+            except (DiracXError, ValueError, OSError) as exc:
+                await self._final(jid, "Failed", f"Input sandbox/JDL: {exc}"[:250])
+                return
+            if job.killed:
+                await self._final(jid, "Killed", "Killed before start")
+                return
+            rc = await self._execute(job, attrs, argv)
+            await self._finish(job, attrs, rc)
+        except DiracXError as exc:
+            log.warning("Job %d: DiracX error: %s", jid, exc)
+        except Exception:
+            log.exception("Job %d: local site error", jid)
+            with contextlib.suppress(Exception):
+                await self._final(jid, "Failed", "Local site error")
+        finally:
+            await self._kill_now(job)
+            self.jobs.pop(jid, None)
+            if not self.keep_workdirs:
+                shutil.rmtree(job.workdir, ignore_errors=True)
+
+    def _env(self, job: RunningJob, attrs: dict) -> dict[str, str]:
+        path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        bindir = str(Path(sys.executable).parent)
+        env = {
+            "PATH": f"{bindir}:{path}" if bindir not in path.split(":") else path,
+            "HOME": str(job.workdir),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "TMPDIR": str(job.workdir),
+            "JOBID": str(job.job_id),
+            "DIRACJOBID": str(job.job_id),
+            "DIRACSITE": self.site,
+        }
+        for item in as_list(attrs.get("ExecutionEnvironment")):
+            if "=" in item:
+                k, v = item.split("=", 1)
+                env[k] = v
+        return env
+
+    async def _execute(self, job: RunningJob, attrs: dict, argv: list[str]) -> int:
+        jid = job.job_id
+        out = job.workdir / str(attrs.get("StdOutput") or "std.out")
+        err = job.workdir / str(attrs.get("StdError") or "std.err")
+        exe = argv[0]
+        if "/" not in exe and (job.workdir / exe).is_file():
+            (job.workdir / exe).chmod(0o755)
+            argv = [f"./{exe}", *argv[1:]]
+        env = self._env(job, attrs)
+        with open(out, "wb") as fout, open(err, "wb") as ferr:  # noqa: ASYNC230
+            if self.runner == "docker":
+                job.container = f"gridhub-job-{jid}"
+                cmd = ["docker", "run", "--rm", "--name", job.container]
+                if self.docker_network:
+                    cmd += ["--network", self.docker_network]
+                cmd += ["-v", f"{job.workdir}:/job", "-w", "/job"]
+                for k, v in env.items():
+                    if k not in ("PATH", "HOME", "TMPDIR"):
+                        cmd += ["-e", f"{k}={v}"]
+                cmd += ["-e", "HOME=/job", "-e", "TMPDIR=/tmp", str(self.image), *argv]
+                job.proc = await asyncio.create_subprocess_exec(
+                    *cmd, stdout=fout, stderr=ferr, stdin=asyncio.subprocess.DEVNULL
+                )
+            else:
+                job.proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    cwd=job.workdir,
+                    env=env,
+                    stdout=fout,
+                    stderr=ferr,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    start_new_session=True,  # its own process group, killed as one
+                )
+        log.info("Job %d: started %s (pid %d)", jid, argv[0], job.proc.pid)
+        with contextlib.suppress(DiracXError):
+            await self.dx.set_status(jid, "Running", "Application")
+        last_beat = 0.0
+        while True:
+            try:
+                return await asyncio.wait_for(job.proc.wait(), self.heartbeat_interval)
+            except TimeoutError:
+                pass
+            if job.killed:
+                continue
+            now = time.monotonic()
+            if now - last_beat < self.heartbeat_interval:
+                continue
+            last_beat = now
+            try:
+                cmds = await self.dx.heartbeat(
+                    jid, WallClockTime=round(now - job.started, 1), LoadAverage=os.getloadavg()[0]
+                )
+            except DiracXError as exc:
+                log.warning("Job %d: heartbeat failed: %s", jid, exc)
+                continue
+            if "Kill" in cmds:
+                await self._terminate(job, "Kill command")
+
+    async def _finish(self, job: RunningJob, attrs: dict, rc: int) -> None:
+        jid = job.job_id
+        if job.killed:
+            await self._final(jid, "Killed", f"Killed by the local site ({job.killed})")
+            return
+        outputs = {}
+        for name in as_list(attrs.get("OutputSandbox")):
+            p = job.workdir / name
+            if p.is_file() and p.resolve().is_relative_to(job.workdir.resolve()):
+                outputs[name] = p.read_bytes()[-10_000_000:]
+        if outputs:
+            await self.dx.set_status(jid, "Completing", "Uploading Output Sandbox")
+            try:
+                await self.dx.upload_output_sandbox(jid, outputs)
+            except DiracXError as exc:
+                log.warning("Job %d: output sandbox upload failed: %s", jid, exc)
+        if rc == 0:
+            await self._final(jid, "Done", "Execution Complete")
+        else:
+            await self._final(jid, "Failed", f"exit code {rc}", f"Failed with exit code {rc}")
+
+    async def _final(self, jid: int, status: str, minor: str, app: str = "") -> None:
+        steps: list[tuple[str, str, str]] = []
+        if status == "Done":
+            steps.append(("Completing", "Application Finished Successfully", ""))
+        steps.append((status, minor, app))
+        await self.dx.set_statuses(jid, steps, source=SOURCE)
+        log.info("Job %d: -> %s (%s)", jid, status, minor)
+
+    async def _terminate(self, job: RunningJob, why: str) -> None:
+        if job.killed is None:
+            job.killed = why
+            log.info("Job %d: killing (%s)", job.job_id, why)
+        await self._kill_now(job)
+
+    async def _kill_now(self, job: RunningJob) -> None:
+        proc = job.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if job.container:
+            docker = await asyncio.create_subprocess_exec(
+                "docker",
+                "kill",
+                job.container,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+            await docker.wait()
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), KILL_GRACE)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        # Whatever the job left in its process group goes too.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def token_source(args: argparse.Namespace) -> TokenSource:
+    if args.token_file:
+        from .dirac import RefreshingToken
+
+        return RefreshingToken.from_file(args.diracx_url, args.token_file)
+    if args.embedded_state_dir:
+        from .embedded import facility_token_source
+
+        return facility_token_source(args.embedded_state_dir, args.diracx_url)
+    raise SystemExit("gridhub-local-site: give --embedded-state-dir or --token-file")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="gridhub-local-site",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--diracx-url", required=True)
+    p.add_argument("--state-dir", required=True, type=Path, help="job work directories")
+    p.add_argument(
+        "--embedded-state-dir",
+        type=Path,
+        help="the embedded DiracX's state dir (facility identity)",
+    )
+    p.add_argument("--token-file", type=Path, help="DiracX credentials JSON (refreshed)")
+    p.add_argument("--site", default=DEFAULT_SITE)
+    p.add_argument("--max-jobs", type=int, default=4)
+    p.add_argument("--runner", choices=["process", "docker"], default="process")
+    p.add_argument("--docker-network")
+    p.add_argument("--image")
+    p.add_argument("--poll-interval", type=float, default=1.0)
+    p.add_argument("--heartbeat-interval", type=float, default=3.0)
+    p.add_argument("--log-level", default="INFO")
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with DiracXClient(args.diracx_url, token_source(args)) as dx:
+            site = LocalSite(
+                dx,
+                args.state_dir,
+                site=args.site,
+                max_jobs=args.max_jobs,
+                runner=args.runner,
+                docker_network=args.docker_network,
+                image=args.image,
+                poll_interval=args.poll_interval,
+                heartbeat_interval=args.heartbeat_interval,
+            )
+            await site.run(stop)
+
+    asyncio.run(amain())
+
+
+if __name__ == "__main__":
+    main()
