@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 BUILD_TIMEOUT = int(os.environ.get("GRIDHUB_BUILD_TIMEOUT", "2400"))
 TEST_LABEL = "org.gridhub.test"
+# Containers of this test run carry TEST_LABEL=RUN_ID (parallel runs do not mix).
+RUN_ID = uuid.uuid4().hex[:12]
 
 
 def docker(
@@ -137,7 +139,7 @@ class Containers:
             "--name",
             name,
             "--label",
-            TEST_LABEL + "=1",
+            f"{TEST_LABEL}={RUN_ID}",
             *docker_args,
             image,
             *args,
@@ -174,4 +176,4 @@ def running_containers() -> Iterator[Containers]:
 
 
 def leftover_test_containers() -> list[str]:
-    return docker("ps", "-aq", "--filter", f"label={TEST_LABEL}").stdout.split()
+    return docker("ps", "-aq", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from conftest import screenshot
-from dockerharness import ROOT, Containers, docker
+from dockerharness import ROOT, RUN_ID, TEST_LABEL, Containers, docker
 
 # The image build and server start-up are fixtures with their own bounded
 # timeouts; pytest-timeout bounds only the test bodies.
@@ -55,7 +55,7 @@ def run_in_image(image: str, code: str, *docker_args: str, timeout: float = 180)
         "run",
         "--rm",
         "--label",
-        "org.gridhub.test=1",
+        f"{TEST_LABEL}={RUN_ID}",
         *docker_args,
         image,
         "python",
@@ -196,7 +196,8 @@ def test_server_extensions_answer(lab: Lab) -> None:
     h = {"Authorization": f"token {lab.token}"}
     clusters = httpx.get(f"{lab.url}/dask/clusters", headers=h, timeout=10)
     assert clusters.status_code == 200 and clusters.json() == []
-    out = docker("exec", lab.cid, "jupyter", "server", "extension", "list").stderr
+    p = docker("exec", lab.cid, "jupyter", "server", "extension", "list")
+    out = p.stdout + p.stderr
     for ext in ("dask_labextension", "jupyter_server_proxy", "jupyterlab"):
         assert re.search(rf"{ext}\s.*enabled", out), out
 
@@ -208,12 +209,16 @@ def test_dask_sidebar_in_browser(lab: Lab, page) -> None:  # type: ignore[no-unt
     tab.click()
     panel = page.locator("#dask-dashboard-launcher")
     panel.wait_for(state="visible")
-    new = panel.get_by_role("button", name=re.compile("new", re.I))
+    assert "CLUSTERS" in panel.inner_text()
+    new = panel.locator('[data-command="dask:launch-cluster"]')
     new.wait_for(state="visible")
+    assert new.inner_text().strip() == "NEW"
     # NEW starts a cluster through the labextension's factory (LocalCluster
     # in a bare image; the hub config points it at dask-gateway).
     new.click()
-    panel.locator(".dask-ClusterListing-item").first.wait_for(state="visible", timeout=60_000)
+    panel.locator("ul.dask-ClusterListing-list > li").first.wait_for(
+        state="visible", timeout=60_000
+    )
     screenshot(page, "notebook-dask-sidebar")
     h = {"Authorization": f"token {lab.token}"}
     clusters = httpx.get(f"{lab.url}/dask/clusters", headers=h, timeout=10).json()
