@@ -10,17 +10,15 @@ the `browser` / `page` fixtures.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from dockerharness import (
-    ARTIFACTS,
     Containers,
     build_image,
     leftover_test_containers,
     running_containers,
+    screenshot,
 )
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -32,7 +30,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = ARTIFACTS / "screenshots"
 
 
 @pytest.fixture(scope="session")
@@ -87,10 +84,3 @@ def page(browser, request: pytest.FixtureRequest):  # type: ignore[no-untyped-de
         if rep is not None and rep.failed:
             screenshot(pg, f"FAILED-{request.node.name}")
         ctx.close()
-
-
-def screenshot(pg, name: str) -> Path:  # type: ignore[no-untyped-def]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / (re.sub(r"[^\w.-]+", "_", name) + ".png")
-    pg.screenshot(path=str(path), full_page=True)
-    return path

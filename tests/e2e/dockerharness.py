@@ -24,6 +24,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -34,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 BUILD_TIMEOUT = int(os.environ.get("GRIDHUB_BUILD_TIMEOUT", "2400"))
+SCREENSHOTS = ARTIFACTS / "screenshots"
 TEST_LABEL = "org.gridhub.test"
 # Containers of this test run carry TEST_LABEL=RUN_ID (parallel runs do not mix).
 RUN_ID = uuid.uuid4().hex[:12]
@@ -177,3 +179,11 @@ def running_containers() -> Iterator[Containers]:
 
 def leftover_test_containers() -> list[str]:
     return docker("ps", "-aq", "--filter", f"label={TEST_LABEL}={RUN_ID}").stdout.split()
+
+
+def screenshot(pg, name: str) -> Path:  # type: ignore[no-untyped-def]
+    """Full-page screenshot of a Playwright page into artifacts/screenshots/."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / (re.sub(r"[^\w.-]+", "_", name) + ".png")
+    pg.screenshot(path=str(path), full_page=True)
+    return path

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from conftest import screenshot
-from dockerharness import ROOT, RUN_ID, TEST_LABEL, Containers, docker
+from dockerharness import ROOT, RUN_ID, TEST_LABEL, Containers, docker, screenshot
 
 # The image build and server start-up are fixtures with their own bounded
 # timeouts; pytest-timeout bounds only the test bodies.
