@@ -340,10 +340,12 @@ def token_source(args: argparse.Namespace) -> TokenSource:
         from .dirac import RefreshingToken
 
         return RefreshingToken.from_file(args.diracx_url, args.token_file)
-    if args.embedded_state_dir:
-        from .embedded import facility_token_source
+    from .embedded import API_KEY, facility_token_source
 
+    if args.embedded_state_dir:
         return facility_token_source(args.embedded_state_dir, args.diracx_url)
+    if (args.state_dir / API_KEY).exists():
+        return facility_token_source(args.state_dir, args.diracx_url)
     raise SystemExit("gridhub-local-site: give --embedded-state-dir or --token-file")
 
 
@@ -354,11 +356,16 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--diracx-url", required=True)
-    p.add_argument("--state-dir", required=True, type=Path, help="job work directories")
     p.add_argument(
-        "--embedded-state-dir",
+        "--state-dir",
+        required=True,
         type=Path,
-        help="the embedded DiracX's state dir (facility identity)",
+        help="the site's directory (job work dirs under it, unless --work-dir); if it is "
+        "the embedded DiracX's state dir, its facility identity is used",
+    )
+    p.add_argument("--work-dir", type=Path, help="where job work directories go")
+    p.add_argument(
+        "--embedded-state-dir", type=Path, help="the embedded DiracX's state dir (identity)"
     )
     p.add_argument("--token-file", type=Path, help="DiracX credentials JSON (refreshed)")
     p.add_argument("--site", default=DEFAULT_SITE)
@@ -383,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
         async with DiracXClient(args.diracx_url, token_source(args)) as dx:
             site = LocalSite(
                 dx,
-                args.state_dir,
+                args.work_dir or args.state_dir / "localsite",
                 site=args.site,
                 max_jobs=args.max_jobs,
                 runner=args.runner,

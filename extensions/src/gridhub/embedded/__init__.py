@@ -179,6 +179,7 @@ def server_info(state_dir: str | Path) -> dict:
 
 
 __all__ = [
+    "API_KEY",
     "FACILITY_USER",
     "GROUP",
     "VO",
