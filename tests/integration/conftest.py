@@ -92,7 +92,7 @@ class EmbeddedDiracX:
         )
         self.startup_seconds: float | None = None
 
-    def start(self, timeout: float = 90) -> EmbeddedDiracX:
+    def start(self, timeout: float = 180) -> EmbeddedDiracX:
         if self._proc.running():
             return self
         t0 = time.monotonic()

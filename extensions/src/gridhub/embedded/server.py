@@ -107,6 +107,12 @@ def main(argv: list[str] | None = None) -> None:
 
     app = create_app()
     add_gridhub_routes(app)
+    # Read the CS now rather than answer 503 until the first background read.
+    from diracx.core.config import ConfigSource
+
+    override = app.dependency_overrides.get(ConfigSource.create)
+    if getattr(override, "__self__", None) is not None:
+        override.__self__.read()
     for noisy in ("werkzeug", "moto"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
