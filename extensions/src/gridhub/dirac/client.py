@@ -340,6 +340,8 @@ class DiracXClient:
 
         ``data`` uses DiracX's HeartbeatData names (LoadAverage, MemoryUsed,
         Vsize, AvailableDiskSpace, CPUConsumed, WallClockTime, StandardOutput).
+        DiracX 0.7 stores heartbeat records per (job, name, second): two heartbeats
+        for one job within the same second fail with a 500 (DiracXError).
         """
         r = await self._request(
             "PATCH", "/api/jobs/heartbeat", json={str(job_id): data}, job_id=job_id
