@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -25,21 +26,29 @@ from typing import Any
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, JobStatus, Worker
 from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
-from dask_gateway_server.options import Float, Integer, Options, Select, String
+from dask_gateway_server import options as opts
 from dask_gateway_server.traitlets import Type
-from traitlets import Bool, Dict, List, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
-from ..dirac import DiracXClient, DiracXError, DiracXUnreachable, TokenSource
+from ..dirac import FINAL_STATES, DiracXClient, DiracXError, DiracXUnreachable, TokenSource
 from ..tunnel.server import TunnelServer
 from ..tunnel.traefik import dynamic_config, make_traefik_handler
 from .jdl import WorkerJob, job_sandbox
 
-# DIRAC job states after which the job's process is gone for good.
-FINAL_STATES = frozenset({"Done", "Failed", "Killed", "Deleted", "Stalled"})
-
 
 class DiracClusterConfig(LocalClusterConfig):
     """Per-cluster settings (deployer defaults, user options override them)."""
+
+    # distributed >= 2024 ships `dask scheduler`, no longer `dask-scheduler`;
+    # the scheduler runs in the gateway's own environment.
+    @default("scheduler_cmd")
+    def _scheduler_cmd_default(self) -> list[str]:
+        return [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+
+    # Without the reverse path: the worker node's own `dask worker`.
+    @default("worker_cmd")
+    def _worker_cmd_default(self) -> list[str]:
+        return ["dask", "worker"]
 
     sites = List(
         Unicode(),
@@ -426,7 +435,7 @@ def default_cluster_options(
     sites: Sequence[str] = (),
     images: Sequence[str] = ("",),
     max_wall_hours: float = 24,
-) -> Options:
+) -> opts.Options:
     """The options users see in dask-gateway's dialog and the labextension."""
 
     def handler(options: Any, user: Any) -> dict[str, Any]:
@@ -443,14 +452,14 @@ def default_cluster_options(
             config["worker_image"] = options.worker_image
         return config
 
-    return Options(
-        Integer("worker_cores", 1, min=1, max=max_cores, label="Worker cores"),
-        Float("worker_memory", 2, min=0.5, max=max_memory_gib, label="Worker memory (GiB)"),
-        Integer("max_workers", max_workers, min=1, max=max_workers, label="Maximum workers"),
-        Select("site", ["ANY", *sites], default="ANY", label="DIRAC site"),
-        Select("worker_image", list(images), default=images[0], label="Worker image")
+    return opts.Options(
+        opts.Integer("worker_cores", 1, min=1, max=max_cores, label="Worker cores"),
+        opts.Float("worker_memory", 2, min=0.5, max=max_memory_gib, label="Worker memory (GiB)"),
+        opts.Integer("max_workers", max_workers, min=1, max=max_workers, label="Maximum workers"),
+        opts.Select("site", ["ANY", *sites], default="ANY", label="DIRAC site"),
+        opts.Select("worker_image", list(images), default=images[0], label="Worker image")
         if len(images) > 1
-        else String("worker_image", images[0], label="Worker image (empty: site default)"),
-        Float("max_wall_hours", 8, min=0.1, max=max_wall_hours, label="Max wall time (hours)"),
+        else opts.String("worker_image", images[0], label="Worker image (empty: site default)"),
+        opts.Float("max_wall_hours", 8, min=0.1, max=max_wall_hours, label="Max wall time (hours)"),
         handler=handler,
     )

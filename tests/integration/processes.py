@@ -1,0 +1,249 @@
+"""Real processes for integration tests: Traefik and dask-gateway-server.
+
+Each is started as the deployed facility starts it (the same binaries and
+config keys), on loopback ports picked free, with logs kept in files that a
+failing test prints.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(
+    check: Callable[[], bool],
+    timeout: float,
+    what: str,
+    log: Path | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            tail = log.read_text()[-4000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110 - not up yet
+            pass
+
+        time.sleep(0.1)
+    tail = log.read_text()[-4000:] if log and log.exists() else ""
+    raise TimeoutError(f"{what} not ready after {timeout:.0f} s\n{tail}")
+
+
+def self_signed_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
+    """A self-signed certificate for ``names`` (the facility's default cert)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    sans: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "facility.crt", directory / "facility.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+@dataclass
+class Process:
+    """A child process with its log file; restartable with the same state."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, **self.env}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def kill_only_leader(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the process itself but not its children (a crash)."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+
+
+@dataclass
+class Traefik(Process):
+    https_port: int = 0
+    dask_port: int = 0
+
+
+def start_traefik(
+    workdir: Path, *, provider_url: str, provider_token: str, cert: Path, key: Path
+) -> Traefik:
+    """Traefik v3 with the facility's entrypoints, reading routes from the
+    gateway's HTTP provider; the default certificate comes from a file."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    https, dask = free_port(), free_port()
+    (workdir / "tls.yml").write_text(
+        textwrap.dedent(f"""\
+        tls:
+          stores:
+            default:
+              defaultCertificate:
+                certFile: {cert}
+                keyFile: {key}
+        """)
+    )
+    (workdir / "traefik.yml").write_text(
+        textwrap.dedent(f"""\
+        entryPoints:
+          websecure:
+            address: "127.0.0.1:{https}"
+          dask:
+            address: "127.0.0.1:{dask}"
+        providers:
+          file:
+            filename: {workdir / "tls.yml"}
+          http:
+            endpoint: "{provider_url}"
+            pollInterval: "1s"
+            headers:
+              Authorization: "Bearer {provider_token}"
+        log:
+          level: DEBUG
+        """)
+    )
+    t = Traefik(
+        name="traefik",
+        argv=[str(VENV_BIN / "traefik"), f"--configFile={workdir / 'traefik.yml'}"],
+        log=workdir / "traefik.log",
+        https_port=https,
+        dask_port=dask,
+    )
+    t.start()
+    wait_for(
+        lambda: socket.create_connection(("127.0.0.1", dask), 1).close() is None,
+        20,
+        "traefik",
+        t.log,
+    )
+    return t
+
+
+@dataclass
+class Gateway(Process):
+    address: str = ""
+    config_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self) -> None:
+        super().start()
+        wait_for(
+            lambda: httpx.get(self.url + "/api/health", timeout=2).status_code == 200,
+            60,
+            "dask-gateway-server",
+            self.log,
+        )
+
+
+def gateway_config(**values: object) -> str:
+    """A dask-gateway config file from ``Class__trait`` keyword values."""
+    lines = ["c = get_config()  # noqa: F821"]
+    for key, value in values.items():
+        cls, trait = key.split("__")
+        lines.append(f"c.{cls}.{trait} = {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+def dask_gateway_server(
+    workdir: Path, config: str, address: str, env: dict[str, str] | None = None
+) -> Gateway:
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "dask_gateway_config.py"
+    cfg.write_text(config)
+    exe = shutil.which("dask-gateway-server", path=str(VENV_BIN)) or "dask-gateway-server"
+    g = Gateway(
+        name="dask-gateway",
+        argv=[exe, "-f", str(cfg)],
+        log=workdir / "gateway.log",
+        env={"PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **(env or {})},
+        cwd=workdir,
+        address=address,
+        config_file=cfg,
+    )
+    g.start()
+    return g

@@ -1,0 +1,271 @@
+"""Dask clusters whose workers are DIRAC jobs, end to end on loopback.
+
+Real parts: the embedded DiracX server, dask-gateway-server with the gridhub
+DIRAC backend, Traefik routing by SNI, the reverse path. The one stand-in is
+the local site, which runs the facility's DIRAC jobs as processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import time
+from pathlib import Path
+
+import dask.array as da
+import pytest
+from dask_gateway import BasicAuth, Gateway
+from gridhub.dirac import DiracXClient
+
+from processes import (
+    dask_gateway_server,
+    free_port,
+    gateway_config,
+    self_signed_cert,
+    start_traefik,
+)
+
+PASSWORD = secrets.token_hex(8)
+FINAL = {"Done", "Failed", "Killed", "Deleted", "Stalled"}
+
+
+class Facility:
+    def __init__(self, work: Path, diracx, site) -> None:
+        self.site = site
+        self.work = work
+        self.diracx = diracx
+        self.cert, self.key = self_signed_cert(
+            work / "tls", ["localhost", "127.0.0.1", "gridhub-tunnel"]
+        )
+        self.gw_port = free_port()
+        self.provider_token = secrets.token_hex(16)
+        self.traefik = start_traefik(
+            work / "traefik",
+            provider_url=f"http://127.0.0.1:{self.gw_port}/api/v1/traefik",
+            provider_token=self.provider_token,
+            cert=self.cert,
+            key=self.key,
+        )
+        self.encrypt_key = base64.b64encode(os.urandom(32)).decode()
+        self.gateway = self.start_gateway()
+
+    def config(self, **overrides: object) -> str:
+        values: dict[str, object] = {
+            "DaskGateway__address": f"127.0.0.1:{self.gw_port}",
+            "DaskGateway__backend_class": "gridhub.gateway.backend.DiracBackend",
+            "DaskGateway__authenticator_class": "dask_gateway_server.auth.SimpleAuthenticator",
+            "SimpleAuthenticator__password": PASSWORD,
+            "Proxy__externally_managed": True,
+            "DiracBackend__api_url": f"http://127.0.0.1:{self.gw_port}/api",
+            "DiracBackend__db_url": f"sqlite:///{self.work / 'gateway.sqlite'}",
+            "DiracBackend__db_encrypt_keys": [self.encrypt_key],
+            "DiracBackend__stop_clusters_on_shutdown": False,
+            "DiracBackend__diracx_url": self.diracx.url,
+            "DiracBackend__diracx_embedded_state_dir": str(self.diracx.state_dir),
+            "DiracBackend__public_dask_address": f"127.0.0.1:{self.traefik.dask_port}",
+            "DiracBackend__facility_ca_file": str(self.cert),
+            "DiracBackend__traefik_token": self.provider_token,
+            "DiracBackend__state_dir": str(self.work / "gateway-state"),
+            "DiracBackend__clusters_directory": str(self.work / "clusters"),
+            "DiracBackend__worker_status_period": 1.0,
+            "DiracBackend__cluster_status_period": 1.0,
+            "DiracBackend__cluster_heartbeat_period": 2,
+            "DiracClusterConfig__worker_memory": "1 G",
+            "DiracClusterConfig__idle_timeout": 0.0,
+        }
+        values.update(overrides)
+        return gateway_config(**values)
+
+    def start_gateway(self):
+        return dask_gateway_server(
+            self.work / "gateway", self.config(), f"127.0.0.1:{self.gw_port}"
+        )
+
+    def client(self, user: str = "alice") -> Gateway:
+        return Gateway(
+            address=self.gateway.url,
+            proxy_address=f"gateway://127.0.0.1:{self.traefik.dask_port}",
+            auth=BasicAuth(user, PASSWORD),
+        )
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {name} ---\n{log}"
+            for name, log in [
+                ("gateway", self.gateway.tail()),
+                ("local site", self.site.log()),
+                ("traefik", self.traefik.tail()),
+            ]
+        )
+
+    def stop(self) -> None:
+        for p in (self.gateway, self.traefik):
+            p.stop()
+
+
+@pytest.fixture(scope="module")
+def facility(tmp_path_factory, diracx_server, diracx_local_site):
+    f = Facility(tmp_path_factory.mktemp("facility"), diracx_server, diracx_local_site)
+    yield f
+    f.stop()
+
+
+def jobs_of(diracx, cluster_name: str) -> list[dict]:
+    async def go():
+        async with DiracXClient(diracx.url, diracx.token_source()) as c:
+            return await c.search(
+                [{"parameter": "JobGroup", "operator": "eq", "value": cluster_name}],
+                ["JobID", "Status", "MinorStatus", "Owner", "JobGroup", "JobName"],
+            )
+
+    return asyncio.run(go())
+
+
+def kill_job(diracx, job_id: int) -> None:
+    async def go():
+        async with DiracXClient(diracx.url, diracx.token_source()) as c:
+            await c.kill([job_id])
+
+    asyncio.run(go())
+
+
+def wait_until(check, timeout: float, what: str, facility: Facility):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not reached in {timeout:.0f} s\n{facility.logs()}")
+
+
+def matmul_sum(client) -> float:
+    x = da.random.RandomState(42).random((2000, 2000), chunks=(500, 500))
+    return float(client.compute((x @ x.T).sum()).result(timeout=120))
+
+
+def expected_matmul_sum() -> float:
+
+    x = da.random.RandomState(42).random((2000, 2000), chunks=(500, 500)).compute(scheduler="sync")
+    return float((x @ x.T).sum())
+
+
+def test_three_workers_are_dirac_jobs_and_stop_with_the_cluster(facility):
+    gateway = facility.client("alice")
+    cluster = gateway.new_cluster()
+    name = cluster.name
+    try:
+        cluster.scale(3)
+        client = cluster.get_client()
+        client.wait_for_workers(3, timeout=120)
+        # A computation with worker-to-worker transfers, and a gather of MBs.
+        assert matmul_sum(client) == pytest.approx(expected_matmul_sum(), rel=1e-9)
+        big = client.submit(lambda: b"x" * (8 * 2**20))
+        assert len(big.result(timeout=60)) == 8 * 2**20
+
+        jobs = jobs_of(facility.diracx, name)
+        running = [j for j in jobs if j["Status"] == "Running"]
+        assert len(running) == 3, jobs
+        for j in running:
+            assert j["JobGroup"] == name
+            assert "alice" in j["JobName"]
+            assert j["Owner"]  # the facility's DIRAC identity submitted it
+        client.close()
+    finally:
+        cluster.shutdown()
+    final = wait_until(
+        lambda: (
+            (js := jobs_of(facility.diracx, name)) and all(j["Status"] in FINAL for j in js) and js
+        ),
+        60,
+        "all jobs of the cluster ended",
+        facility,
+    )
+    assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
+
+
+def test_a_job_killed_in_dirac_is_replaced_and_the_result_is_right(facility):
+    gateway = facility.client("bob")
+    cluster = gateway.new_cluster()
+    try:
+        cluster.scale(2)
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=120)
+        x = da.random.RandomState(42).random((2000, 2000), chunks=(500, 500))
+        future = client.compute((x @ x.T).sum())
+        victim = jobs_of(facility.diracx, cluster.name)[0]["JobID"]
+        kill_job(facility.diracx, victim)
+        assert float(future.result(timeout=180)) == pytest.approx(expected_matmul_sum(), rel=1e-9)
+        # The killed job is gone and another job took its place.
+        wait_until(
+            lambda: (
+                sum(j["Status"] == "Running" for j in jobs_of(facility.diracx, cluster.name)) == 2
+            ),
+            120,
+            "a replacement job running",
+            facility,
+        )
+        statuses = {j["JobID"]: j["Status"] for j in jobs_of(facility.diracx, cluster.name)}
+        assert statuses[victim] == "Killed"
+        assert len(statuses) == 3
+        client.close()
+    finally:
+        cluster.shutdown()
+
+
+def test_gateway_restart_finds_its_cluster_and_jobs(facility):
+    gateway = facility.client("carol")
+    cluster = gateway.new_cluster()
+    name = cluster.name
+    try:
+        cluster.scale(1)
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=120)
+        before = {j["JobID"] for j in jobs_of(facility.diracx, name)}
+        client.close()
+
+        facility.gateway.stop()
+        facility.gateway = facility.start_gateway()
+
+        gateway = facility.client("carol")
+        assert name in [c.name for c in gateway.list_clusters()]
+        cluster = gateway.connect(name)
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=60)
+        assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
+        after = {j["JobID"] for j in jobs_of(facility.diracx, name)}
+        assert after == before, "the restarted gateway submitted new jobs or lost some"
+        client.close()
+    finally:
+        cluster.shutdown()
+    wait_until(
+        lambda: all(j["Status"] in FINAL for j in jobs_of(facility.diracx, name)),
+        60,
+        "no orphaned job",
+        facility,
+    )
+
+
+def test_dirac_down_fails_fast_and_leaves_nothing(facility):
+    gateway = facility.client("dave")
+    facility.diracx.stop()
+    try:
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="DIRAC is unreachable") as err:
+            gateway.new_cluster()
+        assert time.monotonic() - start < 30
+        assert facility.diracx.url.split("//")[1] in str(err.value)
+        assert gateway.list_clusters() == []
+    finally:
+        facility.diracx.start()
+    cluster = gateway.new_cluster()
+    try:
+        cluster.scale(1)
+        client = cluster.get_client()
+        client.wait_for_workers(1, timeout=120)
+        assert client.submit(lambda: 1 + 1).result(timeout=60) == 2
+        client.close()
+    finally:
+        cluster.shutdown()
