@@ -8,7 +8,7 @@ the host lets a namespace reach only Traefik's Dask port and lets nothing on
 the host open a connection into a namespace. Namespaces have no default
 route, so they cannot reach each other either.
 
-Import explicitly: ``from tunnel_fixtures import facility, ...``.
+Import explicitly: ``from tunnel_fixtures import facility_fixture  # noqa: F401``\n(the fixture is named ``facility``).
 """
 
 from __future__ import annotations
@@ -391,6 +391,7 @@ class Facility:
         dask_args += list(extra_worker_args)
         cmd = node.cmd(str(VENV_BIN / "gridhub-worker"), *gridhub_args, "--", *dask_args)
         p = Proc(f"worker-{name}", cmd, self.dir / f"worker-{name}.log", env=env).start()
+        p.node = node  # type: ignore[attr-defined]
         self.workers.append(p)
         self.procs.append(p)
         return p
@@ -573,8 +574,30 @@ def tls_probe(port: int, sni: str, cafile: Path | None = None, timeout: float = 
             return False
 
 
-@pytest.fixture
-def facility(tmp_path: Path) -> Iterator[Facility]:
+def kill_tunnel(node_ns: str, pid: int) -> int:
+    """Destroy the SSH connection(s) of gridhub-worker ``pid`` inside its
+    namespace (ss -K); the dask worker's own connections stay."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", node_ns, "ss", "-tnpH", "state", "established"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    killed = 0
+    for line in out.splitlines():
+        if f"pid={pid}," in line:
+            local = line.split()[2]
+            subprocess.run(
+                ["ip", "netns", "exec", node_ns, "ss", "-K", "src", local],
+                capture_output=True,
+                check=True,
+            )
+            killed += 1
+    return killed
+
+
+@pytest.fixture(name="facility")
+def facility_fixture(tmp_path: Path) -> Iterator[Facility]:
     if not have_netns():
         pytest.skip("needs root, ip netns and nft")
     f = start_facility(tmp_path / "facility")

@@ -34,15 +34,15 @@ def _hostport(s: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def serve(ns: argparse.Namespace) -> None:
-    schedulers: dict[str, str] = {}
-    keys: dict[str, bytes] = {}
-    for spec in ns.cluster:
-        name, _, rest = spec.partition("=")
-        addr, _, cert = rest.partition(",")
-        schedulers[name] = addr
-        keys[name] = Path(cert).read_bytes()
-    token = Path(ns.token_file).read_text().strip()
+def _write_ready(path: str, data: dict) -> None:
+    tmp = Path(path + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+async def serve(
+    ns: argparse.Namespace, schedulers: dict[str, str], keys: dict[str, bytes], token: str
+) -> None:
 
     host, port = _hostport(ns.listen)
     server = TunnelServer(
@@ -70,11 +70,10 @@ async def serve(ns: argparse.Namespace) -> None:
     await site.start()
     cport = runner.addresses[0][1]
     if ns.ready_file:
-        tmp = Path(ns.ready_file + ".tmp")
-        tmp.write_text(
-            json.dumps({"tunnel": server.address, "config": f"http://{chost}:{cport}/traefik"})
+        _write_ready(
+            ns.ready_file,
+            {"tunnel": server.address, "config": f"http://{chost}:{cport}/traefik"},
         )
-        os.replace(tmp, ns.ready_file)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -99,7 +98,15 @@ def main() -> None:
     ns = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    asyncio.run(serve(ns))
+    schedulers: dict[str, str] = {}
+    keys: dict[str, bytes] = {}
+    for spec in ns.cluster:
+        name, _, rest = spec.partition("=")
+        addr, _, cert = rest.partition(",")
+        schedulers[name] = addr
+        keys[name] = Path(cert).read_bytes()
+    token = Path(ns.token_file).read_text().strip()
+    asyncio.run(serve(ns, schedulers, keys, token))
 
 
 if __name__ == "__main__":

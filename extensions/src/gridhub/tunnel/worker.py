@@ -225,12 +225,15 @@ def worker_command(ns: argparse.Namespace, port: int | None, route: str | None) 
             "--contact-address",
             f"gateway://{ns.facility}/{route}",
         ]
-        # The protocol would otherwise follow the scheduler address (gateway).
-        if "--protocol" not in args:
-            args += ["--protocol", "tls"]
+
         # The nanny would need a reverse path of its own: one process per job.
         if "--nanny" not in args and "--no-nanny" not in args:
             args.append("--no-nanny")
+    # The protocol would otherwise follow the scheduler address (gateway://),
+    # which can only dial, not listen.
+    scheduler = _first_positional(args) or ""
+    if scheduler.startswith("gateway://") and "--protocol" not in args:
+        args += ["--protocol", "tls"]
     return [*ns.dask_cmd, *args]
 
 
