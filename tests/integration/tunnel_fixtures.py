@@ -8,7 +8,8 @@ the host lets a namespace reach only Traefik's Dask port and lets nothing on
 the host open a connection into a namespace. Namespaces have no default
 route, so they cannot reach each other either.
 
-Import explicitly: ``from tunnel_fixtures import facility_fixture  # noqa: F401``\n(the fixture is named ``facility``).
+Import explicitly: ``from tunnel_fixtures import facility_fixture  # noqa: F401``
+(the fixture is named ``facility``).
 """
 
 from __future__ import annotations

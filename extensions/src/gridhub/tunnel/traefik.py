@@ -20,6 +20,7 @@ DASK_ENTRYPOINT = "dask"
 WEB_ENTRYPOINT = "websecure"
 TUNNEL_ROUTER = "gridhub-tunnel"
 PROXY_PROTOCOL_TRANSPORT = "gridhub-proxy-protocol"
+NO_ROUTE = "gridhub-no-route"
 
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -114,6 +115,18 @@ def dynamic_config(
         if proxy_protocol:
             service["loadBalancer"]["serversTransport"] = PROXY_PROTOCOL_TRANSPORT
         tcp_services[TUNNEL_ROUTER] = service
+
+    # Without this, Traefik answers an unknown SNI itself (default
+    # certificate, then HTTP 404). A lowest-priority passthrough router to a
+    # service without servers makes it close the connection instead.
+    tcp_routers[NO_ROUTE] = {
+        "entryPoints": [dask_entrypoint],
+        "rule": "HostSNI(`*`)",
+        "priority": 1,
+        "service": NO_ROUTE,
+        "tls": {"passthrough": True},
+    }
+    tcp_services[NO_ROUTE] = {"loadBalancer": {"servers": []}}
 
     prefix = "/" + gateway_prefix.strip("/") if gateway_prefix.strip("/") else ""
     for name, addr in sorted(dashboard_routes.items()):
