@@ -128,8 +128,9 @@ def _spawner(c, s: Settings) -> None:
         c.JupyterHub.spawner_class = "jupyterhub.spawner.LocalProcessSpawner"
     if s.spawner == "local":
         # the servers run the hub's python environment
-        bindir = str(Path(sys.executable).parent)
-        c.Spawner.cmd = [str(Path(bindir) / "jupyterhub-singleuser")]
+        python = s.local_python or sys.executable
+        bindir = str(Path(python).parent)
+        c.Spawner.cmd = [python, "-m", "jupyterhub.singleuser"]
         env["PATH"] = bindir + os.pathsep + "/usr/local/bin:/usr/bin:/bin"
     c.Spawner.environment = env
 
@@ -213,6 +214,7 @@ def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
     a.allow_all = True
     c.Authenticator.username_pattern = MASTERCLASS_USERNAME_PATTERN
     notebooks = Path(s.masterclass_notebooks_dir)
+    python = s.local_python or sys.executable
 
     async def copy_notebooks(spawner) -> None:
         import asyncio
@@ -224,7 +226,7 @@ def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
         if info is None or not await asyncio.to_thread(notebooks.is_dir):
             return  # containers copy at start-up (python -m gridhub.hub.masterclass)
         home, uid, gid = info
-        await asyncio.to_thread(copy_as_user, notebooks, home, uid, gid)
+        await asyncio.to_thread(copy_as_user, notebooks, home, uid, gid, python=python)
 
     c.Spawner.pre_spawn_hook = copy_notebooks
 
@@ -236,6 +238,8 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
             "url": s.gateway_url,
             "api_token": sec.gateway_api_token,
             "display": False,
+            # an external service may start after the hub: do not hold up start-up
+            "timeout": 3,
         },
         {"name": "prometheus", "api_token": sec.metrics_token, "display": False},
     ]

@@ -39,11 +39,16 @@ def copy_notebooks_once(src: str | Path, home: str | Path) -> list[str]:
 
 
 def copy_as_user(
-    src: str | Path, home: str | Path, uid: int, gid: int, timeout: float = 60
+    src: str | Path,
+    home: str | Path,
+    uid: int,
+    gid: int,
+    timeout: float = 60,
+    python: str | None = None,
 ) -> None:
     """Run the copy in a child process with the student's uid/gid."""
     subprocess.run(
-        [sys.executable, "-m", "gridhub.hub.masterclass", str(src), str(home)],
+        [python or sys.executable, "-m", "gridhub.hub.masterclass", str(src), str(home)],
         user=uid,
         group=gid,
         extra_groups=[],

@@ -168,6 +168,11 @@ class Settings(BaseModel):
     local_home_root: Path | None = Field(
         None, description="local spawner with local_unix_user: parent of the per-user homes."
     )
+    local_python: str | None = Field(
+        None,
+        description="local spawner: python that runs the servers (needs jupyterhub, jupyterlab"
+        " and gridhub); default: the hub's own python.",
+    )
     cpu_limit: float | None = Field(2.0, gt=0, description="CPU cores per user server.")
     mem_limit: str | None = Field("4G", description="Memory per user server, e.g. '4G'.")
     default_url: str = Field("/lab", description="Where a user lands in their server.")

@@ -1,0 +1,312 @@
+"""Fixtures for the hub's process-level tests: a real JupyterHub + real Traefik.
+
+Import explicitly from the test modules (``from hub_fixtures import *``); this is not
+a conftest.  Everything started here is stopped here, by pid, with bounded waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
+ARTIFACTS = REPO / "artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+TEST_UNIX_USER = "gridhub-test"
+ADMIN_TOKEN = "gridhub-test-admin-" + os.urandom(8).hex()
+
+__all__ = [
+    "ADMIN_TOKEN",
+    "ARTIFACTS",
+    "HUB_CONFIG",
+    "REPO",
+    "SCREENSHOTS",
+    "Hub",
+    "OIDCMock",
+    "free_port",
+    "hub_factory",
+    "login_form",
+    "server_python",
+    "test_unix_user",
+    "wait_for",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def _user_pids(uid: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
+            except FileNotFoundError:
+                pass
+    return pids
+
+
+@pytest.fixture(scope="session")
+def test_unix_user():
+    """An unprivileged account the user servers run as (Jupyter refuses root)."""
+    if os.geteuid() != 0:
+        pytest.skip("the hub tests spawn servers as another user: run as root")
+    try:
+        pw = pwd.getpwnam(TEST_UNIX_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", TEST_UNIX_USER],
+            check=True,
+            timeout=30,
+        )
+        pw = pwd.getpwnam(TEST_UNIX_USER)
+    yield pw
+    # backstop: end what this session's servers left behind (all run as this account)
+    for pid in _user_pids(pw.pw_uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def server_python(test_unix_user):
+    """A python the server account may run: this venv's python may live under /root
+    (0700), so make a venv of Debian's python3.11 whose site-packages is this venv's."""
+    if sys.version_info[:2] != (3, 11) or not Path("/usr/bin/python3.11").exists():
+        return sys.executable
+    shim = Path(tempfile.mkdtemp(prefix="gridhub-test-python-"))
+    subprocess.run(
+        ["/usr/bin/python3.11", "-m", "venv", "--without-pip", str(shim)], check=True, timeout=60
+    )
+    site = shim / "lib" / "python3.11" / "site-packages"
+    shutil.rmtree(site)
+    site.symlink_to(Path(sys.prefix) / "lib" / "python3.11" / "site-packages")
+    # jupyter finds lab assets and extension config under sys.prefix
+    for sub in ("share", "etc"):
+        if (Path(sys.prefix) / sub).exists():
+            (shim / sub).symlink_to(Path(sys.prefix) / sub)
+    for path in [shim, *shim.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o005 | (0o001 if path.is_dir() else 0))
+    yield str(shim / "bin" / "python")
+    shutil.rmtree(shim, ignore_errors=True)
+
+
+class Hub:
+    """One `jupyterhub -f hub_config/jupyterhub_config.py` process and its Traefik."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], name: str = "hub"):
+        self.workdir = workdir
+        self.state = workdir / "state"
+        self.homes = workdir / "homes"
+        self.extra = workdir / "extra-config"
+        self.port = free_port()
+        self.public_url = f"http://127.0.0.1:{self.port}"
+        self.api = self.public_url + "/hub/api"
+        self.log_path = ARTIFACTS / "logs" / f"{name}-{self.port}.log"
+        self.env = {
+            "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(workdir),
+            "LANG": "C.UTF-8",
+            "GRIDHUB_PUBLIC_URL": self.public_url,
+            "GRIDHUB_STATE_DIR": str(self.state),
+            "GRIDHUB_HUB_BIND_URL": f"http://127.0.0.1:{free_port()}",
+            "GRIDHUB_PROXY_API_URL": f"http://127.0.0.1:{free_port()}",
+            "GRIDHUB_TOKEN_SERVICE_PORT": str(free_port()),
+            "GRIDHUB_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
+            "GRIDHUB_SPAWNER": "local",
+            "GRIDHUB_LOCAL_UNIX_USER": TEST_UNIX_USER,
+            "GRIDHUB_LOCAL_HOME_ROOT": str(self.homes),
+            "GRIDHUB_EXTRA_CONFIG_DIR": str(self.extra),
+            "GRIDHUB_START_TIMEOUT": "60",
+            **env,
+        }
+        self.proc: subprocess.Popen | None = None
+        self.extra.mkdir(parents=True, exist_ok=True)
+        (self.extra / "50-test-admin.py").write_text(
+            "c = get_config()  # noqa\n"
+            "c.JupyterHub.cleanup_servers = True\n"
+            "c.JupyterHub.services.append("
+            f"{{'name': 'test-admin', 'api_token': {ADMIN_TOKEN!r}}})\n"
+            "c.JupyterHub.load_roles.append({'name': 'test-admin', 'scopes': ['admin:users',"
+            " 'admin:servers', 'admin:auth_state', 'tokens', 'read:metrics'],"
+            " 'services': ['test-admin']})\n"
+        )
+
+    def start(self, timeout: float = 60) -> Hub:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(VENV_BIN / "jupyterhub"), "-f", str(HUB_CONFIG)],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+            return httpx.get(self.api + "/", timeout=5).status_code == 200
+
+        try:
+            wait_for(ready, timeout, what="the hub behind traefik")
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc, timeout=30)
+            self.proc = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.api,
+            headers={"Authorization": f"token {ADMIN_TOKEN}"},
+            timeout=30,
+        )
+
+    def user_model(self, name: str) -> dict:
+        with self.admin() as c:
+            r = c.get(f"/users/{name}")
+            r.raise_for_status()
+            return r.json()
+
+    def wait_server_ready(self, name: str, timeout: float = 90) -> dict:
+        def ready():
+            server = self.user_model(name)["servers"].get("")
+            return server if server and server.get("ready") else None
+
+        return wait_for(ready, timeout, interval=1, what=f"server of {name}")
+
+    def home(self, name: str) -> Path:
+        return self.homes / name
+
+
+@pytest.fixture
+def hub_factory(test_unix_user, server_python):
+    hubs: list[Hub] = []
+    dirs: list[Path] = []
+
+    def make(env: dict[str, str] | None = None, name: str = "hub", workdir: Path | None = None):
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="gridhub-it-"))
+            workdir.chmod(0o755)  # the server account must reach its home under it
+            dirs.append(workdir)
+        hub = Hub(workdir, {"GRIDHUB_LOCAL_PYTHON": server_python, **(env or {})}, name=name)
+        hubs.append(hub)
+        return hub
+
+    yield make
+    for hub in hubs:
+        hub.stop()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def login_form(client: httpx.Client, username: str, password: str) -> httpx.Response:
+    """Log in through the hub's HTML form like a browser (xsrf cookie + field)."""
+    page = client.get("/hub/login")
+    page.raise_for_status()
+    xsrf = client.cookies.get("_xsrf")
+    return client.post(
+        "/hub/login",
+        data={"username": username, "password": password, "_xsrf": xsrf},
+        follow_redirects=False,
+    )
+
+
+class OIDCMock:
+    """oidc-provider-mock (a stand-in for INDIGO IAM) as a subprocess on loopback."""
+
+    def __init__(self, token_max_age: int = 3600):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ARTIFACTS / "logs" / f"oidc-mock-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "oidc_provider_mock",
+                "--port",
+                str(self.port),
+                "--token-max-age",
+                str(token_max_age),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_for(
+            lambda: httpx.get(self.url + "/.well-known/openid-configuration", timeout=5).is_success,
+            30,
+            what="oidc-provider-mock",
+        )
+
+    def set_user(self, sub: str, claims: dict) -> None:
+        r = httpx.put(f"{self.url}/users/{sub}", json=claims, timeout=10)
+        assert r.status_code == 204, r.text
+
+    def userinfo_ok(self, token: str) -> bool:
+        r = httpx.get(
+            self.url + "/userinfo", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        return r.status_code == 200
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=1, sort_keys=True)

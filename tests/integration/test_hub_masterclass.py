@@ -1,0 +1,172 @@
+"""Masterclass mode, end to end over HTTP through Traefik: a real hub and real servers."""
+
+from __future__ import annotations
+
+import json
+import stat
+import time
+
+import httpx
+
+try:
+    from .hub_fixtures import *  # noqa: F403
+    from .hub_fixtures import Hub, login_form, wait_for
+except ImportError:
+    from hub_fixtures import *  # noqa: F403
+    from hub_fixtures import Hub, login_form, wait_for
+
+CODE = "open-sesame-2026"
+TEACHER_CODE = "teacher-" + "x" * 40
+FACILITY = "Masterclass Test Facility"
+NOTEBOOK = {
+    "cells": [{"cell_type": "markdown", "metadata": {}, "source": ["# Welcome"]}],
+    "metadata": {},
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+def masterclass_hub(hub_factory, name: str, **env: str) -> Hub:
+    hub = hub_factory(name=name)
+    notebooks = hub.workdir / "notebooks"
+    (notebooks / "data").mkdir(parents=True)
+    (notebooks / "01-welcome.ipynb").write_text(json.dumps(NOTEBOOK))
+    (notebooks / "data" / "events.csv").write_text("run,event\n1,2\n")
+    hub.env.update(
+        {
+            "GRIDHUB_FACILITY_NAME": FACILITY,
+            "GRIDHUB_MASTERCLASS_ACCESS_CODE": CODE,
+            "GRIDHUB_MASTERCLASS_TEACHER_CODE": TEACHER_CODE,
+            "GRIDHUB_MASTERCLASS_TEACHERS": "teacher",
+            "GRIDHUB_MASTERCLASS_NOTEBOOKS_DIR": str(notebooks),
+            "GRIDHUB_CULL_IDLE_TIMEOUT": "0",
+            **env,
+        }
+    )
+    return hub.start()
+
+
+def browser(hub: Hub) -> httpx.Client:
+    return httpx.Client(base_url=hub.public_url, timeout=30, follow_redirects=True)
+
+
+def start_server(hub: Hub, client: httpx.Client, name: str) -> None:
+    r = client.get("/hub/spawn")
+    assert r.status_code == 200, r.text[-500:]
+    hub.wait_server_ready(name)
+    lab = client.get(f"/user/{name}/lab")
+    assert lab.status_code == 200, (lab.url, lab.text[-500:])
+    assert str(lab.url).startswith(f"{hub.public_url}/user/{name}/lab")
+
+
+def user_token(hub: Hub, name: str) -> str:
+    with hub.admin() as admin:
+        r = admin.post(f"/users/{name}/tokens", json={"note": "test", "expires_in": 600})
+        r.raise_for_status()
+        return r.json()["token"]
+
+
+def test_masterclass_students(hub_factory):
+    t0 = time.monotonic()
+    hub = masterclass_hub(hub_factory, "masterclass")
+    print(f"hub up in {time.monotonic() - t0:.1f}s")
+
+    with browser(hub) as eve:
+        page = eve.get("/hub/login")
+        assert FACILITY in page.text and "Access code" in page.text
+        refused = login_form(eve, "eve", "not-the-code")
+        assert refused.status_code == 403
+        assert "jupyterhub-session-id" not in eve.cookies or not eve.get("/hub/api/user").is_success
+        # a student cannot claim a teacher's name with the student code
+        assert login_form(eve, "teacher", CODE).status_code == 403
+
+    alice, bob = browser(hub), browser(hub)
+    try:
+        for client, name in ((alice, "alice"), (bob, "bob")):
+            r = login_form(client, name, CODE)
+            assert r.status_code == 302, r.text[-500:]
+            t1 = time.monotonic()
+            start_server(hub, client, name)
+            print(f"{name}: login to JupyterLab in {time.monotonic() - t1:.1f}s")
+            listing = client.get(f"/user/{name}/api/contents").json()
+            names = {item["name"] for item in listing["content"]}
+            assert {"01-welcome.ipynb", "data"} <= names, names
+            assert (hub.home(name) / "data" / "events.csv").read_text().startswith("run,")
+            assert not hub.user_model(name)["admin"]
+
+        # A cannot reach B's server or B's API, by cookie or by token
+        assert alice.get("/user/bob/lab").status_code == 403
+        a_token = user_token(hub, "alice")
+        auth = {"Authorization": f"token {a_token}"}
+        assert httpx.get(f"{hub.public_url}/user/bob/api/contents", headers=auth).status_code == 403
+        assert httpx.get(f"{hub.public_url}/user/alice/api/contents", headers=auth).is_success
+        assert httpx.get(f"{hub.api}/users/bob", headers=auth).status_code in (403, 404)
+        assert httpx.post(f"{hub.api}/users/bob/server", headers=auth).status_code in (403, 404)
+
+        # alice edits the notebook; restarting her server never overwrites it
+        edited = dict(NOTEBOOK, cells=[{"cell_type": "markdown", "metadata": {}, "source": "mine"}])
+        r = httpx.put(
+            f"{hub.public_url}/user/alice/api/contents/01-welcome.ipynb",
+            headers=auth,
+            json={"type": "notebook", "format": "json", "content": edited},
+        )
+        assert r.is_success, r.text
+        (hub.home("alice") / "data" / "events.csv").unlink()  # deleted stays deleted
+        with hub.admin() as admin:
+            admin.delete("/users/alice/server").raise_for_status()
+            wait_for(lambda: not hub.user_model("alice")["servers"], 60, what="alice stopped")
+            admin.post("/users/alice/server").raise_for_status()
+        hub.wait_server_ready("alice")
+        nb = json.loads((hub.home("alice") / "01-welcome.ipynb").read_text())
+        assert "".join(nb["cells"][0]["source"]) == "mine"
+        assert not (hub.home("alice") / "data" / "events.csv").exists()
+    finally:
+        alice.close()
+        bob.close()
+
+    # the teacher logs in with the teacher code and is an admin
+    with browser(hub) as teacher:
+        assert login_form(teacher, "teacher", TEACHER_CODE).status_code == 302
+        assert hub.user_model("teacher")["admin"] is True
+
+    # /hub/metrics: not for anonymous users, yes for the metrics token
+    assert httpx.get(f"{hub.public_url}/hub/metrics").status_code == 403
+    token = (hub.state / "secrets" / "metrics_token").read_text().strip()
+    r = httpx.get(f"{hub.public_url}/hub/metrics", headers={"Authorization": f"token {token}"})
+    assert r.status_code == 200 and "jupyterhub_" in r.text
+
+
+def test_idle_server_is_culled(hub_factory):
+    hub = masterclass_hub(
+        hub_factory, "culler", GRIDHUB_CULL_IDLE_TIMEOUT="15", GRIDHUB_CULL_EVERY="5"
+    )
+    with browser(hub) as carol:
+        assert login_form(carol, "carol", CODE).status_code == 302
+        assert carol.get("/hub/spawn").status_code == 200
+        hub.wait_server_ready("carol")
+        t0 = time.monotonic()
+        wait_for(lambda: not hub.user_model("carol")["servers"], 120, interval=2, what="cull")
+        print(f"culled {time.monotonic() - t0:.1f}s after ready")
+    assert "Culling server" in hub.log() or "culling" in hub.log().lower()
+
+
+def test_secrets_private_and_stable_across_restarts(hub_factory):
+    hub = masterclass_hub(hub_factory, "secrets")
+    secrets_dir = hub.state / "secrets"
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(hub.state.stat().st_mode) == 0o700
+    before = {}
+    for f in sorted(secrets_dir.iterdir()):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        before[f.name] = f.read_text()
+    for name in ("cookie_secret", "crypt_key", "proxy_api_password", "gateway_api_token"):
+        assert len(bytes.fromhex(before[name].strip())) == 32
+    with browser(hub) as dave:
+        assert login_form(dave, "dave", CODE).status_code == 302
+        hub.stop()
+        hub.start()
+        after = {f.name: f.read_text() for f in sorted(secrets_dir.iterdir())}
+        assert after == before
+        # same cookie secret: the session survives the restart
+        home = dave.get("/hub/home")
+        assert home.status_code == 200 and "/hub/home" in str(home.url)
