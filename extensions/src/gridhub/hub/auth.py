@@ -9,6 +9,7 @@ the user's server is always valid for a while.  No token is ever logged.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -56,7 +57,31 @@ class IAMAuthenticator(GenericOAuthenticator):
             state["lifetime"] = int(expires_in)
         return state
 
+    _locks: dict[str, asyncio.Lock]
+
     async def refresh_user(self, user, handler=None, **kwargs):
+        # one refresh at a time per user: a rotated refresh token is single-use
+        if not hasattr(self, "_locks"):
+            self._locks, self._fresh = {}, {}
+        async with self._locks.setdefault(user.name, asyncio.Lock()):
+            # a request that waited for the lock reuses the refresh that just happened
+            # (the hub saves the new auth_state only after we return)
+            fresh = self._fresh.get(user.name)
+            if fresh and fresh["auth_state"]["expires_at"] - time.time() > self._margin(
+                fresh["auth_state"]
+            ):
+                return fresh
+            result = await self._refresh_user(user, handler, **kwargs)
+            if isinstance(result, dict) and (result.get("auth_state") or {}).get("expires_at"):
+                self._fresh[user.name] = result
+            else:
+                self._fresh.pop(user.name, None)
+            return result
+
+    def _margin(self, auth_state: dict) -> float:
+        return min(self.refresh_margin, auth_state.get("lifetime", 0) / 2)
+
+    async def _refresh_user(self, user, handler=None, **kwargs):
         auth_state = await user.get_auth_state()
         if not auth_state:
             return False
@@ -64,8 +89,7 @@ class IAMAuthenticator(GenericOAuthenticator):
         refresh_token = auth_state.get("refresh_token")
         if not expires_at or not refresh_token:
             return await super().refresh_user(user, handler, **kwargs)
-        margin = min(self.refresh_margin, auth_state.get("lifetime", 0) / 2)
-        if expires_at - time.time() > margin:
+        if expires_at - time.time() > self._margin(auth_state):
             return True
         self.log.info("Refreshing the IAM access token of %s", user.name)
         params = self.build_refresh_token_request_params(refresh_token)

@@ -146,6 +146,7 @@ def _iam(c, s: Settings) -> None:
     a.client_id = s.iam_client_id
     if s.iam_client_secret is not None:
         a.client_secret = s.iam_client_secret.get_secret_value()
+    a.basic_auth = s.iam_client_auth == "client_secret_basic"
     a.oauth_callback_url = f"{s.public_url}/hub/oauth_callback"
     a.authorize_url = doc["authorization_endpoint"]
     a.token_url = doc["token_endpoint"]
@@ -183,7 +184,7 @@ def _iam(c, s: Settings) -> None:
     env["GRIDHUB_TOKEN_SERVICE_URL"] = (
         f"http://{s.connect_host}:{s.token_service_port}/services/{TOKEN_SERVICE}/"
     )
-    env["GRIDHUB_TOKEN_FILE_INTERVAL"] = str(s.token_file_interval)
+    env["GRIDHUB_TOKEN_FILE_REFRESH_SECONDS"] = str(s.token_file_interval)
     if s.spawner == "docker":
         env["BEARER_TOKEN_FILE"] = "/home/jovyan/.gridhub/bearer_token"  # noqa: S105
     else:

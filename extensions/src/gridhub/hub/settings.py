@@ -36,7 +36,7 @@ NOT_SETTINGS = frozenset(
         "GRIDHUB_CONFIG_FILE",
         "GRIDHUB_EXTRA_CONFIG_DIR",
         "GRIDHUB_TOKEN_SERVICE_URL",
-        "GRIDHUB_TOKEN_FILE_INTERVAL",
+        "GRIDHUB_TOKEN_FILE_REFRESH_SECONDS",
         "GRIDHUB_MASTERCLASS_NOTEBOOKS",
     }
 )
@@ -91,6 +91,10 @@ class Settings(BaseModel):
     )
     iam_client_id: str | None = Field(None, description="OIDC client id registered in IAM.")
     iam_client_secret: SecretStr | None = Field(None, description="OIDC client secret.")
+    iam_client_auth: Literal["client_secret_basic", "client_secret_post"] = Field(
+        "client_secret_basic",
+        description="How the hub authenticates to IAM's token endpoint (IAM's default: basic).",
+    )
     iam_extra_scopes: list[str] = Field(
         default_factory=list,
         description="Scopes requested on top of 'openid profile email offline_access',"
@@ -349,6 +353,8 @@ def describe() -> str:
     lines = []
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
+        if name == "masterclass_notebooks_dir":
+            default = "<repo>/notebooks/masterclass"
         if isinstance(default, SecretStr) or "secret" in name or "code" in name:
             default = default if default is None else "***"
         lines.append(

@@ -82,7 +82,7 @@ def _refresher_from_env() -> TokenFileRefresher | None:
     api_token = os.environ.get("JUPYTERHUB_API_TOKEN")
     if not (path and url and api_token):
         return None
-    interval = float(os.environ.get("GRIDHUB_TOKEN_FILE_INTERVAL", "30"))
+    interval = float(os.environ.get("GRIDHUB_TOKEN_FILE_REFRESH_SECONDS", "30"))
     return TokenFileRefresher(path, url, api_token, interval)
 
 

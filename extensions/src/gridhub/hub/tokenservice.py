@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 from urllib.parse import quote, urlsplit
 
 from tornado import ioloop, web
@@ -92,7 +93,10 @@ def main() -> None:
     )
     app.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("gridhub token service on %s", url.geturl())
-    ioloop.IOLoop.current().start()
+    loop = ioloop.IOLoop.current()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
+    loop.start()
 
 
 if __name__ == "__main__":
