@@ -8,6 +8,7 @@ import asyncssh
 import pytest
 from dask_gateway_server.tls import new_keypair
 from distributed import Client
+from gridhub.tunnel.worker import EXIT_TUNNEL, SSH_OPTIONS, TLSTunnel, facility_ssl_context
 from tunnel_fixtures import (  # noqa: F401
     ClusterCreds,
     Facility,
@@ -15,8 +16,6 @@ from tunnel_fixtures import (  # noqa: F401
     tls_probe,
     wait_for,
 )
-
-from gridhub.tunnel.worker import EXIT_TUNNEL, SSH_OPTIONS, TLSTunnel, facility_ssl_context
 
 pytestmark = pytest.mark.timeout(120)
 
