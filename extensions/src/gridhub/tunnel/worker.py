@@ -67,11 +67,23 @@ SSH_OPTIONS: dict[str, Any] = {
 class TLSTunnel:
     """asyncssh ``tunnel=`` object: the SSH connection runs inside TLS to
     Traefik, which terminates it (SNI ``gridhub-tunnel``) and passes plain
-    TCP to the tunnel service."""
+    TCP to the tunnel service.
 
-    def __init__(self, ssl_context: ssl.SSLContext, server_hostname: str = TUNNEL_SNI):
+    The certificate chain is verified as usual; the name check accepts the
+    facility's own host name (what an ACME certificate carries) or the
+    tunnel SNI (a self-signed facility certificate), since the SNI is a
+    routing label, not the facility's DNS name.
+    """
+
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str = TUNNEL_SNI,
+        accept_names: Sequence[str] = (),
+    ):
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
+        self.accept_names = [n.lower() for n in (*accept_names, server_hostname)]
         self.logger = log
 
     async def create_connection(self, session_factory: Any, host: str, port: int) -> Any:
@@ -79,6 +91,12 @@ class TLSTunnel:
         transport, session = await loop.create_connection(
             session_factory, host, port, ssl=self.ssl_context, server_hostname=self.server_hostname
         )
+        names = [*self.accept_names, host.lower()]
+        if self.ssl_context.verify_mode == ssl.CERT_REQUIRED and not _cert_matches(
+            transport.get_extra_info("peercert") or {}, names
+        ):
+            transport.abort()
+            raise ssl.SSLCertVerificationError(f"facility certificate matches none of {names}")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -89,11 +107,27 @@ class TLSTunnel:
         return f"TLS (SNI {self.server_hostname})"
 
 
+def _cert_matches(cert: dict, names: Sequence[str]) -> bool:
+    sans = cert.get("subjectAltName", ())
+    for kind, value in sans:
+        value = value.lower()
+        for name in names:
+            if kind == "IP Address" and value == name:
+                return True
+            if kind == "DNS" and (
+                value == name
+                or (value.startswith("*.") and "." in name and name.split(".", 1)[1] == value[2:])
+            ):
+                return True
+    return False
+
+
 def facility_ssl_context(cafile: str | None, insecure: bool = False) -> ssl.SSLContext:
-    """TLS context for the outer leg: verify Traefik's certificate."""
+    """TLS context for the outer leg: verify Traefik's certificate chain
+    (the name is checked by :class:`TLSTunnel`)."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile or None)
+    ctx.check_hostname = False
     if insecure:
-        ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
 
