@@ -159,8 +159,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if "--" in argv:
         i = argv.index("--")
         ours, dask_args = argv[:i], argv[i + 1 :]
-    else:
-        ours, dask_args = [], argv
+    else:  # no "--": ours up to the scheduler address
+        i = next((k for k, a in enumerate(argv) if "://" in a), len(argv))
+        ours, dask_args = argv[:i], argv[i:]
     env = os.environ
     p = argparse.ArgumentParser(
         prog="gridhub-worker",
