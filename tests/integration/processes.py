@@ -18,7 +18,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -96,32 +95,37 @@ def self_signed_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@dataclass
 class Process:
-    """A child process with its log file; restartable with the same state."""
+    """A child in its own process group, logging to a file; restartable."""
 
-    name: str
-    argv: list[str]
-    log: Path
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
+    def __init__(
+        self,
+        argv: list[str],
+        logfile: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.argv = argv
+        self.logfile = logfile
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, **self.env}
-        with self.log.open("ab") as log:
+        with self.logfile.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
             )
 
     def stop(self, timeout: float = 15) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        if not self.running():
             return
+        assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
@@ -129,23 +133,16 @@ class Process:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
 
-    def kill_only_leader(self, sig: int = signal.SIGKILL) -> None:
-        """Kill the process itself but not its children (a crash)."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(10)
-
-    def alive(self) -> bool:
+    def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
+    def log(self, n: int = 6000) -> str:
+        return self.logfile.read_text(errors="replace")[-n:] if self.logfile.exists() else ""
 
 
-@dataclass
 class Traefik(Process):
-    https_port: int = 0
-    dask_port: int = 0
+    https_port = 0
+    dask_port = 0
 
 
 def start_traefik(
@@ -185,12 +182,10 @@ def start_traefik(
         """)
     )
     t = Traefik(
-        name="traefik",
-        argv=[str(VENV_BIN / "traefik"), f"--configFile={workdir / 'traefik.yml'}"],
-        log=workdir / "traefik.log",
-        https_port=https,
-        dask_port=dask,
+        [str(VENV_BIN / "traefik"), f"--configFile={workdir / 'traefik.yml'}"],
+        workdir / "traefik.log",
     )
+    t.https_port, t.dask_port = https, dask
     t.start()
     wait_for(
         lambda: socket.create_connection(("127.0.0.1", dask), 1).close() is None,
@@ -201,10 +196,8 @@ def start_traefik(
     return t
 
 
-@dataclass
 class Gateway(Process):
-    address: str = ""
-    config_file: Path | None = None
+    address = ""
 
     @property
     def url(self) -> str:
@@ -237,13 +230,110 @@ def dask_gateway_server(
     cfg.write_text(config)
     exe = shutil.which("dask-gateway-server", path=str(VENV_BIN)) or "dask-gateway-server"
     g = Gateway(
-        name="dask-gateway",
-        argv=[exe, "-f", str(cfg)],
-        log=workdir / "gateway.log",
+        [exe, "-f", str(cfg)],
+        workdir / "gateway.log",
         env={"PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}", **(env or {})},
         cwd=workdir,
-        address=address,
-        config_file=cfg,
     )
+    g.address = address
     g.start()
     return g
+
+
+class EmbeddedDiracX:
+    """The embedded DiracX server as a restartable subprocess."""
+
+    def __init__(self, state_dir: Path, port: int | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.s3_port = free_port()
+        self._proc = Process(
+            [
+                sys.executable,
+                "-m",
+                "gridhub.embedded",
+                "--state-dir",
+                str(self.state_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--s3-port",
+                str(self.s3_port),
+            ],
+            self.state_dir.parent / f"{self.state_dir.name}-diracx.log",
+        )
+        self.startup_seconds: float | None = None
+
+    def start(self, timeout: float = 180) -> EmbeddedDiracX:
+        if self._proc.running():
+            return self
+        t0 = time.monotonic()
+        self._proc.start()
+        while time.monotonic() - t0 < timeout:
+            if not self._proc.running():
+                raise RuntimeError(f"embedded DiracX exited:\n{self._proc.log()}")
+            try:
+                r = httpx.get(f"{self.url}/.well-known/openid-configuration", timeout=2)
+                if r.status_code == 200:
+                    self.startup_seconds = time.monotonic() - t0
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self._proc.stop()
+        raise TimeoutError(f"embedded DiracX not ready after {timeout} s:\n{self._proc.log()}")
+
+    def stop(self) -> None:
+        self._proc.stop()
+
+    def running(self) -> bool:
+        return self._proc.running()
+
+    def token_source(self):
+        from gridhub.embedded import facility_token_source
+
+        return facility_token_source(self.state_dir, self.url)
+
+    def client(self, **kw):
+        from gridhub.dirac import DiracXClient
+
+        return DiracXClient(self.url, self.token_source(), **kw)
+
+    def log(self) -> str:
+        return self._proc.log()
+
+
+class LocalSiteProcess:
+    def __init__(self, diracx: EmbeddedDiracX, work_dir: Path, *extra: str) -> None:
+        self.work_dir = Path(work_dir)
+        #: a job's work directory is jobs_dir / str(job_id)
+        self.jobs_dir = self.work_dir / "jobs"
+        self._proc = Process(
+            [
+                sys.executable,
+                "-m",
+                "gridhub.localsite",
+                "--diracx-url",
+                diracx.url,
+                "--state-dir",
+                str(diracx.state_dir),
+                "--work-dir",
+                str(self.work_dir),
+                "--heartbeat-interval",
+                "2",
+                *extra,
+            ],
+            self.work_dir.parent / f"{self.work_dir.name}.log",
+        )
+
+    def start(self) -> LocalSiteProcess:
+        self._proc.start()
+        return self
+
+    def stop(self) -> None:
+        self._proc.stop()
+
+    def log(self) -> str:
+        return self._proc.log()

@@ -18,7 +18,6 @@ import dask.array as da
 import pytest
 from dask_gateway import BasicAuth, Gateway
 from gridhub.dirac import DiracXClient
-
 from processes import (
     dask_gateway_server,
     free_port,
@@ -94,9 +93,9 @@ class Facility:
         return "\n".join(
             f"--- {name} ---\n{log}"
             for name, log in [
-                ("gateway", self.gateway.tail()),
+                ("gateway", self.gateway.log()),
                 ("local site", self.site.log()),
-                ("traefik", self.traefik.tail()),
+                ("traefik", self.traefik.log()),
             ]
         )
 
@@ -216,30 +215,29 @@ def test_a_job_killed_in_dirac_is_replaced_and_the_result_is_right(facility):
 
 
 def test_gateway_restart_finds_its_cluster_and_jobs(facility):
-    gateway = facility.client("carol")
-    cluster = gateway.new_cluster()
-    name = cluster.name
-    try:
+    with facility.client("carol") as gateway:
+        cluster = gateway.new_cluster(shutdown_on_close=False)
+        name = cluster.name
         cluster.scale(1)
-        client = cluster.get_client()
-        client.wait_for_workers(1, timeout=120)
+        with cluster.get_client() as client:
+            client.wait_for_workers(1, timeout=120)
         before = {j["JobID"] for j in jobs_of(facility.diracx, name)}
-        client.close()
+        cluster.close()
 
-        facility.gateway.stop()
-        facility.gateway = facility.start_gateway()
+    facility.gateway.stop()
+    facility.gateway = facility.start_gateway()
 
-        gateway = facility.client("carol")
+    with facility.client("carol") as gateway:
         assert name in [c.name for c in gateway.list_clusters()]
-        cluster = gateway.connect(name)
-        client = cluster.get_client()
-        client.wait_for_workers(1, timeout=60)
-        assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
-        after = {j["JobID"] for j in jobs_of(facility.diracx, name)}
-        assert after == before, "the restarted gateway submitted new jobs or lost some"
-        client.close()
-    finally:
-        cluster.shutdown()
+        cluster = gateway.connect(name, shutdown_on_close=True)
+        try:
+            with cluster.get_client() as client:
+                client.wait_for_workers(1, timeout=60)
+                assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
+            after = {j["JobID"] for j in jobs_of(facility.diracx, name)}
+            assert after == before, "the restarted gateway replaced or lost jobs"
+        finally:
+            cluster.shutdown()
     wait_until(
         lambda: all(j["Status"] in FINAL for j in jobs_of(facility.diracx, name)),
         60,

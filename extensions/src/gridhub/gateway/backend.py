@@ -23,10 +23,10 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from dask_gateway_server import options as opts
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, JobStatus, Worker
 from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
-from dask_gateway_server import options as opts
 from dask_gateway_server.traitlets import Type
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
