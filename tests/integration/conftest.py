@@ -8,11 +8,16 @@ DiracX (owner: the embedded-DIRAC work):
   ``diracx_local_site`` session: a gridhub.localsite subprocess running the
                      facility's jobs from ``diracx_server``; ``.jobs_dir`` (job N runs in
                      jobs_dir/N), ``.work_dir``, ``.log()``.
+
+The Dask side (gateway_fixtures.py):
+  ``dirac_facility`` module: Traefik + dask-gateway-server with the DIRAC backend on
+                     top of the two above; ``.client(user)`` -> dask_gateway.Gateway.
 """
 
 from __future__ import annotations
 
 import pytest
+from gateway_fixtures import dirac_facility  # noqa: F401 - a shared fixture
 from processes import EmbeddedDiracX, LocalSiteProcess
 
 

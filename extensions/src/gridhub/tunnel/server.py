@@ -174,14 +174,17 @@ class _Session(asyncssh.SSHServer):
                 route,
             )
             return False
-        if route in self._server._routes:
-            log.warning(
-                "tunnel forward refused: cluster=%s peer=%s route=%s reason=route already taken",
+        stale = self._server._route_owner.get(route)
+        if stale is not None:
+            # Only a holder of this cluster's key gets here: a worker whose
+            # old connection died unnoticed is re-opening its own route.
+            log.info(
+                "tunnel route %s taken over by cluster=%s peer=%s (reconnect)",
+                route,
                 cluster,
                 self.peer,
-                route,
             )
-            return False
+            stale.close()
         if len(self.forwards) >= MAX_FORWARDS_PER_CONNECTION:
             log.warning(
                 "tunnel forward refused: cluster=%s peer=%s route=%s reason=too many forwards",

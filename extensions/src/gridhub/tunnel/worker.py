@@ -232,6 +232,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="SSH keepalive interval; 4 missed keepalives drop the tunnel",
     )
     p.add_argument("--connect-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--reconnect-for",
+        type=float,
+        default=float(env.get("GRIDHUB_TUNNEL_RECONNECT", "120")),
+        help="seconds to keep re-opening a dropped reverse path (the same route) "
+        "before stopping the worker; 0: stop at once [GRIDHUB_TUNNEL_RECONNECT]",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     ns = p.parse_args(ours)
     ns.dask_args = dask_args
@@ -328,6 +335,8 @@ async def run(ns: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     conn = None
+    route = ""
+    port = 0
     if ns.reverse_path:
         port = free_port()
         route = route_name(ns.cluster, ns.worker_name)
@@ -348,26 +357,36 @@ async def run(ns: argparse.Namespace) -> int:
 
     log.info("gridhub-worker: starting %s", " ".join(cmd))
     proc = await asyncio.create_subprocess_exec(*cmd)
-    waits: dict[str, asyncio.Future] = {
-        "worker": asyncio.ensure_future(proc.wait()),
-        "signal": asyncio.ensure_future(stop.wait()),
-    }
-    if conn is not None:
-        waits["tunnel"] = asyncio.ensure_future(conn.wait_closed())
-    done, _ = await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
+    worker_done = asyncio.ensure_future(proc.wait())
+    stopping = asyncio.ensure_future(stop.wait())
+    code = EXIT_TUNNEL
     try:
-        if waits["worker"] in done:
-            code = proc.returncode or 0
-            log.info("gridhub-worker: worker exited with %s", code)
-        elif waits["signal"] in done:
-            log.info("gridhub-worker: signal received, stopping the worker")
-            code = await _terminate(proc, ns.stop_grace)
-        else:
-            log.error("gridhub-worker: reverse path closed, stopping the worker")
-            await _terminate(proc, ns.stop_grace)
-            code = EXIT_TUNNEL
+        while True:
+            waits = {worker_done, stopping}
+            tunnel_down = asyncio.ensure_future(conn.wait_closed()) if conn else None
+            if tunnel_down is not None:
+                waits.add(tunnel_down)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if tunnel_down is not None and tunnel_down not in done:
+                tunnel_down.cancel()
+            if worker_done in done:
+                code = proc.returncode or 0
+                log.info("gridhub-worker: worker exited with %s", code)
+                break
+            if stopping in done:
+                log.info("gridhub-worker: signal received, stopping the worker")
+                code = await _terminate(proc, ns.stop_grace)
+                break
+            # The reverse path dropped (a gateway restart, a network blip):
+            # the worker keeps its state while we re-open the same route.
+            conn = await reopen_tunnel(ns, route, port, stopping)
+            if conn is None:
+                log.error("gridhub-worker: reverse path closed, stopping the worker")
+                await _terminate(proc, ns.stop_grace)
+                code = EXIT_TUNNEL
+                break
     finally:
-        for f in waits.values():
+        for f in (worker_done, stopping):
             f.cancel()
         if conn is not None:
             conn.close()
@@ -376,6 +395,27 @@ async def run(ns: argparse.Namespace) -> int:
         if proc.returncode is None:
             await _terminate(proc, ns.stop_grace)
     return code
+
+
+async def reopen_tunnel(
+    ns: argparse.Namespace, route: str, port: int, stopping: asyncio.Future
+) -> asyncssh.SSHClientConnection | None:
+    """Re-open ``route`` for up to ``ns.reconnect_for`` seconds; None if not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ns.reconnect_for
+    delay = 0.5
+    while loop.time() < deadline and not stopping.done():
+        log.warning("gridhub-worker: reverse path dropped, re-opening route %s", route)
+        try:
+            conn, _listener = await open_tunnel(ns, route, port)
+        except (OSError, asyncssh.Error, TimeoutError, ssl.SSLError) as e:
+            log.warning("gridhub-worker: re-opening failed: %s", e)
+        else:
+            log.info("gridhub-worker: reverse path re-opened (route %s)", route)
+            return conn
+        await asyncio.wait([stopping], timeout=min(delay, max(0.0, deadline - loop.time())))
+        delay = min(delay * 2, 5.0)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:
