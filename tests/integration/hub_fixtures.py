@@ -139,7 +139,10 @@ def server_python(test_unix_user):
 class Hub:
     """One `jupyterhub -f hub_config/jupyterhub_config.py` process and its Traefik."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], name: str = "hub"):
+    def __init__(
+        self, workdir: Path, env: dict[str, str], name: str = "hub", config: Path = HUB_CONFIG
+    ):
+        self.config = config
         self.workdir = workdir
         self.state = workdir / "state"
         self.homes = workdir / "homes"
@@ -181,7 +184,7 @@ class Hub:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(VENV_BIN / "jupyterhub"), "-f", str(HUB_CONFIG)],
+            [str(VENV_BIN / "jupyterhub"), "-f", str(self.config)],
             cwd=self.workdir,
             env=self.env,
             stdout=log,
@@ -237,12 +240,18 @@ def hub_factory(test_unix_user, server_python):
     hubs: list[Hub] = []
     dirs: list[Path] = []
 
-    def make(env: dict[str, str] | None = None, name: str = "hub", workdir: Path | None = None):
+    def make(
+        env: dict[str, str] | None = None,
+        name: str = "hub",
+        workdir: Path | None = None,
+        config: Path = HUB_CONFIG,
+    ):
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix="gridhub-it-"))
             workdir.chmod(0o755)  # the server account must reach its home under it
             dirs.append(workdir)
-        hub = Hub(workdir, {"GRIDHUB_LOCAL_PYTHON": server_python, **(env or {})}, name=name)
+        env = {"GRIDHUB_LOCAL_PYTHON": server_python, **(env or {})}
+        hub = Hub(workdir, env, name=name, config=config)
         hubs.append(hub)
         return hub
 

@@ -108,13 +108,14 @@ def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
     iam_login(page, hub, "alice")
     page.wait_for_url("**/user/alice/lab**", timeout=120_000)
     page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+    page.wait_for_selector("#jupyterlab-splash", state="detached", timeout=120_000)
+    page.wait_for_selector(".jp-LauncherCard", timeout=60_000)
     print(f"IAM login to JupyterLab: {time.monotonic() - t0:.1f}s")
     shot(page, "2-jupyterlab")
-    dask_tab = page.locator('[data-id="dask-dashboard-launcher"]')
-    if dask_tab.count():
-        dask_tab.first.click()
-        page.wait_for_timeout(1000)
-        shot(page, "3-dask-sidebar")
+    # the Dask sidebar (dask-labextension) is there, with its NEW button
+    page.locator('[data-id="dask-dashboard-launcher"]').first.click()
+    page.get_by_role("button", name="NEW", exact=True).wait_for(timeout=30_000)
+    shot(page, "3-dask-sidebar")
 
     model = hub.user_model("alice")
     assert "atlas" in model["groups"] and not model["admin"]
@@ -131,6 +132,7 @@ def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
         15,
         what="a valid token in BEARER_TOKEN_FILE",
     )
+
     # ... and is replaced before it expires, while the server runs.
     # (oidc-provider-mock gives only authorization-code tokens the short lifetime; a
     # refreshed token lives an hour, so one refresh is what this test can observe.)

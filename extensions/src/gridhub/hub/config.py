@@ -34,7 +34,6 @@ def apply_defaults(c) -> None:
     c.Spawner.http_timeout = 60
     c.Spawner.default_url = "/lab"
     c.Authenticator.enable_auth_state = False
-    c.Authenticator.delete_invalid_users = True
 
 
 def _hub_port(url: str) -> int:

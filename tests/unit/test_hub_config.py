@@ -1,0 +1,78 @@
+"""gridhub.hub.config turns settings into JupyterHub config (no processes started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gridhub.hub import auth as hub_auth
+from gridhub.hub.config import apply_defaults, apply_settings
+from gridhub.hub.secrets import load_secrets
+from gridhub.hub.settings import load_settings
+from traitlets.config import Config
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "hub_config"
+
+
+def build(env: dict[str, str], tmp_path) -> Config:
+    settings = load_settings({"GRIDHUB_STATE_DIR": str(tmp_path / "state"), **env})
+    c = Config()
+    apply_defaults(c)
+    apply_settings(c, settings, load_secrets(settings), CONFIG_DIR)
+    return c
+
+
+def test_masterclass_docker(tmp_path):
+    c = build({"GRIDHUB_MASTERCLASS_TEACHERS": "ms-frizzle"}, tmp_path)
+    assert c.JupyterHub.authenticator_class == "shared-password"
+    assert len(c.SharedPasswordAuthenticator.user_password) >= 8
+    assert len(c.SharedPasswordAuthenticator.admin_password) >= 32
+    assert c.Authenticator.admin_users == {"ms-frizzle"}
+    assert c.JupyterHub.spawner_class == "dockerspawner.DockerSpawner"
+    assert c.DockerSpawner.image == "gridhub/notebook:latest"
+    env = c.Spawner.environment
+    assert env["DASK_LABEXTENSION__FACTORY__MODULE"] == "dask_gateway"
+    assert env["DASK_LABEXTENSION__FACTORY__CLASS"] == "GatewayCluster"
+    assert env["DASK_GATEWAY__AUTH__TYPE"] == "jupyterhub"
+    assert env["DASK_GATEWAY__ADDRESS"].endswith("/services/dask-gateway")
+    assert c.JupyterHub.authenticate_prometheus is True
+    assert c.JupyterHub.proxy_class == "traefik_file"
+    names = {s["name"] for s in c.JupyterHub.services}
+    assert {"dask-gateway", "idle-culler", "prometheus"} <= names
+    assert "gridhub-tokens" not in names
+
+
+def test_iam_local(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        hub_auth,
+        "discover",
+        lambda issuer: {
+            "authorization_endpoint": issuer + "/authorize",
+            "token_endpoint": issuer + "/token",
+            "userinfo_endpoint": issuer + "/userinfo",
+        },
+    )
+    c = build(
+        {
+            "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
+            "GRIDHUB_IAM_CLIENT_ID": "gridhub",
+            "GRIDHUB_IAM_CLIENT_SECRET": "s3cret",
+            "GRIDHUB_IAM_EXTRA_SCOPES": "wlcg.groups",
+            "GRIDHUB_IAM_GROUPS_CLAIM": "wlcg.groups",
+            "GRIDHUB_IAM_ALLOWED_GROUPS": "atlas",
+            "GRIDHUB_SPAWNER": "local",
+        },
+        tmp_path,
+    )
+    a = c.IAMAuthenticator
+    assert a.token_url == "https://iam.example.org/token"  # noqa: S105
+    assert a.scope == ["openid", "profile", "email", "offline_access", "wlcg.groups"]
+    assert a.enable_auth_state and a.refresh_pre_spawn and a.manage_groups
+    assert a.allowed_groups == {"atlas"}
+    assert a.auth_state_groups_key({"oauth_user": {"wlcg.groups": ["/atlas", "/cms"]}}) == [
+        "atlas",
+        "cms",
+    ]
+    assert "gridhub.hub.tokenfile=True" in " ".join(c.Spawner.args)
+    assert "GRIDHUB_TOKEN_SERVICE_URL" in c.Spawner.environment
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert "admin:auth_state" in roles["gridhub-tokens"]["scopes"]
