@@ -16,9 +16,12 @@ The Dask side (gateway_fixtures.py):
 
 from __future__ import annotations
 
-import pytest
-from gateway_fixtures import dirac_facility  # noqa: F401 - a shared fixture
-from processes import EmbeddedDiracX, LocalSiteProcess
+from processes import EmbeddedDiracX, LocalSiteProcess, facility_tls
+
+facility_tls()  # before anything imports aiohttp (see FacilityTLS)
+
+import pytest  # noqa: E402
+from gateway_fixtures import dirac_facility  # noqa: E402, F401 - a shared fixture
 
 
 @pytest.fixture(scope="session")

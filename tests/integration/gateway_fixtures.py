@@ -12,17 +12,20 @@ import os
 import secrets
 from pathlib import Path
 
+import httpx
 import pytest
 from dask_gateway import BasicAuth, Gateway
 from processes import (
     dask_gateway_server,
+    facility_tls,
     free_port,
     gateway_config,
-    self_signed_cert,
     start_traefik,
+    wait_for,
 )
 
 PASSWORD = secrets.token_hex(8)
+PREFIX = "/services/dask-gateway"
 
 
 class Facility:
@@ -30,9 +33,8 @@ class Facility:
         self.site = site
         self.work = work
         self.diracx = diracx
-        self.cert, self.key = self_signed_cert(
-            work / "tls", ["localhost", "127.0.0.1", "gridhub-tunnel"]
-        )
+        tls = facility_tls()
+        self.cert, self.key = tls.cert, tls.key
         self.gw_port = free_port()
         self.provider_token = secrets.token_hex(16)
         self.traefik = start_traefik(
@@ -52,6 +54,7 @@ class Facility:
             "DaskGateway__authenticator_class": "dask_gateway_server.auth.SimpleAuthenticator",
             "SimpleAuthenticator__password": PASSWORD,
             "Proxy__externally_managed": True,
+            "Proxy__prefix": PREFIX,
             "DiracBackend__api_url": f"http://127.0.0.1:{self.gw_port}/api",
             "DiracBackend__db_url": f"sqlite:///{self.work / 'gateway.sqlite'}",
             "DiracBackend__db_encrypt_keys": [self.encrypt_key],
@@ -72,14 +75,30 @@ class Facility:
         values.update(overrides)
         return gateway_config(**values)
 
+    @property
+    def public_url(self) -> str:
+        """The gateway API as users reach it: Traefik's HTTPS, under the prefix."""
+        return f"https://127.0.0.1:{self.traefik.https_port}{PREFIX}"
+
     def start_gateway(self):
-        return dask_gateway_server(
+        gateway = dask_gateway_server(
             self.work / "gateway", self.config(), f"127.0.0.1:{self.gw_port}"
         )
+        # Traefik polls the gateway's routes every second; wait for the API's.
+        wait_for(
+            lambda: (
+                httpx.get(self.public_url + "/api/health", verify=str(self.cert)).status_code == 200
+            ),
+            30,
+            "the gateway API through Traefik",
+            self.traefik.logfile,
+        )
+        return gateway
 
     def client(self, user: str = "alice") -> Gateway:
+        """A client as a notebook has it: API and schedulers through Traefik."""
         return Gateway(
-            address=self.gateway.url,
+            address=self.public_url,
             proxy_address=f"gateway://127.0.0.1:{self.traefik.dask_port}",
             auth=BasicAuth(user, PASSWORD),
         )

@@ -95,6 +95,39 @@ def self_signed_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+class FacilityTLS:
+    """The facility's self-signed certificate for one test session, trusted
+    the way a deployment trusts its CA: a bundle of the system's CAs plus it
+    in SSL_CERT_FILE. Must run before aiohttp is imported (it builds its
+    default SSL context at import)."""
+
+    def __init__(self) -> None:
+        import atexit
+        import tempfile
+
+        import certifi
+
+        directory = Path(tempfile.mkdtemp(prefix="gridhub-tls-"))
+        atexit.register(shutil.rmtree, directory, True)
+        self.cert, self.key = self_signed_cert(
+            directory, ["localhost", "127.0.0.1", "gridhub-tunnel"]
+        )
+        bundle = directory / "ca-bundle.pem"
+        bundle.write_bytes(Path(certifi.where()).read_bytes() + self.cert.read_bytes())
+        os.environ["SSL_CERT_FILE"] = str(bundle)
+
+
+_FACILITY_TLS: FacilityTLS | None = None
+
+
+def facility_tls() -> FacilityTLS:
+    """The session's FacilityTLS, made on first use."""
+    global _FACILITY_TLS
+    if _FACILITY_TLS is None:
+        _FACILITY_TLS = FacilityTLS()
+    return _FACILITY_TLS
+
+
 class Process:
     """A child in its own process group, logging to a file; restartable."""
 

@@ -246,22 +246,50 @@ class DiracBackend(UnsafeLocalBackend):
 
     def traefik_config(self) -> dict[str, Any]:
         """Routes for Traefik's HTTP provider, from dask-gateway's own route
-        table (schedulers, dashboards) and the live reverse paths."""
+        table (the API, schedulers, dashboards) and the live reverse paths."""
+        prefix = self.proxy.prefix
         schedulers, dashboards = {}, {}
         for route in self.proxy.routes.values():
             if route["kind"] == "SNI":
                 schedulers[route["sni"]] = route["target"]
-            elif route["path"].startswith("/clusters/"):
-                dashboards[route["path"].removeprefix("/clusters/")] = route["target"]
+                continue
+            path = route["path"].removeprefix(prefix)
+            if path.startswith("/clusters/"):
+                dashboards[path.removeprefix("/clusters/")] = route["target"]
         tunnel = getattr(self, "tunnel", None)
-        return dynamic_config(
+        config = dynamic_config(
             schedulers,
             dashboards,
             tunnel.routes if tunnel else {},
             (self.tunnel_advertise_host or tunnel.listen_host, tunnel.port) if tunnel else None,
-            gateway_prefix=self.proxy.prefix,
+            gateway_prefix=prefix,
             cert_resolver=self.traefik_cert_resolver or None,
         )
+        if prefix:
+            self._add_api_route(config, prefix)
+        return config
+
+    def _add_api_route(self, config: dict[str, Any], prefix: str) -> None:
+        # The API under the public prefix (the hub's /services/dask-gateway),
+        # prefix stripped as dask-gateway's own proxy does. Its priority beats
+        # the hub's route for the same prefix; dashboards' longer paths win.
+        http = config.setdefault("http", {})
+        tls = {"certResolver": self.traefik_cert_resolver} if self.traefik_cert_resolver else {}
+        http.setdefault("routers", {})["gateway-api"] = {
+            "entryPoints": ["websecure"],
+            "rule": f"PathPrefix(`{prefix}/`)",
+            "service": "gateway-api",
+            "middlewares": ["gateway-api"],
+            "priority": 1000,
+            "tls": tls,
+        }
+        http.setdefault("services", {})["gateway-api"] = {
+            "loadBalancer": {"servers": [{"url": self.proxy.gateway_url}]}
+        }
+        http.setdefault("middlewares", {})["gateway-api"] = {"stripPrefix": {"prefixes": [prefix]}}
+        for name, router in http["routers"].items():
+            if name.startswith("dashboard-"):
+                router["priority"] = 2000
 
     def _cluster_public_key(self, cluster_name: str) -> bytes | None:
         cluster = self.db.get_cluster(cluster_name)
