@@ -1,0 +1,182 @@
+"""Data access for the facility's notebooks and workers.
+
+- :func:`data_dir` finds the shipped samples (``gridhub-samples fetch``):
+  ``$GRIDHUB_DATA_DIR``, else ``~/data``, else ``/srv/data``.
+- :func:`load_fileset` reads an AGC-style JSON fileset
+  (``{process: {"files": {path: "Events"}, "metadata": {...}}}``); relative
+  paths are taken relative to the fileset's directory.
+- :func:`bearer_token` finds the user's token by the WLCG bearer-token
+  discovery rules (``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``,
+  ``$XDG_RUNTIME_DIR/bt_u<uid>``, ``/tmp/bt_u<uid>``); the hub keeps
+  ``BEARER_TOKEN_FILE`` fresh in the notebook server.
+- :func:`storage_options` / :func:`open` read https:// and root:// files
+  with that token: an ``Authorization: Bearer`` header for https (fsspec),
+  and for xrootd the token file, which the XRootD client reads itself.
+- :func:`reachable` answers quickly whether a remote file's server can be
+  reached at all, so a notebook can fall back to the shipped samples instead
+  of hanging on a site that has no route to the internet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DATA_DIR_ENV = "GRIDHUB_DATA_DIR"
+FILESET_NAME = "fileset.json"
+REMOTE_SCHEMES = ("https", "http", "root", "xroot", "davs", "dav")
+DEFAULT_PORTS = {"https": 443, "davs": 443, "http": 80, "dav": 80, "root": 1094, "xroot": 1094}
+
+
+def data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The directory holding the shipped samples and their fileset.json."""
+    env = os.environ if environ is None else environ
+    if env.get(DATA_DIR_ENV):
+        return Path(env[DATA_DIR_ENV]).expanduser()
+    home = Path(env.get("HOME") or Path.home()) / "data"
+    for candidate in (home, Path("/srv/data")):
+        if (candidate / FILESET_NAME).is_file():
+            return candidate
+    return Path("/srv/data")
+
+
+def is_remote(path: str) -> bool:
+    return urlsplit(str(path)).scheme.lower() in REMOTE_SCHEMES
+
+
+def load_fileset(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    processes: Iterable[str] | None = None,
+    max_files: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Read a JSON fileset; default: ``data_dir()/fileset.json``.
+
+    Relative file paths become absolute (relative to the fileset's folder),
+    ``processes`` keeps only those, ``max_files`` keeps the first N files of
+    each process. Remote URLs are left as they are.
+    """
+    fileset_path = Path(path) if path is not None else data_dir() / FILESET_NAME
+    raw = json.loads(Path(fileset_path).read_text())
+    if not isinstance(raw, dict):
+        raise ValueError(f"{fileset_path}: a fileset is a JSON object of processes")
+    wanted = None if processes is None else set(processes)
+    if wanted is not None and (unknown := wanted - set(raw)):
+        raise KeyError(f"{fileset_path} has no process {sorted(unknown)}; it has {sorted(raw)}")
+    base = fileset_path.resolve().parent
+    out: dict[str, dict[str, Any]] = {}
+    for process, spec in raw.items():
+        if wanted is not None and process not in wanted:
+            continue
+        files = spec.get("files") if isinstance(spec, dict) else None
+        if isinstance(files, list):  # the AGC's list form: tree name Events
+            files = dict.fromkeys(files, "Events")
+        if not isinstance(files, dict):
+            raise ValueError(f"{fileset_path}: process {process!r} has no 'files' mapping")
+        resolved = {}
+        for name, tree in list(files.items())[:max_files]:
+            key = name if is_remote(name) or os.path.isabs(name) else str(base / name)
+            resolved[key] = tree
+        out[process] = {"files": resolved, "metadata": dict(spec.get("metadata") or {})}
+    return out
+
+
+def token_file(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The file holding the user's bearer token, by WLCG discovery (or None)."""
+    env = os.environ if environ is None else environ
+    candidates = []
+    if env.get("BEARER_TOKEN_FILE"):
+        candidates.append(Path(env["BEARER_TOKEN_FILE"]))
+    uid = os.getuid()
+    if env.get("XDG_RUNTIME_DIR"):
+        candidates.append(Path(env["XDG_RUNTIME_DIR"]) / f"bt_u{uid}")
+    candidates.append(Path(f"/tmp/bt_u{uid}"))  # noqa: S108 - the WLCG discovery path
+    for c in candidates:
+        if c.is_file():
+            return c
+    return None
+
+
+def bearer_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The user's bearer token, read fresh each call (the hub rotates the file)."""
+    env = os.environ if environ is None else environ
+    if env.get("BEARER_TOKEN", "").strip():
+        return env["BEARER_TOKEN"].strip()
+    path = token_file(env)
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    return token or None
+
+
+def storage_options(url: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Options for uproot/fsspec to read ``url`` as the user.
+
+    https/http: an ``Authorization: Bearer`` header when there is a token.
+    xrootd: nothing; the XRootD client finds ``BEARER_TOKEN_FILE`` itself
+    (make sure it is in the environment of the workers too).
+    """
+    scheme = urlsplit(str(url)).scheme.lower()
+    if scheme in ("https", "http", "davs", "dav"):
+        token = bearer_token(environ)
+        if token:
+            return {"headers": {"Authorization": f"Bearer {token}"}}
+    return {}
+
+
+def open(url: str | os.PathLike[str], **options: Any):
+    """``uproot.open`` with the user's token for remote files."""
+    import uproot
+
+    url = str(url)
+    merged = {**storage_options(url), **options}
+    if "headers" in merged and "headers" in options:
+        merged["headers"] = {**storage_options(url)["headers"], **options["headers"]}
+    return uproot.open(url, **merged)
+
+
+def reachable(url: str, timeout: float = 2.0) -> bool:
+    """Can a TCP connection to ``url``'s server be made within ``timeout`` s?
+
+    Local paths are reachable when they exist. This is a cheap pre-check,
+    not a promise that reading will succeed.
+    """
+    parts = urlsplit(str(url))
+    scheme = parts.scheme.lower()
+    if scheme in ("", "file"):
+        return Path(parts.path if scheme else str(url)).exists()
+    if scheme not in REMOTE_SCHEMES or not parts.hostname:
+        return False
+    port = parts.port or DEFAULT_PORTS[scheme]
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def choose_fileset(
+    remote: str | os.PathLike[str] | None = None,
+    *,
+    timeout: float = 2.0,
+    **kwargs: Any,
+) -> tuple[dict[str, dict[str, Any]], str]:
+    """The remote fileset when its first file's server answers, else the shipped one.
+
+    Returns ``(fileset, description)``; ``description`` says which was used.
+    ``remote`` defaults to ``$GRIDHUB_FILESET`` (unset: the shipped samples).
+    """
+    remote = remote if remote is not None else os.environ.get("GRIDHUB_FILESET") or None
+    if remote:
+        fileset = load_fileset(remote, **kwargs)
+        first = next((f for p in fileset.values() for f in p["files"]), None)
+        if first is not None and reachable(first, timeout=timeout):
+            return fileset, f"{remote} (first file {first})"
+    local = data_dir() / FILESET_NAME
+    why = f" ({remote} not reachable)" if remote else ""
+    return load_fileset(local, **kwargs), f"shipped samples {local}{why}"
