@@ -91,7 +91,7 @@ def test_image_metadata_and_no_build_secrets(notebook_image: str) -> None:
     assert cfg["User"] == "1000:100"
     assert cfg["Healthcheck"]["Test"][0] == "CMD"
     labels = cfg["Labels"]
-    for key in ("title", "version", "source", "licenses", "description"):
+    for key in ("title", "version", "source", "licenses", "description", "base.name"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
     # The CA passed to the build stage must not reach the final image.
     history = docker("history", "--no-trunc", notebook_image).stdout
