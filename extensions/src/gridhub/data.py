@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -153,11 +154,35 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
     if scheme not in REMOTE_SCHEMES or not parts.hostname:
         return False
     port = parts.port or DEFAULT_PORTS[scheme]
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def attempt() -> None:  # name lookup has no timeout of its own: bound it here
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
+
+
+def pick(url: str | None, local: str | os.PathLike[str], timeout: float = 3.0) -> tuple[str, str]:
+    """``(path, description)``: ``url`` if it can be opened within ``timeout``
+    seconds (with the user's token), else the local copy. Never hangs on a
+    site without a route to the internet."""
+    if url and reachable(url, timeout=timeout):
+        try:
+            with open(url, timeout=timeout) as f:
+                f.keys()
+            return str(url), f"online: {url}"
+        except Exception as exc:  # any failure to read: use the local copy
+            why = f"{type(exc).__name__}"
+        return str(local), f"shipped sample {local} ({url} could not be read: {why})"
+    why = f" ({url} not reachable)" if url else ""
+    return str(local), f"shipped sample {local}{why}"
 
 
 def choose_fileset(
