@@ -20,6 +20,7 @@ from processes import (
     facility_tls,
     free_port,
     gateway_config,
+    kill_processes_in,
     start_traefik,
     wait_for,
 )
@@ -45,7 +46,12 @@ class Facility:
             key=self.key,
         )
         self.encrypt_key = base64.b64encode(os.urandom(32)).decode()
-        self.gateway = self.start_gateway()
+        self.users: set[str] = set()
+        try:
+            self.gateway = self.start_gateway()
+        except BaseException:
+            self.traefik.stop()
+            raise
 
     def config(self, **overrides: object) -> str:
         values: dict[str, object] = {
@@ -97,6 +103,7 @@ class Facility:
 
     def client(self, user: str = "alice") -> Gateway:
         """A client as a notebook has it: API and schedulers through Traefik."""
+        self.users.add(user)
         return Gateway(
             address=self.public_url,
             proxy_address=f"gateway://127.0.0.1:{self.traefik.dask_port}",
@@ -113,9 +120,31 @@ class Facility:
             ]
         )
 
+    def _active_clusters(self) -> list[str]:
+        names = []
+        for user in self.users:
+            with self.client(user) as gateway:
+                names += [c.name for c in gateway.list_clusters()]
+        return names
+
     def stop(self) -> None:
+        # Clusters outlive the gateway by design (stop_clusters_on_shutdown
+        # is False): stop every one of them first, so no scheduler or DIRAC
+        # job outlives the test.
+        if self.gateway.running():
+            for user in sorted(self.users):
+                with self.client(user) as gateway:
+                    for report in gateway.list_clusters():
+                        gateway.stop_cluster(report.name)
+            wait_for(
+                lambda: not self._active_clusters(),
+                60,
+                "all clusters stopped",
+                self.gateway.logfile,
+            )
         for p in (self.gateway, self.traefik):
             p.stop()
+        kill_processes_in(self.work / "clusters")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ failing test prints.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -126,6 +127,24 @@ def facility_tls() -> FacilityTLS:
     if _FACILITY_TLS is None:
         _FACILITY_TLS = FacilityTLS()
     return _FACILITY_TLS
+
+
+def kill_processes_in(directory: Path) -> list[int]:
+    """SIGKILL every process whose working directory is under ``directory``."""
+    killed = []
+    root = str(directory.resolve())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd == root or cwd.startswith(root + os.sep):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+    return killed
 
 
 class Process:
