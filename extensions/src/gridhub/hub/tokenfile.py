@@ -46,6 +46,7 @@ class TokenFileRefresher:
         self.interval = interval
         self.current: str | None = None
         self.failures = 0
+        self._retry = None
 
     async def refresh_once(self) -> bool:
         request = HTTPRequest(
@@ -57,7 +58,8 @@ class TokenFileRefresher:
         except Exception as exc:
             self.failures += 1
             log.warning("token refresh failed (%s): %s", self.failures, type(exc).__name__)
-            IOLoop.current().call_later(min(5, self.interval), self.refresh_once)
+            if self._retry is None and self.interval > 5:  # retry soon, once
+                self._retry = IOLoop.current().call_later(5, self._retry_now)
             return False
         self.failures = 0
         if token != self.current:
@@ -65,6 +67,10 @@ class TokenFileRefresher:
             self.current = token
             log.info("refreshed %s", self.path)
         return True
+
+    async def _retry_now(self) -> None:
+        self._retry = None
+        await self.refresh_once()
 
     def start(self) -> None:
         IOLoop.current().add_callback(self.refresh_once)
