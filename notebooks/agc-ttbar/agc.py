@@ -21,6 +21,8 @@ with cloudpickle so the grid workers need no copy of this file.
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import awkward as ak
@@ -148,6 +150,43 @@ class TtbarAnalysis(processor.ProcessorABC):
 
     def postprocess(self, accumulator):
         return accumulator
+
+
+@contextmanager
+def cluster_progress(client, desc: str = "tasks on the cluster", interval: float = 0.5):
+    """A tqdm bar of this client's tasks (done / submitted) while the block runs.
+
+    coffea's own rich bar opens a second scheduler connection without the
+    cluster's TLS credentials, which a gateway cluster refuses; this one only
+    reads the client's own future states."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc=desc, unit="task")
+    stop = threading.Event()
+
+    def update():
+        try:
+            states = list(client.futures.values())
+        except RuntimeError:  # changed while copying: next time
+            return
+        bar.total = len(states)
+        bar.n = sum(s.status in ("finished", "lost") for s in states)
+        bar.refresh()
+
+    def poll():
+        while not stop.wait(interval):
+            update()
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        t.join()
+        bar.n = bar.total or 0
+        bar.refresh()
+        bar.close()
 
 
 def to_json(output: dict) -> dict:
