@@ -25,6 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .common import run_event_loop
 from .server import TunnelServer
 from .traefik import dynamic_config, make_traefik_handler
 
@@ -106,7 +107,7 @@ def main() -> None:
         schedulers[name] = addr
         keys[name] = Path(cert).read_bytes()
     token = Path(ns.token_file).read_text().strip()
-    asyncio.run(serve(ns, schedulers, keys, token))
+    run_event_loop(serve(ns, schedulers, keys, token))
 
 
 if __name__ == "__main__":

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import secrets
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import asyncssh
+import asyncssh.connection
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -17,6 +22,15 @@ SNI_PREFIX = "daskgateway-"
 # the cluster name is one label (dask-gateway's names are 32 hex digits).
 _MAX_LABEL = 63
 _SUFFIX_OK = re.compile(r"[^a-z0-9]+")
+T = TypeVar("T")
+
+# SSH channel flow control for bulk Dask transfers (both sides).
+CHANNEL_WINDOW = int(os.environ.get("GRIDHUB_TUNNEL_WINDOW", 8 * 1024 * 1024))
+MAX_PKTSIZE = int(os.environ.get("GRIDHUB_TUNNEL_MAX_PKTSIZE", 256 * 1024))
+CIPHERS = os.environ.get(
+    "GRIDHUB_TUNNEL_CIPHERS",
+    "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
+).split(",")
 
 
 def route_name(cluster: str, worker: str | None = None) -> str:
@@ -69,3 +83,82 @@ def ssh_public_key(value: object) -> asyncssh.SSHKey:
     if b"PRIVATE KEY" in data:
         return asyncssh.import_private_key(data).convert_to_public()
     return asyncssh.import_public_key(data)
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)``, on uvloop when it is installed.
+
+    The reverse path's bulk data crosses asyncssh in this process; uvloop's
+    C transports cut the per-read/per-write cost. ``GRIDHUB_TUNNEL_LOOP=asyncio``
+    forces the standard loop.
+    """
+    factory = None
+    if os.environ.get("GRIDHUB_TUNNEL_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def coalesce_ssh_input() -> None:
+    """Make asyncssh's packet receive linear in the packet size.
+
+    ``SSHConnection.data_received`` does ``self._inpbuf += data`` for every
+    chunk the transport delivers. A 256 KiB channel packet that arrives as
+    16 KiB TLS records (how Traefik writes) is copied ~16 times while it
+    accumulates. Here chunks are kept in a list until the packet the
+    connection is waiting for is complete, then joined once and handed to
+    asyncssh's own parser. Nothing else changes: same parser, same checks,
+    keepalive timer still reset on every chunk. Skipped if asyncssh's
+    internals are not the ones this was written against.
+    """
+    conn_cls = asyncssh.connection.SSHConnection
+    if getattr(conn_cls, "_gridhub_coalesce", False):
+        return
+    try:
+        names = conn_cls.data_received.__code__.co_names
+        parser = conn_cls._recv_packet.__code__.co_names
+        ok = {"_inpbuf", "_recv_data"} <= set(names) and {
+            "_pktlen",
+            "_recv_macsize",
+            "_recv_blocksize",
+            "_inpbuf",
+        } <= set(parser + conn_cls._recv_pkthdr.__code__.co_names)
+        ok = ok and callable(getattr(conn_cls, "_reset_keepalive_timer", None))
+    except AttributeError:
+        ok = False
+    if not ok:
+        return
+    recv_pkthdr = conn_cls._recv_pkthdr
+    recv_packet = conn_cls._recv_packet
+
+    def data_received(self: Any, data: bytes, datatype: Any = None) -> None:
+        handler = getattr(self._recv_handler, "__func__", None)
+        if handler is recv_packet:
+            need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize
+        elif handler is recv_pkthdr:
+            need = self._recv_blocksize
+        else:  # version exchange, or a packet still being processed: as before
+            need = 0
+        chunks = self.__dict__.get("_gh_chunks")
+        if chunks is None:
+            chunks = self._gh_chunks = []
+            self._gh_len = 0
+        chunks.append(data)
+        self._gh_len += len(data)
+        if len(self._inpbuf) + self._gh_len < need:
+            self._reset_keepalive_timer()
+            return
+        if self._inpbuf:
+            chunks.insert(0, self._inpbuf)
+        self._inpbuf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._gh_len = 0
+        self._recv_data()
+
+    conn_cls.data_received = data_received
+    conn_cls._gridhub_coalesce = True

@@ -29,7 +29,13 @@ from typing import Any
 
 import asyncssh
 
-from .common import ssh_public_key, valid_route_for
+from .common import (
+    CHANNEL_WINDOW,
+    MAX_PKTSIZE,
+    coalesce_ssh_input,
+    ssh_public_key,
+    valid_route_for,
+)
 
 log = logging.getLogger("gridhub.tunnel.server")
 
@@ -293,6 +299,8 @@ class TunnelServer:
 
     async def start(self) -> None:
         host_key = load_or_create_host_key(self.state_dir)
+        if os.environ.get("GRIDHUB_TUNNEL_COALESCE", "1") == "1":
+            coalesce_ssh_input()
         self._options = asyncssh.SSHServerConnectionOptions(
             server_host_keys=[host_key],
             keepalive_interval=self.keepalive_interval,
@@ -302,8 +310,8 @@ class TunnelServer:
             agent_forwarding=False,
             x11_forwarding=False,
             # Large windows: bulk Dask transfers go over these channels.
-            window=8 * 1024 * 1024,
-            max_pktsize=256 * 1024,
+            window=CHANNEL_WINDOW,
+            max_pktsize=MAX_PKTSIZE,
         )
         family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -43,7 +43,15 @@ from urllib.parse import urlparse
 
 import asyncssh
 
-from .common import TUNNEL_SNI, route_name
+from .common import (
+    CHANNEL_WINDOW,
+    CIPHERS,
+    MAX_PKTSIZE,
+    TUNNEL_SNI,
+    coalesce_ssh_input,
+    route_name,
+    run_event_loop,
+)
 
 log = logging.getLogger("gridhub.tunnel.worker")
 
@@ -53,14 +61,10 @@ DEFAULT_DASK_WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
 SSH_OPTIONS: dict[str, Any] = {
     # Bulk Dask transfers go through the channel: large windows, no zlib,
     # AES-GCM (hardware-accelerated through cryptography/OpenSSL).
-    "encryption_algs": [
-        "aes128-gcm@openssh.com",
-        "aes256-gcm@openssh.com",
-        "chacha20-poly1305@openssh.com",
-    ],
+    "encryption_algs": CIPHERS,
     "compression_algs": ["none"],
-    "window": 8 * 1024 * 1024,
-    "max_pktsize": 256 * 1024,
+    "window": CHANNEL_WINDOW,
+    "max_pktsize": MAX_PKTSIZE,
 }
 
 
@@ -283,6 +287,8 @@ async def open_tunnel(
     ns: argparse.Namespace, route: str, port: int
 ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHListener]:
     host, _, tport = ns.facility.rpartition(":")
+    if os.environ.get("GRIDHUB_TUNNEL_COALESCE", "1") == "1":
+        coalesce_ssh_input()
     key = asyncssh.read_private_key(ns.key)
     known_hosts: Any = None
     if ns.ssh_host_key:
@@ -426,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if not ns.verbose:
         logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    sys.exit(asyncio.run(run(ns)))
+    sys.exit(run_event_loop(run(ns)))
 
 
 if __name__ == "__main__":
