@@ -8,6 +8,7 @@ jobs through their pilots).
     python -m gridhub.localsite --diracx-url URL --state-dir DIR \
         [--embedded-state-dir EDIR | --token-file FILE] [--site LCG.Local.gridhub] \
         [--max-jobs N] [--runner process|docker] [--docker-network grid] [--image IMAGE]
+        [--job-memory 3G] [--container-prefix gridhub-job] [--label KEY=VALUE ...]
 
 Every ~1 s it searches DiracX for jobs in Received/Waiting whose Site is
 unset/ANY or this site, walks each through valid states to Running
@@ -15,7 +16,14 @@ unset/ANY or this site, walks each through valid states to Running
 (from the embedded server's ``/api/gridhub/jobs/{id}/jdl``, standing in for
 the matcher) and input sandbox into ``DIR/jobs/<id>``, and runs the JDL's
 Executable with its Arguments (stdout/stderr to the JDL's StdOutput/StdError,
-default ``std.out``/``std.err``).  While it runs it sends heartbeats and obeys
+default ``std.out``/``std.err``).  With ``--runner docker`` each job is a
+container of IMAGE on the Docker network given (the Docker SDK talks to the
+daemon, so the site may itself run in a container): the job's files are copied
+in as ``/job`` (owned by the image's user), its output is streamed back, the
+CPU limit is the JDL's NumberOfProcessors and the memory limit ``--job-memory``;
+the OutputSandbox files are copied out before the container is removed.
+Containers carry the labels given with ``--label``; a restarted site removes its
+predecessor's leftovers.  While it runs it sends heartbeats and obeys
 a ``Kill`` command, and stops jobs whose status became Killed/Deleted.  At
 exit it uploads the OutputSandbox files that exist and reports Done (exit 0)
 or Failed ("exit code N").  One log line per job transition; never a token.
@@ -70,6 +78,9 @@ class LocalSite:
         poll_interval: float = 1.0,
         heartbeat_interval: float = 3.0,
         keep_workdirs: bool = True,
+        job_memory: str | None = None,
+        container_prefix: str = "gridhub-job",
+        labels: dict[str, str] | None = None,
     ) -> None:
         if runner not in ("process", "docker"):
             raise ValueError(f"unknown runner {runner!r}")
@@ -86,6 +97,10 @@ class LocalSite:
         # DiracX keys heartbeat records by (job, name, second): keep > 1 s.
         self.heartbeat_interval = max(heartbeat_interval, 1.5)
         self.keep_workdirs = keep_workdirs
+        self.job_memory = job_memory
+        self.container_prefix = container_prefix
+        self.labels = {"org.gridhub.localsite": site, **(labels or {})}
+        self._docker = None
         self.jobs: dict[int, RunningJob] = {}
         self._refused: set[int] = set()
 
@@ -94,6 +109,8 @@ class LocalSite:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         (self.state_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        if self.runner == "docker":
+            await asyncio.to_thread(self._docker_remove_leftovers)
         log.info("Local site %s polling %s (max %d jobs)", self.site, self.dx.url, self.max_jobs)
         failures = 0
         try:
@@ -224,21 +241,13 @@ class LocalSite:
             (job.workdir / exe).chmod(0o755)
             argv = [f"./{exe}", *argv[1:]]
         env = self._env(job, attrs)
-        with open(out, "wb") as fout, open(err, "wb") as ferr:  # noqa: ASYNC230
-            if self.runner == "docker":
-                job.container = f"gridhub-job-{jid}"
-                cmd = ["docker", "run", "--rm", "--name", job.container]
-                if self.docker_network:
-                    cmd += ["--network", self.docker_network]
-                cmd += ["-v", f"{job.workdir}:/job", "-w", "/job"]
-                for k, v in env.items():
-                    if k not in ("PATH", "HOME", "TMPDIR"):
-                        cmd += ["-e", f"{k}={v}"]
-                cmd += ["-e", "HOME=/job", "-e", "TMPDIR=/tmp", str(self.image), *argv]
-                job.proc = await asyncio.create_subprocess_exec(
-                    *cmd, stdout=fout, stderr=ferr, stdin=asyncio.subprocess.DEVNULL
-                )
-            else:
+        if self.runner == "docker":
+            cpus = float(attrs.get("NumberOfProcessors") or 1)
+            ctr = await asyncio.to_thread(self._docker_start, job, argv, env, cpus, out, err)
+            done: asyncio.Future = asyncio.ensure_future(asyncio.to_thread(self._docker_wait, ctr))
+            log.info("Job %d: started %s (container %s)", jid, argv[0], job.container)
+        else:
+            with open(out, "wb") as fout, open(err, "wb") as ferr:  # noqa: ASYNC230
                 job.proc = await asyncio.create_subprocess_exec(
                     *argv,
                     cwd=job.workdir,
@@ -248,13 +257,17 @@ class LocalSite:
                     stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,  # its own process group, killed as one
                 )
-        log.info("Job %d: started %s (pid %d)", jid, argv[0], job.proc.pid)
+            done = asyncio.ensure_future(job.proc.wait())
+            log.info("Job %d: started %s (pid %d)", jid, argv[0], job.proc.pid)
         with contextlib.suppress(DiracXError):
             await self.dx.set_status(jid, "Running", "Application")
         last_beat = 0.0
         while True:
             try:
-                return await asyncio.wait_for(job.proc.wait(), self.heartbeat_interval)
+                rc = await asyncio.wait_for(asyncio.shield(done), self.heartbeat_interval)
+                if self.runner == "docker":
+                    await asyncio.to_thread(self._docker_collect, job, attrs)
+                return rc
             except TimeoutError:
                 pass
             if job.killed:
@@ -309,21 +322,15 @@ class LocalSite:
         await self._kill_now(job)
 
     async def _kill_now(self, job: RunningJob) -> None:
+        if job.container:
+            await asyncio.to_thread(self._docker_remove, job.container)
+            job.container = None
+            return
         proc = job.proc
         if proc is None or proc.returncode is not None:
             return
-        if job.container:
-            docker = await asyncio.create_subprocess_exec(
-                "docker",
-                "kill",
-                job.container,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            await docker.wait()
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), KILL_GRACE)
         except TimeoutError:
@@ -333,6 +340,130 @@ class LocalSite:
         # Whatever the job left in its process group goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------
+    # docker runner (blocking Docker SDK calls, run in threads)
+
+    def _client(self):  # type: ignore[no-untyped-def]
+        if self._docker is None:
+            import docker
+
+            self._docker = docker.from_env(timeout=60)
+        return self._docker
+
+    def _docker_remove_leftovers(self) -> None:
+        filters = {"label": [f"{k}={v}" for k, v in self.labels.items()]}
+        for ctr in self._client().containers.list(all=True, filters=filters):
+            log.info("Removing leftover job container %s", ctr.name)
+            with contextlib.suppress(Exception):
+                ctr.remove(force=True)
+
+    def _docker_start(self, job, argv, env, cpus, out: Path, err: Path):  # type: ignore[no-untyped-def]
+        import io
+        import tarfile
+        import threading
+
+        import docker.errors
+
+        client = self._client()
+        name = f"{self.container_prefix}-{job.job_id}"
+        with contextlib.suppress(docker.errors.NotFound):
+            client.containers.get(name).remove(force=True)
+        user = client.images.get(self.image).attrs["Config"].get("User") or "0:0"
+        uid, _, gid = user.partition(":")
+        uid_n = int(uid) if uid.isdigit() else 0
+        gid_n = int(gid) if gid.isdigit() else 0
+        environment = {k: v for k, v in env.items() if k not in ("PATH", "HOME", "TMPDIR")}
+        environment.update(HOME="/job", TMPDIR="/tmp")  # noqa: S108
+        ctr = client.containers.create(
+            self.image,
+            command=argv,
+            name=name,
+            working_dir="/job",
+            environment=environment,
+            network=self.docker_network,
+            labels={**self.labels, "org.gridhub.job": str(job.job_id)},
+            mem_limit=self.job_memory,
+            nano_cpus=int(max(cpus, 0.1) * 1e9),
+            detach=True,
+        )
+        job.container = name
+        buf = io.BytesIO()
+
+        def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+            info.uid, info.gid, info.uname, info.gname = uid_n, gid_n, "", ""
+            return info
+
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(job.workdir, arcname="job", filter=owned)
+        ctr.put_archive("/", buf.getvalue())
+        ctr.start()
+
+        def pump(path: Path, stdout: bool) -> None:
+            with path.open("ab") as fh:
+                for chunk in ctr.logs(stream=True, follow=True, stdout=stdout, stderr=not stdout):
+                    fh.write(chunk)
+                    fh.flush()
+
+        ctr._gridhub_pumps = [
+            threading.Thread(target=pump, args=(p, so), daemon=True)
+            for p, so in ((out, True), (err, False))
+        ]
+        for t in ctr._gridhub_pumps:
+            t.start()
+        return ctr
+
+    def _docker_wait(self, ctr) -> int:  # type: ignore[no-untyped-def]
+        try:
+            rc = int(ctr.wait().get("StatusCode", 1))
+        except Exception:  # removed under us (killed)
+            rc = 137
+        for t in getattr(ctr, "_gridhub_pumps", []):
+            t.join(10)
+        return rc
+
+    def _docker_collect(self, job: RunningJob, attrs: dict) -> None:
+        """Copy the OutputSandbox files (other than the streamed std.out/err)
+        out of the finished container into the job's work directory."""
+        import io
+        import tarfile
+
+        if not job.container:
+            return
+        streamed = {
+            str(attrs.get("StdOutput") or "std.out"),
+            str(attrs.get("StdError") or "std.err"),
+        }
+        try:
+            ctr = self._client().containers.get(job.container)
+        except Exception:
+            return
+        for name in as_list(attrs.get("OutputSandbox")):
+            if name in streamed or "/" in name or name.startswith("."):
+                continue
+            try:
+                stream, _ = ctr.get_archive(f"/job/{name}")
+            except Exception:  # noqa: S112  (not produced)
+                continue
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                member = tar.getmember(name)
+                fh = tar.extractfile(member) if member.isfile() else None
+                if fh is not None:
+                    (job.workdir / name).write_bytes(fh.read())
+
+    def _docker_remove(self, name: str) -> None:
+        with contextlib.suppress(Exception):
+            self._client().containers.get(name).remove(force=True)
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"gridhub-local-site: --label wants KEY=VALUE, got {item!r}")
+        out[k] = v
+    return out
 
 
 def token_source(args: argparse.Namespace) -> TokenSource:
@@ -373,6 +504,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runner", choices=["process", "docker"], default="process")
     p.add_argument("--docker-network")
     p.add_argument("--image")
+    p.add_argument("--job-memory", help="docker runner: memory limit per job, e.g. 3G")
+    p.add_argument("--container-prefix", default="gridhub-job", help="docker runner")
+    p.add_argument(
+        "--label", action="append", default=[], help="docker runner: KEY=VALUE on job containers"
+    )
     p.add_argument("--poll-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-interval", type=float, default=3.0)
     p.add_argument("--log-level", default="INFO")
@@ -396,6 +532,9 @@ def main(argv: list[str] | None = None) -> None:
                 runner=args.runner,
                 docker_network=args.docker_network,
                 image=args.image,
+                job_memory=args.job_memory,
+                container_prefix=args.container_prefix,
+                labels=_labels(args.label),
                 poll_interval=args.poll_interval,
                 heartbeat_interval=args.heartbeat_interval,
             )

@@ -223,6 +223,35 @@ class Settings(BaseModel):
         None,
         description="URL of an external DiracX. Unset: the embedded DiracX and local site.",
     )
+    # (read by the gateway: hub_config/dask_gateway_config.py)
+    diracx_token_file: Path | None = Field(
+        None,
+        description="External DiracX: credentials file (dirac login JSON) of the facility's"
+        " robot identity, inside the gateway container; refreshed and rewritten 0600.",
+    )
+    gateway_max_workers: int = Field(
+        8, ge=1, description="Most workers (DIRAC jobs) one Dask cluster may have."
+    )
+    gateway_max_cores: int = Field(4, ge=1, description="Most cores a user may give one worker.")
+    gateway_max_memory: float = Field(
+        8.0, gt=0, description="Most memory (GiB) a user may give one worker."
+    )
+    gateway_idle_timeout: float = Field(
+        1800.0, ge=0, description="Stop a Dask cluster idle for this many seconds (0: never)."
+    )
+    worker_mem_limit: str = Field(
+        "3G",
+        description="Local site (embedded mode): memory limit of each worker job container;"
+        " its CPU limit is the job's NumberOfProcessors.",
+    )
+    localsite_max_jobs: int = Field(
+        4, ge=1, description="Local site (embedded mode): jobs it runs at the same time."
+    )
+    gateway_worker_image: str | None = Field(
+        None,
+        description="Image grid workers run in (apptainer/singularity at the site; the local"
+        " site's containers use its own image setting). Unset: the node's environment.",
+    )
 
     # --- secrets (each generated once into the state dir when unset) ---
     cookie_secret: SecretStr | None = Field(None, description="Hub cookie secret (hex).")
@@ -235,6 +264,15 @@ class Settings(BaseModel):
     )
     metrics_token: SecretStr | None = Field(
         None, description="Token Prometheus uses for /hub/metrics (read:metrics)."
+    )
+    traefik_provider_token: SecretStr | None = Field(
+        None,
+        description="Bearer token Traefik's HTTP provider presents to the gateway for routes.",
+    )
+    gateway_db_encrypt_key: SecretStr | None = Field(
+        None,
+        description="Fernet key (urlsafe base64 of 32 bytes) encrypting the gateway DB's"
+        " cluster credentials.",
     )
 
     _split = field_validator(

@@ -1,0 +1,103 @@
+"""The deployed dask-gateway-server configuration (the `gateway` container).
+
+Read from the same schema as the hub (gridhub.hub.settings.Settings: GRIDHUB_*
+environment, or the YAML file in GRIDHUB_CONFIG_FILE), so the deployer edits
+one `.env`; an unknown or misspelled key stops the gateway with a message
+naming it. Secrets come from the `secrets` volume written by gridhub-init
+(from the settings, else generated once): the hub's gateway service token,
+Traefik's provider token, the DB encryption key, the facility certificate.
+
+Paths and addresses fixed by the container layout (docker-compose.yml) are
+environment variables that are not settings:
+
+  FACILITY_GATEWAY_HOST   the gateway's host name on the internal network (gateway)
+  FACILITY_HUB_API_URL    the hub's API (http://hub:8081/hub/api)
+  FACILITY_DIRACX_STATE   the embedded DiracX's state volume (its facility identity)
+  FACILITY_EMBEDDED_DIRACX_URL  the embedded DiracX (http://dirac:8000)
+"""
+
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gridhub.gateway.backend import default_cluster_options
+from gridhub.hub.secrets import load_or_create
+from gridhub.hub.settings import SettingsError, load_settings
+
+c = get_config()  # noqa: F821  (provided by traitlets)
+
+try:
+    s = load_settings()
+except SettingsError as exc:
+    print(f"gridhub: {exc}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _secret(name: str, configured) -> str:
+    value = configured.get_secret_value() if configured is not None else None
+    return load_or_create(s.state_dir, name, value)
+
+
+state = Path(s.state_dir)
+host = os.environ.get("FACILITY_GATEWAY_HOST", "gateway")
+port = 8000
+prefix = "/services/dask-gateway"
+public = urlsplit(s.public_url)
+
+# --- the API, its proxy (Traefik), users (JupyterHub) ---
+c.DaskGateway.address = f"0.0.0.0:{port}"
+c.DaskGateway.log_level = s.log_level
+c.DaskGateway.backend_class = "gridhub.gateway.backend.DiracBackend"
+c.Proxy.externally_managed = True  # Traefik polls /api/v1/traefik
+c.Proxy.prefix = prefix
+c.Proxy.gateway_url = f"http://{host}:{port}"
+c.DaskGateway.authenticator_class = "dask_gateway_server.auth.JupyterHubAuthenticator"
+c.JupyterHubAuthenticator.jupyterhub_api_url = os.environ.get(
+    "FACILITY_HUB_API_URL", "http://hub:8081/hub/api"
+)
+c.JupyterHubAuthenticator.jupyterhub_api_token = _secret("gateway_api_token", s.gateway_api_token)
+c.JupyterHubAuthenticator.jupyterhub_service_name = "dask-gateway"
+
+# --- state: clusters and their job ids survive a gateway restart ---
+b = c.DiracBackend
+b.db_url = f"sqlite:///{state / 'gateway.sqlite'}"
+b.db_encrypt_keys = [_secret("gateway_db_encrypt_key", s.gateway_db_encrypt_key)]
+b.stop_clusters_on_shutdown = False
+b.state_dir = str(state / "dirac-backend")
+b.clusters_directory = str(state / "clusters")
+b.api_url = f"http://{host}:{port}/api"
+b.traefik_token = _secret("traefik_provider_token", s.traefik_provider_token)
+
+# --- schedulers and the reverse path, reached by Traefik on the internal network ---
+b.scheduler_host = "0.0.0.0"  # noqa: S104  (the internal network only)
+b.tunnel_listen_address = "0.0.0.0:8022"
+b.tunnel_forward_host = "0.0.0.0"  # noqa: S104
+b.tunnel_advertise_host = host
+# Grid workers dial Traefik's public Dask port by the public host name.
+if s.gateway_proxy_address:
+    b.public_dask_address = s.gateway_proxy_address.split("://", 1)[-1]
+else:
+    b.public_dask_address = f"{public.hostname}:8786"
+ca = state / "secrets" / "tls" / "facility.crt"
+if ca.exists():  # self-signed: workers get it in the sandbox
+    b.facility_ca_file = str(ca)
+
+# --- DIRAC ---
+if s.diracx_url:
+    b.diracx_url = s.diracx_url
+    if s.diracx_token_file:
+        b.diracx_token_file = str(s.diracx_token_file)
+else:
+    b.diracx_url = os.environ.get("FACILITY_EMBEDDED_DIRACX_URL", "http://dirac:8000")
+    b.diracx_embedded_state_dir = os.environ.get("FACILITY_DIRACX_STATE", "/srv/gridhub/dirac")
+
+# --- what users may ask for ---
+b.cluster_options = default_cluster_options(
+    max_cores=s.gateway_max_cores,
+    max_memory_gib=s.gateway_max_memory,
+    max_workers=s.gateway_max_workers,
+    images=[s.gateway_worker_image or ""],
+)
+c.DiracClusterConfig.idle_timeout = s.gateway_idle_timeout
+c.DiracClusterConfig.cluster_max_workers = s.gateway_max_workers

@@ -1,0 +1,60 @@
+"""The compose facility's glue (loaded through GRIDHUB_EXTRA_CONFIG_DIR, after
+hub_config/jupyterhub_config.py has applied the validated settings).
+
+Only what follows from the container layout of docker-compose.yml, never a
+deployer choice (those are settings):
+
+- Traefik runs in its own container: the hub's routes go on its `websecure`
+  entrypoint, its API is reached on `auth_api` (GRIDHUB_PROXY_API_URL).
+- Volumes are the compose project's (FACILITY_PROJECT): each user's home is
+  `<project>_home-<user>`; the facility certificate bundle and the masterclass
+  notebooks are mounted read-only from `<project>_certs` / `<project>_masterclass`
+  (the hub's own paths mean nothing to the Docker daemon).
+- User containers carry the compose project label, so
+  `docker compose down --remove-orphans` removes them too.
+"""
+
+import os
+
+from gridhub.hub.settings import load_settings
+
+c = get_config()  # noqa: F821  (provided by traitlets)
+project = os.environ.get("FACILITY_PROJECT")
+settings = load_settings()
+
+if project:
+    c.TraefikFileProviderProxy.traefik_entrypoint = "websecure"
+    c.TraefikFileProviderProxy.traefik_api_entrypoint = "auth_api"
+
+if project and settings.spawner == "docker":
+    d = c.DockerSpawner
+    d.use_internal_ip = True
+    d.volumes = {
+        f"{project}_home-{{username}}": "/home/jovyan",
+        f"{project}_certs": {"bind": "/etc/gridhub/certs", "mode": "ro"},
+    }
+    env = dict(c.Spawner.environment)
+    bundle = "/etc/gridhub/certs/ca-bundle.pem"
+    # the gateway API is reached over HTTPS with the facility's (self-signed) cert
+    env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, GRIDHUB_FACILITY_CA=bundle)
+    if settings.mode == "masterclass":
+        d.volumes[f"{project}_masterclass"] = {"bind": "/srv/gridhub/masterclass", "mode": "ro"}
+        env["GRIDHUB_MASTERCLASS_NOTEBOOKS"] = "/srv/gridhub/masterclass"
+        # copy the notebooks into a new home once, as the user, then start the server
+        d.cmd = [
+            "sh",
+            "-c",
+            'python -m gridhub.hub.masterclass "$GRIDHUB_MASTERCLASS_NOTEBOOKS" "$HOME" || true;'
+            ' exec jupyterhub-singleuser "$@"',
+            "jupyterhub-singleuser",
+        ]
+    c.Spawner.environment = env
+    d.extra_create_kwargs = {
+        "labels": {
+            "org.gridhub.facility": project,
+            "com.docker.compose.project": project,
+            "com.docker.compose.service": "notebook",
+            "com.docker.compose.oneoff": "False",
+        }
+    }
+    d.extra_host_config = {"init": True}

@@ -1,0 +1,174 @@
+"""Container start-up helpers shared by the hub and gateway images.
+
+    gridhub-init          generate (once) what the facility's containers share,
+                          then exit; run by the hub and gateway entrypoints
+    gridhub-access-code   print the masterclass access code (and teacher code
+                          with --teacher): `docker compose exec hub gridhub-access-code`
+
+Every secret is taken from its GRIDHUB_* setting when set, else read from the
+secrets directory (<state_dir>/secrets, the `secrets` volume), else generated
+once (gridhub.hub.secrets.load_or_create: 32 random bytes, 0600, link() so a
+file is never replaced, safe when the hub and the gateway race). Nothing is
+ever regenerated on restart or upgrade.
+
+What `gridhub-init` writes:
+
+  secrets/gateway_api_token        the dask-gateway hub service token (the hub reads it too)
+  secrets/traefik_provider_token   bearer token Traefik's HTTP provider shows the gateway
+  secrets/gateway_db_encrypt_key   Fernet key encrypting the gateway DB's cluster credentials
+  secrets/tls/facility.{crt,key}   self-signed certificate of the public host name,
+                                   localhost and gridhub-tunnel (when no certificate is given)
+  $FACILITY_CERTS_DIR/facility.crt  the public certificate, for notebooks and workers
+  $FACILITY_CERTS_DIR/ca-bundle.pem system CAs + facility.crt (SSL_CERT_FILE in notebooks)
+  $FACILITY_PROXY_DIR/tls.yml       Traefik's default certificate (file provider)
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from gridhub.hub.secrets import load_or_create
+from gridhub.hub.settings import SettingsError, load_settings
+
+SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+def _value(secret) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def _self_signed(tls: Path, names: list[str]) -> None:
+    """facility.crt/.key for `names` (first is the CN), once."""
+    crt, key_path = tls / "facility.crt", tls / "facility.key"
+    if crt.exists() and key_path.exists():
+        return
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, names[0]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GridHub self-signed"),
+        ]
+    )
+    sans: list[x509.GeneralName] = []
+    for n in dict.fromkeys(names):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    # key first: a crt without its key is never left behind
+    _write_atomic(key_path, pem_key, 0o600)
+    _write_atomic(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    print(f"gridhub-init: generated a self-signed certificate for {', '.join(names)}")
+
+
+def init() -> int:
+    try:
+        s = load_settings()
+    except SettingsError as exc:
+        print(f"gridhub: {exc}", file=sys.stderr)
+        return 2
+    state = Path(s.state_dir)
+    load_or_create(state, "gateway_api_token", _value(s.gateway_api_token))
+    load_or_create(state, "traefik_provider_token", _value(s.traefik_provider_token))
+    load_or_create(
+        state, "gateway_db_encrypt_key", _value(s.gateway_db_encrypt_key), generate=_fernet_key
+    )
+    tls = state / "secrets" / "tls"
+    tls.mkdir(mode=0o700, exist_ok=True)
+    host = urlsplit(s.public_url).hostname or "localhost"
+    _self_signed(tls, [host, "localhost", "127.0.0.1", "gridhub-tunnel"])
+    crt = (tls / "facility.crt").read_bytes()
+
+    certs = Path(os.environ.get("FACILITY_CERTS_DIR", "/srv/gridhub/certs"))
+    if certs.is_dir() and os.access(certs, os.W_OK):
+        _write_atomic(certs / "facility.crt", crt, 0o644)
+        system = SYSTEM_CA.read_bytes() if SYSTEM_CA.exists() else b""
+        _write_atomic(certs / "ca-bundle.pem", system + b"\n" + crt, 0o644)
+    proxy = Path(os.environ.get("FACILITY_PROXY_DIR", "/srv/gridhub/proxy"))
+    if proxy.is_dir() and os.access(proxy, os.W_OK):
+        tls_yml = (
+            "# written by gridhub-init: Traefik's default certificate\n"
+            "tls:\n  stores:\n    default:\n      defaultCertificate:\n"
+            "        certFile: /srv/gridhub/secrets/tls/facility.crt\n"
+            "        keyFile: /srv/gridhub/secrets/tls/facility.key\n"
+            "  options:\n    default:\n      minVersion: VersionTLS12\n"
+        )
+        _write_atomic(proxy / "tls.yml", tls_yml.encode(), 0o644)
+    share = os.environ.get("FACILITY_MASTERCLASS_SHARE")
+    if share and Path(share).is_dir() and s.masterclass_notebooks_dir.is_dir():
+        # the image's notebooks, copied into the volume the notebook containers
+        # mount read-only (an upgrade brings new versions; homes are never touched)
+        shutil.copytree(s.masterclass_notebooks_dir, share, dirs_exist_ok=True)
+    return 0
+
+
+def access_code(argv: list[str]) -> int:
+    from gridhub.hub.secrets import load_secrets
+
+    try:
+        s = load_settings()
+    except SettingsError as exc:
+        print(f"gridhub: {exc}", file=sys.stderr)
+        return 2
+    sec = load_secrets(s)
+    if s.mode != "masterclass":
+        print("This facility is in IAM mode: users log in with IAM, there is no access code.")
+        return 1
+    if "--teacher" in argv:
+        print(sec.masterclass_teacher_code)
+    else:
+        print(sec.masterclass_access_code)
+    return 0
+
+
+def main() -> int:
+    prog = Path(sys.argv[0]).name
+    if prog == "gridhub-access-code" or sys.argv[1:2] == ["access-code"]:
+        return access_code(sys.argv[1:])
+    return init()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
