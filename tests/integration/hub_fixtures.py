@@ -77,6 +77,12 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait(10)
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _user_pids(uid: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -194,19 +200,27 @@ class Hub:
 
         def ready():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"hub exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+                raise AssertionError(f"hub exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             return httpx.get(self.api + "/", timeout=5).status_code == 200
 
-        try:
-            wait_for(ready, timeout, what="the hub behind traefik")
-        except RuntimeError as exc:
-            raise AssertionError(str(exc)) from None
+        wait_for(ready, timeout, what="the hub behind traefik")
         return self
 
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc, timeout=30)
             self.proc = None
+        # the hub stops its Traefik on a clean shutdown; make sure of it (by pid)
+        marker = str(self.state / "traefik.toml").encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGTERM)
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                pass
+        wait_for(lambda: not _port_open(self.port), 20, what="the public port to close")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
