@@ -38,6 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "notebooks" / "agc-ttbar"))
 
+from processes import facility_tls  # noqa: E402
+
+# the facility's self-signed certificate trusted via SSL_CERT_FILE, before
+# aiohttp (imported by uproot/fsspec and dask-gateway) builds its SSL context
+facility_tls()
+
 warnings.filterwarnings("ignore", message="Missing cross-reference")
 warnings.filterwarnings("ignore", message="Branch .* already exists")
 

@@ -43,7 +43,8 @@ def kernel_env(facility, user: str, data_dir: Path, **extra: str) -> dict[str, s
     env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_GATEWAY__")}
     env.update(
         PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        DASK_GATEWAY__ADDRESS=facility.gateway.url,
+        # the API as a notebook reaches it (through Traefik when the fixture has it)
+        DASK_GATEWAY__ADDRESS=getattr(facility, "public_url", None) or facility.gateway.url,
         DASK_GATEWAY__PROXY_ADDRESS=f"gateway://127.0.0.1:{facility.traefik.dask_port}",
         DASK_GATEWAY__AUTH__TYPE="basic",
         DASK_GATEWAY__AUTH__KWARGS__USERNAME=user,
