@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+import httpx  # noqa: E402
 from dask_gateway import BasicAuth, Gateway  # noqa: E402
 from processes import (  # noqa: E402
     EmbeddedDiracX,
@@ -34,8 +36,10 @@ from processes import (  # noqa: E402
     dask_gateway_server,
     free_port,
     gateway_config,
+    kill_processes_in,
     self_signed_cert,
     start_traefik,
+    wait_for,
 )
 
 PASSWORD = secrets.token_hex(8)
@@ -47,7 +51,7 @@ def time_to_first_worker(gateway: Gateway) -> float:
     try:
         cluster.scale(1)
         with cluster.get_client(set_as_default=False) as client:
-            client.wait_for_workers(1, timeout=120)
+            client.wait_for_workers(1, timeout=60)
         return time.perf_counter() - t0
     finally:
         cluster.shutdown()
@@ -64,6 +68,8 @@ def summary(xs: list[float]) -> dict[str, float]:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops every process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
@@ -107,6 +113,7 @@ def main() -> None:
                 DiracBackend__traefik_token=token,
                 DiracBackend__state_dir=str(work / "gw-state"),
                 DiracBackend__worker_status_period=1.0,
+                DiracBackend__clusters_directory=str(work / "clusters-dirac"),
                 DiracClusterConfig__worker_memory="1 G",
             ),
             f"127.0.0.1:{gw_port}",
@@ -120,15 +127,28 @@ def main() -> None:
                 DaskGateway__address=f"127.0.0.1:{local_port}",
                 DaskGateway__backend_class="dask_gateway_server.backends.local.UnsafeLocalBackend",
                 Proxy__address=f"127.0.0.1:{local_proxy}",
+                UnsafeLocalBackend__clusters_directory=str(work / "clusters-local"),
                 LocalClusterConfig__scheduler_cmd=[
-                    sys.executable, "-m", "distributed.cli.dask_scheduler"],
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_scheduler",
+                ],
                 LocalClusterConfig__worker_cmd=[
-                    sys.executable, "-m", "distributed.cli.dask_worker"],
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                ],
                 LocalClusterConfig__worker_memory="1 G",
             ),
             f"127.0.0.1:{local_port}",
         )
         procs.append(local_gw)
+        # Its Go proxy learns the API route from the gateway a moment later.
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{local_proxy}/api/health").status_code == 200,
+            30,
+            "LocalBackend's proxy",
+        )
 
         dirac = Gateway(
             address=dirac_gw.url,
@@ -167,6 +187,7 @@ def main() -> None:
     finally:
         for p in reversed(procs):
             p.stop()
+        kill_processes_in(work)  # schedulers and workers of interrupted runs
 
 
 if __name__ == "__main__":
