@@ -46,6 +46,7 @@ c.SharedAccountSpawner.unix_user = "%(user)s"
 c.SharedAccountSpawner.home_root = e["GRIDHUB_LOCAL_HOME_ROOT"]
 c.Spawner.cmd = [e["GRIDHUB_LOCAL_PYTHON"], "-m", "jupyterhub.singleuser"]
 c.Spawner.default_url = "/lab"
+c.Spawner.http_timeout = 60  # as GridHub: a loaded machine starts servers slowly
 c.JupyterHub.services = [{"name": "test-admin", "api_token": "%(token)s"}]
 c.JupyterHub.load_roles = [{"name": "test-admin", "scopes": ["admin:users", "admin:servers"],
                             "services": ["test-admin"]}]
