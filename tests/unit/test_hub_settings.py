@@ -94,3 +94,11 @@ def test_notebooks_copied_once(tmp_path):
     (home / "sub" / "b.txt").unlink()
     assert copy_notebooks_once(src, home) == []
     assert not (home / "sub" / "b.txt").exists()
+
+
+def test_docs_list_every_key():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "hub.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`GRIDHUB_{n.upper()}`" not in docs]
+    assert not missing, f"docs/hub.md lacks {missing}: regenerate its table from describe()"
