@@ -221,6 +221,9 @@ def start_traefik(
             address: "127.0.0.1:{https}"
           dask:
             address: "127.0.0.1:{dask}"
+            transport:
+              respondingTimeouts:
+                idleTimeout: 0s  # as hub_config/traefik/traefik.yml: Dask links idle
         providers:
           file:
             filename: {workdir / "tls.yml"}
