@@ -118,7 +118,12 @@ def init() -> int:
     tls = state / "secrets" / "tls"
     tls.mkdir(mode=0o700, exist_ok=True)
     host = urlsplit(s.public_url).hostname or "localhost"
-    _self_signed(tls, [host, "localhost", "127.0.0.1", "gridhub-tunnel"])
+    # the hub and the gateway may start together: one of them makes the pair
+    import fcntl
+
+    with open(tls / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _self_signed(tls, [host, "localhost", "127.0.0.1", "gridhub-tunnel"])
     crt = (tls / "facility.crt").read_bytes()
 
     certs = Path(os.environ.get("FACILITY_CERTS_DIR", "/srv/gridhub/certs"))
@@ -163,7 +168,17 @@ def access_code(argv: list[str]) -> int:
     return 0
 
 
+def _drop_root() -> None:
+    # `docker compose exec` runs as root: act as the service user, so nothing
+    # in the volumes ends up owned by root
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(1000)
+        os.setuid(1000)
+
+
 def main() -> int:
+    _drop_root()
     prog = Path(sys.argv[0]).name
     if prog == "gridhub-access-code" or sys.argv[1:2] == ["access-code"]:
         return access_code(sys.argv[1:])
