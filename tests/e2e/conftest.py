@@ -32,6 +32,16 @@ CHROMIUM_ARGS = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """e2e fixtures build images and start services, each with its own bounded
+    timeout (build_image: GRIDHUB_BUILD_TIMEOUT, docker/compose subprocess
+    timeouts, health deadlines). pytest-timeout then bounds only the test
+    body, unless a test sets its own timeout marker."""
+    for item in items:
+        if "e2e" in item.keywords and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(600, func_only=True))
+
+
 @pytest.fixture(scope="session")
 def notebook_image() -> str:
     """The notebook (and worker) image, built once per session."""
