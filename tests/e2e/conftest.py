@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dockerharness import (
@@ -38,7 +39,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     timeouts, health deadlines). pytest-timeout then bounds only the test
     body, unless a test sets its own timeout marker."""
     for item in items:
-        if "e2e" in item.keywords and item.get_closest_marker("timeout") is None:
+        in_e2e = Path(str(item.fspath)).is_relative_to(Path(__file__).parent)
+        if in_e2e and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(600, func_only=True))
 
 
