@@ -75,6 +75,8 @@ class Facility:
             "DiracBackend__worker_status_period": 1.0,
             "DiracBackend__cluster_status_period": 1.0,
             "DiracBackend__cluster_heartbeat_period": 2,
+            # A busy scheduler on a loaded 2-core machine may miss a few beats.
+            "DiracBackend__cluster_heartbeat_timeout": 60.0,
             "DiracClusterConfig__worker_memory": "1 G",
             "DiracClusterConfig__idle_timeout": 0.0,
         }
