@@ -7,8 +7,11 @@ a tiny TLS server (the cluster's certificate, like a Dask worker) on the
 forwarded port that sends N MB on each connection ("pull", like a gather) or
 reads N MB ("push"). The host dials it through Traefik
 (SNI ``daskgateway-<route>``, passthrough) -> TunnelServer -> SSH channel ->
-gridhub-worker -> sink, and the same sink directly on loopback. Prints MB/s
-and CPU seconds per process (Traefik, tunnel server, gridhub-worker, sink).
+gridhub-worker -> sink; the same sink directly on loopback ("direct"); and
+through Traefik's SNI passthrough alone ("traefik": the floor any path
+through the one front door pays). Prints MB/s and CPU milliseconds per MB per
+process, "(..k)" the kernel part (Traefik, tunnel server, gridhub-worker,
+sinks, this client).
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from tunnel_fixtures import Network, Proc, start_facility, wait_for  # noqa: E402
 
-SINK = r'''
+SINK = r"""
 import socket, ssl, sys, os, threading
 args = sys.argv[1:]
 addr = args[args.index("--listen-address") + 1]
 host, port = addr.split("://")[1].rsplit(":", 1)
-ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=os.environ["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"])
-ctx.load_cert_chain(os.environ["DASK_DISTRIBUTED__COMM__TLS__WORKER__CERT"], os.environ["DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY"])
+env = os.environ
+ctx = ssl.create_default_context(
+    ssl.Purpose.CLIENT_AUTH, cafile=env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"]
+)
+tls = "DASK_DISTRIBUTED__COMM__TLS__WORKER__"
+ctx.load_cert_chain(env[tls + "CERT"], env[tls + "KEY"])
 ctx.verify_mode = ssl.CERT_REQUIRED
 ls = socket.create_server((host, int(port)))
 buf = b"x" * (1 << 20)
@@ -63,7 +70,7 @@ def serve(c):
 while True:
     c, _ = ls.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
-'''
+"""
 
 
 def client_ctx(creds) -> ssl.SSLContext:
@@ -125,14 +132,18 @@ def main() -> None:
         tmp = Path(tmp)
         sink = tmp / "sink.py"
         sink.write_text(SINK)
-        fac = start_facility(tmp / "facility")
+        from tunnel_fixtures import free_port
+
+        dport = free_port()
+        # "passthrough": Traefik alone (SNI passthrough to the loopback sink),
+        # the floor any reverse path through Traefik pays.
+        fac = start_facility(tmp / "facility", extra_routes={"passthrough": dport})
         fac.network = Network(fac.dask_port)
         try:
             fac.network.setup()
             alpha = fac.creds["alpha"]
             ctx = client_ctx(alpha)
             # direct sink on loopback
-            dport = wait_for(lambda: __import__("tunnel_fixtures").free_port(), 5, "port")
             env = {**os.environ, **alpha.worker_env()}
             direct = Proc(
                 "sink-direct",
@@ -162,8 +173,16 @@ def main() -> None:
                     spies.append(
                         subprocess.Popen(
                             [
-                                ns.py_spy, "record", "-p", str(procs[name]), "-r", "200",
-                                "-f", "speedscope", "-o", f"{ns.profile}/{name}.json",
+                                ns.py_spy,
+                                "record",
+                                "-p",
+                                str(procs[name]),
+                                "-r",
+                                "200",
+                                "-f",
+                                "speedscope",
+                                "-o",
+                                f"{ns.profile}/{name}.json",
                                 "--nonblocking",
                             ],
                             stdout=subprocess.DEVNULL,
@@ -174,6 +193,7 @@ def main() -> None:
             for mode in ("pull", "push"):
                 for where, port, name in (
                     ("direct", dport, "x"),
+                    ("traefik", fac.dask_port, "daskgateway-passthrough"),
                     ("reverse", fac.dask_port, sni),
                 ):
                     best = 0.0
@@ -193,7 +213,7 @@ def main() -> None:
                         if d[k] > 0.02
                     )
                     print(
-                        f"{mode:<5}{where:<9}{best:9.1f} MB/s  cpu ms/MB: {cpu}"
+                        f"{mode:<5}{where:<8}{best:9.1f} MB/s  cpu ms/MB: {cpu}"
                         f"  total={sum(d.values()) / mb * 1000:.1f}  wall={wall:.2f}s",
                         flush=True,
                     )

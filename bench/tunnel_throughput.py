@@ -13,6 +13,7 @@ JSON to bench/results/. Needs root (network namespaces, nftables).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import operator
 import os
@@ -37,26 +38,62 @@ from tunnel_fixtures import (  # noqa: E402
 )
 
 
-def measure(client, n_tasks: int, mb: int) -> dict[str, float]:
+def proc_cpu(pid: int) -> float:
+    """utime+stime of one process (all threads), seconds; 0 if gone."""
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    return [int(k) for k in kids]
+
+
+class CPU:
+    """CPU seconds per role between two snapshots (``--cpu``)."""
+
+    def __init__(self, roles: dict[str, list[int]]):
+        self.roles = {k: v for k, v in roles.items() if v}
+
+    def snap(self) -> dict[str, float]:
+        return {k: sum(proc_cpu(p) for p in pids) for k, pids in self.roles.items()}
+
+
+def measure(client, n_tasks: int, mb: int, cpu: CPU | None = None) -> dict[str, float]:
     workers = sorted(client.scheduler_info()["workers"])
     assert len(workers) == 2, workers
     out: dict[str, float] = {}
+    snap = cpu.snap if cpu else dict
+    marks: list[tuple[str, dict[str, float]]] = []
+
+    def mark(name: str) -> None:
+        marks.append((name, snap()))
 
     # warm-up (connections, imports)
     client.gather(client.map(operator.neg, range(200), pure=False))
 
+    mark("start")
     t = time.perf_counter()
     futs = client.map(operator.neg, range(n_tasks), pure=False)
     client.gather(futs)
     out["tasks_per_s"] = n_tasks / (time.perf_counter() - t)
+    mark("tasks_per_s")
     del futs
 
     n = mb * 2**20 // 8
     big = client.submit(np.ones, n, workers=[workers[0]], pure=False)
     wait(big)
+    mark("start")
     t = time.perf_counter()
     arr = big.result()
     out["gather_MB_per_s"] = arr.nbytes / 2**20 / (time.perf_counter() - t)
+    mark("gather_MB_per_s")
     del arr
 
     # worker-to-worker: a task on the other worker needs the 200 MB array
@@ -65,8 +102,25 @@ def measure(client, n_tasks: int, mb: int) -> dict[str, float]:
         operator.attrgetter("nbytes"), big, workers=[workers[1]], pure=False
     ).result()
     out["w2w_MB_per_s"] = nbytes / 2**20 / (time.perf_counter() - t)
+    mark("w2w_MB_per_s")
     del big
+    if cpu:
+        for (_, a), (name, b) in itertools.pairwise(marks):
+            if name != "start":
+                out[f"cpu:{name}"] = {k: round(b[k] - a[k], 2) for k in b}  # type: ignore[assignment]
     return out
+
+
+def best_of(runs: list[dict]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Best value per metric, and the CPU split of the run that gave it."""
+    best: dict[str, float] = {}
+    cpu: dict[str, dict[str, float]] = {}
+    for k in (k for k in runs[0] if not k.startswith("cpu:")):
+        r = max(runs, key=lambda r: r[k])
+        best[k] = r[k]
+        if f"cpu:{k}" in r:
+            cpu[k] = r[f"cpu:{k}"]
+    return best, cpu
 
 
 def main() -> None:
@@ -81,6 +135,7 @@ def main() -> None:
     from distributed import Client
 
     results: dict[str, dict[str, float]] = {}
+    cpus: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="gridhub-bench-") as tmp:
         fac = start_facility(Path(tmp) / "facility")
         fac.network = Network(fac.dask_port)
@@ -115,22 +170,38 @@ def main() -> None:
                 ).start()
                 direct.append(w)
                 fac.procs.append(w)
+            cpu = CPU(
+                {
+                    "scheduler": [fac.scheduler.pid],
+                    "dask-workers": [w.pid for w in direct],
+                    "client": [os.getpid()],
+                }
+            )
             with Client(sched, security=alpha.security()) as c:
                 c.wait_for_workers(2, timeout=60)
-                runs = [measure(c, ns.tasks, ns.mb) for _ in range(ns.repeat)]
-            results["direct"] = {k: max(r[k] for r in runs) for k in runs[0]}
+                runs = [measure(c, ns.tasks, ns.mb, cpu) for _ in range(ns.repeat)]
+            results["direct"], cpus["direct"] = best_of(runs)
             for w in direct:
                 w.stop()
 
             # --- Traefik + reverse path, workers in namespaces
-            fac.start_worker("t0")
-            fac.start_worker("t1")
+            gw = [fac.start_worker("t0"), fac.start_worker("t1")]
             fac.wait_tunnel_routes(2)
             with fac.client() as c:
                 c.wait_for_workers(2, timeout=60)
                 wait_for(lambda: len(c.scheduler_info()["workers"]) == 2, 30, "2 workers")
-                runs = [measure(c, ns.tasks, ns.mb) for _ in range(ns.repeat)]
-            results["reverse_path"] = {k: max(r[k] for r in runs) for k in runs[0]}
+                cpu = CPU(
+                    {
+                        "scheduler": [fac.scheduler.pid],
+                        "dask-workers": [k for w in gw for k in children(w.pid)],
+                        "client": [os.getpid()],
+                        "traefik": [fac.traefik.pid],
+                        "tunnel-server": [fac.tunnel.pid],
+                        "gridhub-workers": [w.pid for w in gw],
+                    }
+                )
+                runs = [measure(c, ns.tasks, ns.mb, cpu) for _ in range(ns.repeat)]
+            results["reverse_path"], cpus["reverse_path"] = best_of(runs)
         finally:
             fac.stop()
 
@@ -157,11 +228,18 @@ def main() -> None:
                 "repeat": ns.repeat,
                 "results": results,
                 "ratio": ratio,
+                "cpu_seconds": cpus,
+                "env": {k: v for k, v in os.environ.items() if k.startswith("GRIDHUB_TUNNEL")},
                 "goal": goal,
             },
             indent=2,
         )
     )
+    print("CPU seconds per process group during the best run of each metric:")
+    for path, per_metric in cpus.items():
+        for k, groups in per_metric.items():
+            g = " ".join(f"{n}={v:.2f}" for n, v in groups.items())
+            print(f"  {path:<13}{k:<16}{g}")
     print(f"wrote {out.relative_to(ROOT)}")
 
 

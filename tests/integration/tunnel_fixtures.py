@@ -464,7 +464,12 @@ def _traefik_static(d: Path, f: Facility, ping_port: int, config_url: str) -> Pa
     return path
 
 
-def start_facility(d: Path, *, proxy_protocol: bool = True) -> Facility:
+def start_facility(
+    d: Path, *, proxy_protocol: bool = True, extra_routes: dict[str, int] | None = None
+) -> Facility:
+    """The facility processes. ``extra_routes``: ``{name: port}`` -> SNI
+    ``daskgateway-<name>`` passed through to ``127.0.0.1:port`` with alpha's
+    key (bench: Traefik passthrough alone, no tunnel)."""
     d.mkdir(parents=True, exist_ok=True)
     creds = {c: cluster_creds(d, c) for c in CLUSTERS}
     crt, _ = facility_cert(d)
@@ -523,6 +528,8 @@ def start_facility(d: Path, *, proxy_protocol: bool = True) -> Facility:
             "--cluster",
             f"beta=tls://127.0.0.1:9,{creds['beta'].cert}",
         ]
+        for name, port in (extra_routes or {}).items():
+            tcmd += ["--cluster", f"{name}=tls://127.0.0.1:{port},{a.cert}"]
         if proxy_protocol:
             tcmd.append("--proxy-protocol")
         f.tunnel = Proc("tunnel", tcmd, d / "tunnel.log").start()
