@@ -179,3 +179,28 @@ def test_dirac_down_fails_fast_and_leaves_nothing(facility):
         client.close()
     finally:
         cluster.shutdown()
+
+
+def test_adaptive_cluster_grows_with_work_and_shrinks_to_zero(facility):
+    with facility.client("erin") as gateway:
+        cluster = gateway.new_cluster()
+        try:
+            cluster.adapt(minimum=0, maximum=2)
+            with cluster.get_client() as client:
+                # Work arrives: the scheduler asks for workers, DIRAC jobs appear.
+                futures = client.map(lambda i: __import__("time").sleep(3) or i, range(8))
+                assert sum(client.gather(futures, errors="raise")) == sum(range(8))
+                assert jobs_of(facility.diracx, cluster.name), "no DIRAC job was submitted"
+                del futures  # workers holding results are not retired
+                # No work: adaptive scales down to zero and the jobs end.
+                wait_until(
+                    lambda: not client.scheduler_info()["workers"], 120, "scale down", facility
+                )
+            wait_until(
+                lambda: all(j["Status"] in FINAL for j in jobs_of(facility.diracx, cluster.name)),
+                60,
+                "idle workers' jobs ended",
+                facility,
+            )
+        finally:
+            cluster.shutdown()
