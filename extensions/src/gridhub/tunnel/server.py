@@ -32,7 +32,6 @@ import asyncssh
 from .common import (
     CHANNEL_WINDOW,
     MAX_PKTSIZE,
-    coalesce_ssh_input,
     ssh_public_key,
     valid_route_for,
 )
@@ -299,8 +298,6 @@ class TunnelServer:
 
     async def start(self) -> None:
         host_key = load_or_create_host_key(self.state_dir)
-        if os.environ.get("GRIDHUB_TUNNEL_COALESCE", "1") == "1":
-            coalesce_ssh_input()
         self._options = asyncssh.SSHServerConnectionOptions(
             server_host_keys=[host_key],
             keepalive_interval=self.keepalive_interval,

@@ -48,7 +48,6 @@ from .common import (
     CIPHERS,
     MAX_PKTSIZE,
     TUNNEL_SNI,
-    coalesce_ssh_input,
     route_name,
     run_event_loop,
 )
@@ -287,8 +286,6 @@ async def open_tunnel(
     ns: argparse.Namespace, route: str, port: int
 ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHListener]:
     host, _, tport = ns.facility.rpartition(":")
-    if os.environ.get("GRIDHUB_TUNNEL_COALESCE", "1") == "1":
-        coalesce_ssh_input()
     key = asyncssh.read_private_key(ns.key)
     known_hosts: Any = None
     if ns.ssh_host_key:
