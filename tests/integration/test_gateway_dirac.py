@@ -120,7 +120,7 @@ def test_a_job_killed_in_dirac_is_replaced_and_the_result_is_right(facility):
         )
         statuses = {j["JobID"]: j["Status"] for j in jobs_of(facility.diracx, cluster.name)}
         assert statuses[victim] == "Killed"
-        assert len(statuses) == 3
+        assert list(statuses.values()).count("Running") == 2
         client.close()
     finally:
         cluster.shutdown()
