@@ -9,7 +9,7 @@
 set -eu
 if [ "$(id -u)" = 0 ]; then
   for d in /srv/gridhub/dirac /srv/gridhub/localsite; do
-    [ -d "$d" ] && chown gridhub:gridhub "$d"
+    [ -d "$d" ] && { chown gridhub:gridhub "$d" 2>/dev/null || true; }
   done
   groups=1000
   sock=/var/run/docker.sock

@@ -3,7 +3,12 @@
 # certificate, generated once), then, with the embedded DiracX, wait (bounded)
 # for its state volume to hold the facility identity the gateway submits with.
 set -eu
-gridhub-init
+# the hub's entrypoint may still be fixing the shared volumes' ownership
+i=0
+until gridhub-init; do
+  i=$((i + 1)); [ "$i" -gt 30 ] && exit 1
+  sleep 2
+done
 if [ -z "${GRIDHUB_DIRACX_URL:-}" ]; then
   state="${FACILITY_DIRACX_STATE:-/srv/gridhub/dirac}"
   i=0

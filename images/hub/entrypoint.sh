@@ -10,9 +10,9 @@ set -eu
 if [ "$(id -u)" = 0 ]; then
   for d in /srv/gridhub/state /srv/gridhub/state/secrets /srv/gridhub/proxy \
            /srv/gridhub/certs /srv/gridhub/masterclass; do
-    [ -d "$d" ] && chown gridhub:gridhub "$d"
+    [ -d "$d" ] && { chown gridhub:gridhub "$d" 2>/dev/null || true; }
   done
-  chmod 0700 /srv/gridhub/state /srv/gridhub/state/secrets
+  chmod 0700 /srv/gridhub/state /srv/gridhub/state/secrets 2>/dev/null || true
   groups=1000
   sock=/var/run/docker.sock
   if [ -S "$sock" ]; then groups="1000,$(stat -c %g "$sock")"; fi

@@ -252,16 +252,26 @@ def wait_for_lab(pg) -> None:
 def run_cell(pg, code: str, marker: str, timeout: float) -> str:
     """Type `code` into the notebook's last cell, run it, return the output
     text once `marker` appears (fail fast on a traceback)."""
+    # the kernel must be connected, or the execute request is lost
+    pg.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=120_000)
+    time.sleep(1)
     cell = pg.locator(".jp-Notebook .jp-Cell").last
     cell.locator(".cm-content").click()
     pg.keyboard.insert_text(code)
     pg.keyboard.press("Shift+Enter")
+    time.sleep(5)
+    if not pg.locator(".jp-Notebook .jp-Cell .jp-InputPrompt", has_text="[*]").count() and not (
+        pg.locator(".jp-Notebook .jp-OutputArea-output").count()
+    ):
+        # not started (kernel still settling): run it again from the menu
+        cell.click()
+        pg.keyboard.press("Control+Enter")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        text = pg.locator(".jp-Notebook").inner_text()
+        text = "\n".join(pg.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts())
         if marker in text:
             return text
-        if "Traceback" in text or "Error" in text.split("In [")[-1]:
+        if "Traceback" in text or "Error" in text:
             screenshot(pg, f"compose-cell-error-{marker}")
             raise AssertionError(f"cell failed:\n{text[-3000:]}")
         time.sleep(2)

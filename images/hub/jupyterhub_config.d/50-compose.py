@@ -44,7 +44,8 @@ if project and settings.spawner == "docker":
         f"{project}_home-{{username}}": "/home/jovyan",
         f"{project}_certs": {"bind": "/etc/gridhub/certs", "mode": "ro"},
     }
-    env = dict(c.Spawner.environment)
+    # (a subconfig's `c` starts empty: update() merges into the settings' env)
+    env = {}
     bundle = "/etc/gridhub/certs/ca-bundle.pem"
     # the gateway API is reached over HTTPS with the facility's (self-signed) cert
     env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, GRIDHUB_FACILITY_CA=bundle)
@@ -61,7 +62,7 @@ if project and settings.spawner == "docker":
         ]
     else:
         d.cmd = ["jupyterhub-singleuser"]
-    c.Spawner.environment = env
+    c.Spawner.environment.update(env)
     d.extra_create_kwargs = {
         "labels": {
             "org.gridhub.facility": project,
