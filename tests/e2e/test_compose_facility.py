@@ -66,7 +66,7 @@ class Facility:
         settings = {
             "COMPOSE_PROJECT_NAME": PROJECT,
             "COMPOSE_PROFILES": "embedded",
-            "PUBLIC_HOST": "gridhub.localhost",
+            "PUBLIC_HOST": "gridhub.internal",
             "HTTP_PORT": self.http,
             "HTTPS_PORT": self.https,
             "DASK_PORT": self.dask,
