@@ -361,6 +361,11 @@ class DiracBackend(UnsafeLocalBackend):
         cmd = DBBackendBase.get_scheduler_command(self, cluster)
         # Listen where Traefik can reach it; the preload reports the address.
         cmd[cmd.index("--host") + 1] = self.scheduler_host
+        # the dashboard and the gateway-facing API too: the preload reports
+        # them by the scheduler's address, so they must listen there
+        for flag in ("--dashboard-address", "--dg-api-address"):
+            if flag in cmd:
+                cmd[cmd.index(flag) + 1] = f"{self.scheduler_host}:0"
         return cmd
 
     # ------------------------------------------------------------------
