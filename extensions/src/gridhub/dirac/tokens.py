@@ -103,6 +103,8 @@ async def _token_request(
 class _CachedToken:
     """Shared caching: subclasses implement ``_fetch``."""
 
+    client_id: str = DEFAULT_CLIENT_ID
+
     def __init__(self, url: str, *, verify: bool | str = True, timeout: float = 10.0) -> None:
         self.url = url.rstrip("/")
         self.verify = verify
@@ -128,6 +130,21 @@ class _CachedToken:
 
     async def _fetch(self) -> TokenResponse:
         raise NotImplementedError
+
+    async def _refresh_grant(self, refresh_token: str) -> TokenResponse:
+        """DiracX's refresh_token grant."""
+        return await _token_request(
+            self.url,
+            "POST",
+            "/api/auth/token",
+            verify=self.verify,
+            timeout=self.timeout,
+            data={
+                "grant_type": "refresh_token",
+                "client_id": self.client_id,
+                "refresh_token": refresh_token,
+            },
+        )
 
     async def access_token(self) -> str:
         if self._access is not None and time.time() < self._expires_at:
@@ -192,18 +209,7 @@ class RefreshingToken(_CachedToken):
         )
 
     async def _fetch(self) -> TokenResponse:
-        tok = await _token_request(
-            self.url,
-            "POST",
-            "/api/auth/token",
-            verify=self.verify,
-            timeout=self.timeout,
-            data={
-                "grant_type": "refresh_token",
-                "client_id": self.client_id,
-                "refresh_token": self._refresh_token,
-            },
-        )
+        tok = await self._refresh_grant(self._refresh_token)
         if tok.refresh_token:
             self._refresh_token = tok.refresh_token
         if self.token_file is not None:
@@ -253,18 +259,7 @@ class LegacyExchangeToken(_CachedToken):
         tok: TokenResponse | None = None
         if self._refresh_token:
             try:
-                tok = await _token_request(
-                    self.url,
-                    "POST",
-                    "/api/auth/token",
-                    verify=self.verify,
-                    timeout=self.timeout,
-                    data={
-                        "grant_type": "refresh_token",
-                        "client_id": self.client_id,
-                        "refresh_token": self._refresh_token,
-                    },
-                )
+                tok = await self._refresh_grant(self._refresh_token)
             except DiracXTokenExpired:
                 log.info("Refresh token for %s refused; exchanging the API key again", self.url)
         if tok is None:
