@@ -14,6 +14,13 @@ takes tens of seconds. All runs, in one process, on the same files:
                  whose workers are DIRAC jobs (embedded DiracX + local site,
                  Traefik and the reverse path), --workers workers of 1 core
 
+Two figures per run: events per wall-second per core, and events per CPU-second
+of the processes doing the work (this process for the local runs; the worker
+processes, read with psutil on each worker, for the facility). On a 2-core
+machine the scheduler, gateway, Traefik and this client share the cores with
+the workers, so the default is 1 worker, and the CPU-second figure is the one
+that says what a worker core does whatever else the machine runs.
+
 Prints a table and writes JSON to bench/results/agc_throughput-<time>.json.
 """
 
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import sys
@@ -151,30 +159,38 @@ def awkward_chunk(a, weight: float, hists: dict) -> None:
                 fill(f"{region}/btag_var_{i}_down", x, weight * (1 - r))
 
 
-def run_local_awkward(fileset: dict) -> tuple[float, int, dict]:
+def run_local_awkward(fileset: dict) -> tuple[float, float, int, dict]:
     spec = fileset["ttbar"]
     weight = XSEC * agc.LUMI / spec["metadata"]["nevts"]
     hists: dict = {}
     n = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for path in spec["files"]:
         with uproot.open(path) as f:
             for a in f["Events"].iterate(BRANCHES, step_size=100_000):
                 awkward_chunk(a, weight, hists)
                 n += len(a)
-    return time.perf_counter() - t0, n, hists
+    return time.perf_counter() - t0, time.process_time() - c0, n, hists
 
 
 # ------------------------------------------------------------------ coffea
-def run_coffea(fileset: dict, executor, chunksize: int) -> tuple[float, int, dict]:
+def run_coffea(fileset: dict, executor, chunksize: int) -> tuple[float, float, int, dict]:
     from coffea import processor
     from coffea.nanoevents import NanoAODSchema
 
     NanoAODSchema.warn_missing_crossrefs = False
     runner = processor.Runner(executor=executor, schema=NanoAODSchema, chunksize=chunksize)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = runner(fileset, processor_instance=agc.TtbarAnalysis(), treename="Events")
-    return time.perf_counter() - t0, sum(out["nevents"].values()), out
+    return time.perf_counter() - t0, time.process_time() - c0, sum(out["nevents"].values()), out
+
+
+def _process_cpu_seconds() -> float:
+    """CPU seconds (user + system) of the calling process: run on each worker."""
+    import psutil
+
+    t = psutil.Process().cpu_times()
+    return t.user + t.system
 
 
 def nominal_counts_coffea(out) -> dict:
@@ -213,11 +229,15 @@ def run_facility(fileset: dict, workers: int, chunksize: int, work: Path):
             }
             ex = processor.DaskExecutor(client=client, status=False)
             run_coffea(one, ex, chunksize)
-            elapsed, n, out = run_coffea(fileset, ex, chunksize)
+            before = client.run(_process_cpu_seconds)
+            elapsed, _, n, out = run_coffea(fileset, ex, chunksize)
+            after = client.run(_process_cpu_seconds)
+            cpu = sum(after[w] - before[w] for w in before)
             client.close()
         finally:
             cluster.shutdown()
-        return elapsed, n, out, cores
+            gateway.close()
+        return elapsed, cpu, n, out, cores
     finally:
         facility.stop()
         site.stop()
@@ -228,7 +248,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=16)
     ap.add_argument("--events-per-file", type=int, default=100_000)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--chunksize", type=int, default=100_000)
     ap.add_argument("--data", type=Path, default=None, help="samples dir (gridhub-samples fetch)")
     ap.add_argument("--skip-facility", action="store_true")
@@ -255,11 +275,11 @@ def main() -> None:
     run_local_awkward(
         {"ttbar": {**fileset["ttbar"], "files": dict(list(fileset["ttbar"]["files"].items())[:1])}}
     )
-    el, n, hists = run_local_awkward(fileset)
-    rows.append(("local-awkward (uproot+awkward)", n, el, 1))
-    ref_counts = {r: None for r in agc.REGIONS}
-    el, n, out = run_coffea(fileset, processor.IterativeExecutor(status=False), args.chunksize)
-    rows.append(("local-coffea (IterativeExecutor)", n, el, 1))
+    el, cpu, n, hists = run_local_awkward(fileset)
+    rows.append(("local-awkward (uproot+awkward)", n, el, cpu, 1))
+    executor = processor.IterativeExecutor(status=False)
+    el, cpu, n, out = run_coffea(fileset, executor, args.chunksize)
+    rows.append(("local-coffea (IterativeExecutor)", n, el, cpu, 1))
     ref_counts = nominal_counts_coffea(out)
     awk_sum = {r: float(hists[f"{r}/nominal"].sum()) for r in agc.REGIONS}
     coffea_sum = {
@@ -269,26 +289,36 @@ def main() -> None:
     for r in agc.REGIONS:
         assert np.isclose(awk_sum[r], coffea_sum[r], rtol=1e-5), (r, awk_sum, coffea_sum)
     if not args.skip_facility:
-        el, n, fout, cores = run_facility(fileset, args.workers, args.chunksize, work)
+        el, cpu, n, fout, cores = run_facility(fileset, args.workers, args.chunksize, work)
         assert nominal_counts_coffea(fout) == ref_counts
-        rows.append((f"facility ({args.workers} DIRAC-job workers)", n, el, cores))
+        rows.append((f"facility ({args.workers} DIRAC-job workers)", n, el, cpu, cores))
 
-    base = rows[0][1] / rows[0][2]
-    head = ("run", "events", "seconds", "cores", "ev/s/core", "vs local")
-    print("\n{:40s} {:>10s} {:>8s} {:>5s} {:>10s} {:>8s}".format(*head))
+    awk_wall, awk_cpu = rows[0][1] / rows[0][2], rows[0][1] / rows[0][3]
+    cof_wall, cof_cpu = rows[1][1] / rows[1][2], rows[1][1] / rows[1][3]
+    head = ("run", "events", "wall s", "cpu s", "cores", "ev/s/core", "ev/cpu-s")
+    ratios = ("wall/awk", "wall/cof", "cpu/awk", "cpu/cof")
+    print("\n{:36s} {:>9s} {:>7s} {:>7s} {:>5s} {:>10s} {:>9s}".format(*head), *ratios)
     results = []
-    for name, n, el, cores in rows:
-        per_core = n / el / cores
-        print(f"{name:40s} {n:10d} {el:8.1f} {cores:5d} {per_core:10.0f} {per_core / base:8.2f}")
-        results.append(
-            {
-                "run": name,
-                "events": n,
-                "seconds": el,
-                "cores": cores,
-                "events_per_s_per_core": per_core,
-                "ratio_to_local_awkward": per_core / base,
-            }
+    for name, n, el, cpu, cores in rows:
+        per_core, per_cpu = n / el / cores, n / cpu
+        row = {
+            "run": name,
+            "events": n,
+            "seconds": el,
+            "cpu_seconds": cpu,
+            "cores": cores,
+            "events_per_s_per_core": per_core,
+            "events_per_cpu_s": per_cpu,
+            "wall_ratio_to_local_awkward": per_core / awk_wall,
+            "wall_ratio_to_local_coffea": per_core / cof_wall,
+            "cpu_ratio_to_local_awkward": per_cpu / awk_cpu,
+            "cpu_ratio_to_local_coffea": per_cpu / cof_cpu,
+        }
+        results.append(row)
+        print(
+            f"{name:36s} {n:9d} {el:7.1f} {cpu:7.1f} {cores:5d} {per_core:10.0f} {per_cpu:9.0f}"
+            f" {row['wall_ratio_to_local_awkward']:8.2f} {row['wall_ratio_to_local_coffea']:8.2f}"
+            f" {row['cpu_ratio_to_local_awkward']:7.2f} {row['cpu_ratio_to_local_coffea']:7.2f}"
         )
     versions = {
         p: metadata.version(p)
@@ -306,7 +336,11 @@ def main() -> None:
         "results": results,
         "selected_nominal": ref_counts,
         "versions": versions,
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_after": os.getloadavg(),
+        },
     }
     path = out_dir / f"agc_throughput-{stamp}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
