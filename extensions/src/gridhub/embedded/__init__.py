@@ -6,9 +6,10 @@
 with job parameters kept in sqlite instead of OpenSearch) under uvicorn, with:
 
 * sqlite databases on disk in ``DIR/db/`` (JobDB, JobLoggingDB, AuthDB, ...);
-* a sandbox store: moto's S3 server in-process on a loopback port
-  (moto keeps objects in memory, so sandboxes do not survive a restart;
-  jobs, their JDLs and statuses do);
+* a sandbox store: moto's S3 server in-process on a loopback port; moto
+  keeps objects in memory, so its recorder logs every request to
+  ``DIR/sandboxes.moto`` (0600) and a restart replays it: sandboxes, like
+  jobs, their JDLs and statuses, survive a restart;
 * a DIRAC configuration git repository in ``DIR/cs`` with one VO
   ``gridhub``, a group ``gridhub_user`` (NormalUser, JobAdministrator) and
   the facility user ``gridhub``.
@@ -49,6 +50,7 @@ FACILITY = "facility.json"
 CS_DIR = "cs"
 DB_DIR = "db"
 SERVER_INFO = "server.json"
+S3_RECORDING = "sandboxes.moto"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from . import (
     BUCKET,
     CS_DIR,
     DB_DIR,
+    S3_RECORDING,
     SERVER_INFO,
     SIGNING_KEY,
     STATE_KEY,
@@ -64,6 +65,36 @@ def diracx_environment(state_dir: Path, url: str, s3_url: str) -> dict[str, str]
     return env
 
 
+def start_sandbox_store(state_dir: Path, host: str, port: int):  # -> ThreadedMotoServer
+    """moto's S3 server, its content kept across restarts.
+
+    moto holds objects in memory only. Its recorder (a documented moto
+    feature, configured by MOTO_ENABLE_RECORDING / MOTO_RECORDER_FILEPATH,
+    read when moto is imported) appends every request it serves to
+    DIR/sandboxes.moto; at start the recording is replayed into the fresh
+    server, so a sandbox uploaded before a restart can still be downloaded
+    after it (a cluster's replacement workers need the cluster's sandbox).
+    The recording holds the sandboxes' bytes, cluster keys among them: 0600
+    in the 0700 state dir, as the other secrets.
+    """
+    recording = state_dir / S3_RECORDING
+    os.close(os.open(recording, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    os.chmod(recording, 0o600)
+    os.environ["MOTO_ENABLE_RECORDING"] = "true"
+    os.environ["MOTO_RECORDER_FILEPATH"] = str(recording)
+    from moto.moto_api import recorder
+    from moto.server import ThreadedMotoServer
+
+    moto = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    moto.start()
+    if recording.stat().st_size:
+        local = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+        t0 = time.monotonic()
+        recorder.replay_recording(target_host=f"http://{local}:{port}")
+        log.info("Sandbox store restored in %.1f s", time.monotonic() - t0)
+    return moto
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="gridhub-embedded-dirac", description=__doc__)
     p.add_argument("--state-dir", required=True, type=Path)
@@ -89,12 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     state_dir = ensure_state(args.state_dir)
     url = (args.public_url or f"http://{args.host}:{args.port}").rstrip("/")
 
-    from moto.server import ThreadedMotoServer
-
     s3_host = args.s3_host or args.host
     s3_port = args.s3_port or free_port(s3_host)
-    moto = ThreadedMotoServer(ip_address=s3_host, port=s3_port, verbose=False)
-    moto.start()
+    moto = start_sandbox_store(state_dir, s3_host, s3_port)
     s3_url = args.s3_public_url or f"http://{s3_host}:{s3_port}"
 
     os.environ.update(diracx_environment(state_dir, url, s3_url))
