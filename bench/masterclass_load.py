@@ -1,0 +1,167 @@
+"""Masterclass load: N students log in with the access code in the same
+moment, start their servers and run a cell; failures, p50/p95 seconds from
+the login POST to the cell's result, hub / Traefik / servers CPU and memory.
+
+    .venv/bin/python bench/masterclass_load.py --users 25 [--prestart] [--cell CODE] [--timeout 600]
+
+Real processes: GridHub (hub_config/jupyterhub_config.py, masterclass mode,
+the shipped start timeout unless --start-timeout) with the Traefik it starts
+terminating HTTPS; servers started on click by the SharedAccountSpawner as an
+unprivileged account. Each student is an httpx client (a thread): login form,
+/hub/spawn, the spawn-pending progress stream, /user/<name>/lab, then a kernel
+through the Jupyter server REST API and one execute_request on its websocket.
+CPU seconds and peak RSS come from psutil samples every 0.5 s: the hub
+process, its Traefik, and every process of the servers' account (servers and
+kernels). With --prestart the servers are started through the admin API
+before the clock starts, as a warm pool sized by the teacher would have them.
+Writes bench/results/masterclass_load-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+
+import common
+
+CELL = "import numpy as np\nint((np.arange(1000) ** 2).sum())"
+EXPECTED = "332833500"
+
+
+def variant(args: argparse.Namespace) -> str:
+    parts = [
+        "servers prestarted" if args.prestart else "",
+        f"http_timeout {args.http_timeout} s" if args.http_timeout else "",
+        "kernels over ipc" if args.kernel_ipc else "",
+    ]
+    return " (" + ", ".join(p for p in parts if p) + ")" if any(parts) else ""
+
+
+def whatif(hub: common.HttpsHub, args: argparse.Namespace) -> None:
+    """Deployer-level config (the hub's extra config dir), not hub code."""
+    lines = ["c = get_config()  # noqa"]
+    if args.http_timeout:
+        lines.append(f"c.Spawner.http_timeout = {args.http_timeout}")
+    if args.kernel_ipc:
+        lines.append("c.Spawner.args = ['--KernelManager.transport=ipc']")
+    (hub.extra / "70-bench-whatif.py").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    common.on_sigterm_unwind()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=25, help="students at once")
+    ap.add_argument("--timeout", type=float, default=600, help="per student, seconds")
+    ap.add_argument(
+        "--start-timeout", type=int, default=120, help="GRIDHUB_START_TIMEOUT (shipped: 120)"
+    )
+    ap.add_argument(
+        "--prestart",
+        action="store_true",
+        help="start the servers before the students log in (a warm pool's effect)",
+    )
+    ap.add_argument(
+        "--http-timeout",
+        type=int,
+        help="what-if: Spawner.http_timeout (GridHub's default is 60 s)",
+    )
+    ap.add_argument(
+        "--kernel-ipc",
+        action="store_true",
+        help="what-if: kernels talk over unix sockets, not loopback TCP ports",
+    )
+    ap.add_argument(
+        "--cell", default=CELL, help="code to run (the default cell's result is checked)"
+    )
+    args = ap.parse_args()
+    if args.users < 1:
+        ap.error("--users must be at least 1")
+    expected = EXPECTED if args.cell == CELL else None
+
+    account = common.bench_account()
+    work = common.workdir("gridhub-bench-masterclass-")
+    hub = None
+    names = [f"student{i:02d}" for i in range(args.users)]
+    load_before = common.loadavg()
+    try:
+        with common.server_python(None) as python:
+            hub = common.gridhub(
+                work / "hub",
+                python,
+                f"bench-masterclass-{args.users}",
+                GRIDHUB_START_TIMEOUT=str(args.start_timeout),
+            )
+            whatif(hub, args)
+            hub.start(timeout=120)
+            prestart = hub.prestart(names, args.timeout) if args.prestart else None
+            groups = {
+                "hub": hub.hub_only,
+                "traefik": hub.traefik,
+                "servers+kernels": lambda: common.owned_by(account.pw_uid),
+                "students (httpx)": lambda: common.tree(common.os.getpid())[:1],
+            }
+            t0 = time.monotonic()
+            with common.Usage(groups) as usage:
+                students = common.crowd(hub, names, args.timeout, cell=args.cell)
+            wall = time.monotonic() - t0
+            load_during = common.loadavg()
+            hub.stop_servers(names)
+    finally:
+        if hub is not None:
+            hub.stop()
+        common.kill_account_processes(account.pw_uid)
+        shutil.rmtree(work, ignore_errors=True)
+
+    for s in students:
+        if expected and s.get("result") not in (None, expected):
+            s["error"] = f"wrong result {s['result']!r}"
+    failures = [s["error"] for s in students if "error" in s]
+    ok = [s for s in students if "error" not in s]
+    steps = {k: common.summary(s[k] for s in ok) for k in ("login", "server_ready", "cell_result")}
+    resources = usage.report()
+    common.print_table(
+        f"{args.users} students at once{variant(args)}:"
+        f" login to a cell's result ({len(failures)} failed, all done in {wall:.0f} s)",
+        ["step (s after login POST)", "n", "p50", "p95", "max"],
+        [[k, v["n"], v["p50"], v["p95"], v["max"]] for k, v in steps.items()],
+    )
+    common.print_table(
+        "resources during the run",
+        ["processes", "CPU s", "peak RSS MB", "peak procs"],
+        [
+            [g, r["cpu_seconds"], r["peak_rss_mb"], r["peak_processes"]]
+            for g, r in resources.items()
+        ],
+    )
+    for e in sorted(set(failures)):
+        print(f"failure x{failures.count(e)}: {e}")
+    print(f"load average before {load_before}, at the end {load_during}")
+    common.write_result(
+        "masterclass_load",
+        {
+            "benchmark": "masterclass load: N students log in, start servers, run a cell",
+            "args": vars(args),
+            "variant": variant(args).strip(" ()") or "as shipped",
+            "users": args.users,
+            "failures": len(failures),
+            "errors": failures,
+            "wall_seconds": wall,
+            "prestart_seconds": prestart,
+            "seconds_after_login": steps,
+            "resources": resources,
+            "server_cpu_seconds_each": round(
+                resources["servers+kernels"]["cpu_seconds"] / args.users, 2
+            ),
+            "load_average": {"before": load_before, "end": load_during},
+            "machine": common.machine(),
+            "versions": common.versions(
+                "jupyterhub", "jupyter_server", "jupyterlab", "ipykernel", "httpx"
+            ),
+            "students": students,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
