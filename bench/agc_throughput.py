@@ -10,6 +10,9 @@ takes tens of seconds. All runs, in one process, on the same files:
 
   local-awkward  plain uproot.iterate + awkward + numpy histograms, 1 core
   local-coffea   notebooks/agc-ttbar/agc.py with coffea's IterativeExecutor, 1 core
+  local-dask     the same with coffea's DaskExecutor on a dask LocalCluster of
+                 one 1-thread worker process: what Dask itself costs, so that
+                 facility / local-dask is what GridHub adds
   facility       the same coffea processor with DaskExecutor on a gateway cluster
                  whose workers are DIRAC jobs (embedded DiracX + local site,
                  Traefik and the reverse path), --workers workers of 1 core
@@ -193,6 +196,22 @@ def _process_cpu_seconds() -> float:
     return t.user + t.system
 
 
+def run_local_dask(fileset: dict, one: dict, chunksize: int):
+    from coffea import processor
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        ex = processor.DaskExecutor(client=client, status=False)
+        run_coffea(one, ex, chunksize)  # warm-up, as on the facility
+        before = client.run(_process_cpu_seconds)
+        elapsed, _, n, out = run_coffea(fileset, ex, chunksize)
+        after = client.run(_process_cpu_seconds)
+    return elapsed, sum(after[w] - before[w] for w in before), n, out
+
+
 def nominal_counts_coffea(out) -> dict:
     h = out["entries"]
     return {
@@ -281,6 +300,12 @@ def main() -> None:
     el, cpu, n, out = run_coffea(fileset, executor, args.chunksize)
     rows.append(("local-coffea (IterativeExecutor)", n, el, cpu, 1))
     ref_counts = nominal_counts_coffea(out)
+    one = {
+        "ttbar": {**fileset["ttbar"], "files": dict(list(fileset["ttbar"]["files"].items())[:1])}
+    }
+    el, cpu, n, dout = run_local_dask(fileset, one, args.chunksize)
+    assert nominal_counts_coffea(dout) == ref_counts
+    rows.append(("local-dask (LocalCluster, 1 worker)", n, el, cpu, 1))
     awk_sum = {r: float(hists[f"{r}/nominal"].sum()) for r in agc.REGIONS}
     coffea_sum = {
         r: float(out["hist"][dict(region=r, process="ttbar", variation="nominal")].sum().value)
@@ -296,7 +321,8 @@ def main() -> None:
     awk_wall, awk_cpu = rows[0][1] / rows[0][2], rows[0][1] / rows[0][3]
     cof_wall, cof_cpu = rows[1][1] / rows[1][2], rows[1][1] / rows[1][3]
     head = ("run", "events", "wall s", "cpu s", "cores", "ev/s/core", "ev/cpu-s")
-    ratios = ("wall/awk", "wall/cof", "cpu/awk", "cpu/cof")
+    dask_cpu = rows[2][1] / rows[2][3]
+    ratios = ("wall/awk", "wall/cof", "cpu/awk", "cpu/cof", "cpu/dask")
     print("\n{:36s} {:>9s} {:>7s} {:>7s} {:>5s} {:>10s} {:>9s}".format(*head), *ratios)
     results = []
     for name, n, el, cpu, cores in rows:
@@ -313,12 +339,14 @@ def main() -> None:
             "wall_ratio_to_local_coffea": per_core / cof_wall,
             "cpu_ratio_to_local_awkward": per_cpu / awk_cpu,
             "cpu_ratio_to_local_coffea": per_cpu / cof_cpu,
+            "cpu_ratio_to_local_dask": per_cpu / dask_cpu,
         }
         results.append(row)
         print(
             f"{name:36s} {n:9d} {el:7.1f} {cpu:7.1f} {cores:5d} {per_core:10.0f} {per_cpu:9.0f}"
             f" {row['wall_ratio_to_local_awkward']:8.2f} {row['wall_ratio_to_local_coffea']:8.2f}"
             f" {row['cpu_ratio_to_local_awkward']:7.2f} {row['cpu_ratio_to_local_coffea']:7.2f}"
+            f" {row['cpu_ratio_to_local_dask']:8.2f}"
         )
     versions = {
         p: metadata.version(p)
