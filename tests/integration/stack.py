@@ -22,7 +22,6 @@ import os
 import secrets
 import signal
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -215,9 +214,8 @@ def wait_until(check, timeout: float, what: str, stack: Facility):
 
 
 @pytest.fixture(scope="module", name="stack")
-def stack_fixture(diracx_server, diracx_local_site, test_unix_user):
-    work = Path(tempfile.mkdtemp(prefix="gridhub-stack-"))
-    work.chmod(0o755)
+def stack_fixture(tmp_path_factory, diracx_server, diracx_local_site, test_unix_user):
+    work = tmp_path_factory.mktemp("stack")
     s = Stack(work, diracx_server, diracx_local_site)
     try:
         s.start_hub(work / "hub")

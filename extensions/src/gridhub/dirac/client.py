@@ -62,14 +62,17 @@ def _detail(r: httpx.Response) -> str:
 
 
 def make_sandbox(files: Mapping[str, bytes]) -> bytes:
-    """A deterministic tar.bz2 of ``files`` (same content, same bytes, same PFN)."""
+    """A deterministic tar.bz2 of ``files`` (same content, same bytes, same PFN).
+
+    Every file is 0600: a sandbox may carry keys and tokens, and the job's
+    work directory on a shared node may be readable by other local users."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         for name in sorted(files):
             data = files[name]
             info = tarfile.TarInfo(name)
             info.size = len(data)
-            info.mode = 0o644
+            info.mode = 0o600
             info.mtime = 0
             tf.addfile(info, io.BytesIO(data))
     return bz2.compress(buf.getvalue(), 9)
@@ -83,7 +86,24 @@ def extract_sandbox(data: bytes, dest: Path) -> None:
 
         data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
-        tf.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, filter="data")
+        else:
+            tf.extractall(dest, members=_plain_members(tf, dest))  # noqa: S202 (checked)
+
+
+def _plain_members(tf: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]:
+    """The "data" filter's policy for Pythons without extraction filters
+    (Debian 12's python3 is 3.11.2; filters came in 3.11.4): regular files and
+    directories inside ``dest`` only, no setuid/setgid, no group/other write."""
+    root = dest.resolve()
+    out = []
+    for m in tf.getmembers():
+        if not (m.isfile() or m.isdir()) or not (root / m.name).resolve().is_relative_to(root):
+            raise tarfile.TarError(f"sandbox member {m.name!r} is not a plain file inside it")
+        m.mode &= 0o755
+        out.append(m)
+    return out
 
 
 class DiracXClient:
