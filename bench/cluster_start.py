@@ -2,47 +2,40 @@
 
     .venv/bin/python bench/cluster_start.py [--runs 10]
 
-Both gateways run side by side in the same run on this machine. DIRAC: the
-gridhub backend, workers are DIRAC jobs of the embedded DiracX run by the
-local site, reached through Traefik and the reverse path. Baseline:
-dask-gateway's own LocalBackend (workers are local processes, its Go proxy).
-Prints a table and writes JSON to bench/results/cluster_start.json; the
-figure that matters is the ratio of medians (goal: <= 2).
+Both gateways run side by side in the same run on this machine, and the
+runs alternate, so both see the same load. DIRAC: the facility as the tests
+build it (tests/integration/gateway_fixtures.py Facility: the gridhub
+backend, its API through Traefik over HTTPS, workers are DIRAC jobs of the
+embedded DiracX run by the local site, connecting through Traefik and the
+reverse path). Baseline: dask-gateway's own LocalBackend (workers are local
+processes, its Go proxy). Prints a table and writes
+bench/results/cluster_start-<time>.json; goals: DIRAC p50 under 10 s, and
+at most 2x the baseline's.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import json
-import os
-import platform
-import secrets
-import signal
-import statistics
+import gc
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-
-import httpx  # noqa: E402
-from dask_gateway import BasicAuth, Gateway  # noqa: E402
-from processes import (  # noqa: E402
+import common
+import httpx
+from dask_gateway import BasicAuth, Gateway
+from gateway_fixtures import PASSWORD, Facility
+from processes import (
     EmbeddedDiracX,
     LocalSiteProcess,
     dask_gateway_server,
     free_port,
     gateway_config,
     kill_processes_in,
-    self_signed_cert,
-    start_traefik,
     wait_for,
 )
-
-PASSWORD = secrets.token_hex(8)
 
 
 def time_to_first_worker(gateway: Gateway) -> float:
@@ -51,143 +44,97 @@ def time_to_first_worker(gateway: Gateway) -> float:
     try:
         cluster.scale(1)
         with cluster.get_client(set_as_default=False) as client:
-            client.wait_for_workers(1, timeout=60)
+            client.wait_for_workers(1, timeout=120)
         return time.perf_counter() - t0
     finally:
         cluster.shutdown()
+        del cluster
+        gc.collect()  # here, not on the event loop's thread (common.gc_off_the_loop)
 
 
-def summary(xs: list[float]) -> dict[str, float]:
-    xs = sorted(xs)
-    return {
-        "median": statistics.median(xs),
-        "p95": xs[min(len(xs) - 1, round(0.95 * (len(xs) - 1)))],
-        "min": xs[0],
-        "max": xs[-1],
-    }
+def local_backend(work: Path):
+    """dask-gateway's LocalBackend behind its own proxy: the baseline."""
+    port, proxy = free_port(), free_port()
+    gw = dask_gateway_server(
+        work,
+        gateway_config(
+            DaskGateway__address=f"127.0.0.1:{port}",
+            DaskGateway__authenticator_class="dask_gateway_server.auth.SimpleAuthenticator",
+            SimpleAuthenticator__password=PASSWORD,
+            DaskGateway__backend_class="dask_gateway_server.backends.local.UnsafeLocalBackend",
+            Proxy__address=f"127.0.0.1:{proxy}",
+            UnsafeLocalBackend__clusters_directory=str(work / "clusters"),
+            LocalClusterConfig__scheduler_cmd=[
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+            ],
+            LocalClusterConfig__worker_cmd=[sys.executable, "-m", "distributed.cli.dask_worker"],
+            LocalClusterConfig__worker_memory="1 G",
+        ),
+        f"127.0.0.1:{port}",
+    )
+    # Its Go proxy learns the API route from the gateway a moment later.
+    url = f"http://127.0.0.1:{proxy}"
+    wait_for(lambda: httpx.get(url + "/api/health").status_code == 200, 30, "LocalBackend proxy")
+    return gw, Gateway(address=url, auth=BasicAuth("bench", PASSWORD))
 
 
 def main() -> None:
-    # SIGTERM unwinds like Ctrl-C, so the finally below stops every process.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    common.on_sigterm_unwind()
+    common.gc_off_the_loop()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="gridhub-bench-"))
-    procs = []
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    work = Path(tempfile.mkdtemp(prefix="gridhub-bench-cluster-"))
+    load_before = common.loadavg()
+    procs, times = [], {"local": [], "dirac": []}
     try:
-        diracx = EmbeddedDiracX(work / "diracx")
-        diracx.start(timeout=180)
+        diracx = EmbeddedDiracX(work / "diracx").start(timeout=180)
         procs.append(diracx)
         site = LocalSiteProcess(diracx, work / "site", "--poll-interval", "0.2").start()
         procs.append(site)
-
-        cert, key = self_signed_cert(work / "tls", ["localhost", "127.0.0.1", "gridhub-tunnel"])
-        gw_port, token = free_port(), secrets.token_hex(16)
-        traefik = start_traefik(
-            work / "traefik",
-            provider_url=f"http://127.0.0.1:{gw_port}/api/v1/traefik",
-            provider_token=token,
-            cert=cert,
-            key=key,
-        )
-        procs.append(traefik)
-        common = {
-            "DaskGateway__authenticator_class": "dask_gateway_server.auth.SimpleAuthenticator",
-            "SimpleAuthenticator__password": PASSWORD,
-        }
-        dirac_gw = dask_gateway_server(
-            work / "gw-dirac",
-            gateway_config(
-                **common,
-                DaskGateway__address=f"127.0.0.1:{gw_port}",
-                DaskGateway__backend_class="gridhub.gateway.backend.DiracBackend",
-                Proxy__externally_managed=True,
-                DiracBackend__api_url=f"http://127.0.0.1:{gw_port}/api",
-                DiracBackend__db_url=f"sqlite:///{work / 'gw.sqlite'}",
-                DiracBackend__db_encrypt_keys=[base64.b64encode(os.urandom(32)).decode()],
-                DiracBackend__diracx_url=diracx.url,
-                DiracBackend__diracx_embedded_state_dir=str(diracx.state_dir),
-                DiracBackend__public_dask_address=f"127.0.0.1:{traefik.dask_port}",
-                DiracBackend__facility_ca_file=str(cert),
-                DiracBackend__traefik_token=token,
-                DiracBackend__state_dir=str(work / "gw-state"),
-                DiracBackend__worker_status_period=1.0,
-                DiracBackend__clusters_directory=str(work / "clusters-dirac"),
-                DiracClusterConfig__worker_memory="1 G",
-            ),
-            f"127.0.0.1:{gw_port}",
-        )
-        procs.append(dirac_gw)
-        local_port, local_proxy = free_port(), free_port()
-        local_gw = dask_gateway_server(
-            work / "gw-local",
-            gateway_config(
-                **common,
-                DaskGateway__address=f"127.0.0.1:{local_port}",
-                DaskGateway__backend_class="dask_gateway_server.backends.local.UnsafeLocalBackend",
-                Proxy__address=f"127.0.0.1:{local_proxy}",
-                UnsafeLocalBackend__clusters_directory=str(work / "clusters-local"),
-                LocalClusterConfig__scheduler_cmd=[
-                    sys.executable,
-                    "-m",
-                    "distributed.cli.dask_scheduler",
-                ],
-                LocalClusterConfig__worker_cmd=[
-                    sys.executable,
-                    "-m",
-                    "distributed.cli.dask_worker",
-                ],
-                LocalClusterConfig__worker_memory="1 G",
-            ),
-            f"127.0.0.1:{local_port}",
-        )
+        facility = Facility(work / "facility", diracx, site)
+        procs.append(facility)
+        local_gw, local = local_backend(work / "gw-local")
         procs.append(local_gw)
-        # Its Go proxy learns the API route from the gateway a moment later.
-        wait_for(
-            lambda: httpx.get(f"http://127.0.0.1:{local_proxy}/api/health").status_code == 200,
-            30,
-            "LocalBackend's proxy",
-        )
-
-        dirac = Gateway(
-            address=dirac_gw.url,
-            proxy_address=f"gateway://127.0.0.1:{traefik.dask_port}",
-            auth=BasicAuth("bench", PASSWORD),
-        )
-        local = Gateway(
-            address=f"http://127.0.0.1:{local_proxy}",
-            auth=BasicAuth("bench", PASSWORD),
-        )
-        times: dict[str, list[float]] = {"dirac": [], "local": []}
+        dirac = facility.client("bench")
         time_to_first_worker(dirac), time_to_first_worker(local)  # warm caches
-        for _ in range(args.runs):  # interleaved, so both see the same noise
-            times["local"].append(time_to_first_worker(local))
-            times["dirac"].append(time_to_first_worker(dirac))
-        result = {
-            "benchmark": "cluster create to first worker connected",
-            "runs": args.runs,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "dirac": summary(times["dirac"]),
-            "local": summary(times["local"]),
-            "raw": times,
-        }
-        result["ratio_median"] = result["dirac"]["median"] / result["local"]["median"]
-        print(f"{'backend':<10}{'median s':>10}{'p95 s':>10}{'min s':>10}{'max s':>10}")
-        for k in ("local", "dirac"):
-            s = result[k]
-            print(f"{k:<10}{s['median']:>10.2f}{s['p95']:>10.2f}{s['min']:>10.2f}{s['max']:>10.2f}")
-        print(f"ratio dirac/local (median): {result['ratio_median']:.2f}  (goal <= 2)")
-        out = ROOT / "bench" / "results" / "cluster_start.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
+        for i in range(args.runs):  # interleaved, so both see the same noise
+            for label, gw in (("local", local), ("dirac", dirac))[:: 1 if i % 2 else -1]:
+                times[label].append(time_to_first_worker(gw))
         dirac.close()
         local.close()
     finally:
         for p in reversed(procs):
             p.stop()
         kill_processes_in(work)  # schedulers and workers of interrupted runs
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = common.loadavg()
+    stats = {k: common.summary(v) for k, v in times.items()}
+    ratio = stats["dirac"]["p50"] / stats["local"]["p50"]
+    common.print_table(
+        f"cluster create to first worker connected, {args.runs} runs each",
+        ["backend", "p50 s", "p95 s", "min s", "max s"],
+        [[k, s["p50"], s["p95"], s["min"], s["max"]] for k, s in stats.items()],
+    )
+    print(f"ratio dirac/local (p50): {ratio:.2f}  (goal <= 2; DIRAC p50 goal < 10 s)")
+    print(f"load average before {load_before}, after {load_after}")
+    common.write_result(
+        "cluster_start",
+        {
+            "benchmark": "cluster create to first worker connected",
+            "runs": args.runs,
+            **stats,
+            "ratio_p50": ratio,
+            "raw": times,
+            "load_average": {"before": load_before, "after": load_after},
+            "machine": common.machine(),
+            "versions": common.versions("dask-gateway-server", "distributed", "diracx-core"),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ SharedAccountSpawner as an unprivileged account; each user is an httpx
 client that logs in with the access code, follows the spawn-pending progress
 stream and loads /user/<name>/lab (OAuth included). The bare hub is the tests'
 BARE_CONFIG (same spawner, shared-password auth, Traefik). The two take turns
-(order alternates by round), so both see the same machine. Writes
+(order alternates by round), so both see the same machine. Also the CPU
+seconds of the servers' processes per user (psutil). Writes
 bench/results/spawn_latency-<time>.json.
 """
 
@@ -50,12 +51,16 @@ def main() -> None:
                 order = list(hubs) if r % 2 == 0 else list(reversed(hubs))
                 for label in order:
                     names = [f"s{r}u{i}" for i in range(args.users)]
-                    t0 = time.monotonic()
-                    results = common.crowd(hubs[label], names, args.timeout)
+                    hub, t0 = hubs[label], time.monotonic()
+                    servers = {"servers": lambda: common.owned_by(account.pw_uid)}
+                    with common.Usage({"hub": hub.hub_only, **servers}) as usage:
+                        results = common.crowd(hub, names, args.timeout)
                     wall = time.monotonic() - t0
                     failed = [x for x in results if "error" in x]
                     print(f"round {r} {label}: {len(failed)} failed, all done in {wall:.0f} s")
-                    runs[label].append({"wall_seconds": wall, "students": results})
+                    runs[label].append(
+                        {"wall_seconds": wall, "resources": usage.report(), "students": results}
+                    )
                     hubs[label].stop_servers(names)
     finally:
         for hub in hubs.values():
@@ -75,7 +80,7 @@ def main() -> None:
         )
     common.print_table(
         f"login to JupyterLab, {args.users} users together, {args.rounds} round(s)",
-        ["hub", "users", "failed", "p50 s", "p95 s", "max s"],
+        ["hub", "users", "failed", "p50 s", "p95 s", "server CPU s each"],
         table,
     )
     if "bare" in result and result["bare"]["login_to_lab"]["p50"]:
