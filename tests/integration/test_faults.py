@@ -9,6 +9,7 @@ the DIRAC backend, DiracX; the grid site is the local-site stand-in.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -113,6 +114,17 @@ def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack)
             cluster.scale(2)
             client = cluster.get_client()
             client.wait_for_workers(2, timeout=120)
+            # Fail a job the gateway knows is running (it learns from the next
+            # scheduler heartbeat; earlier is docs/faults.md's heartbeat race).
+            names = [w["name"] for w in client.scheduler_info()["workers"].values()]
+            wait_until(
+                lambda: all(
+                    f"Worker {n} is running" in stack.gateway.logfile.read_text() for n in names
+                ),
+                30,
+                "the gateway sees both workers running",
+                stack,
+            )
             futures = client.map(lambda i: __import__("time").sleep(0.5) or i, range(30))
             (victim, *_) = [j["JobID"] for j in jobs_of(stack.diracx, cluster.name)]
             fail_at_site(stack, victim)
@@ -129,7 +141,7 @@ def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack)
             assert jobs[victim]["Status"] == "Failed", jobs[victim]
             # (the gateway's kill of the dead job then sets MinorStatus)
             assert "exit code -9" in jobs[victim]["ApplicationStatus"], jobs[victim]
-            assert len(jobs) == 3, f"not exactly one replacement: {jobs}"
+            assert len(jobs) == 3, f"not exactly one replacement: {jobs}\n{stack.logs()}"
             client.close()
         finally:
             cluster.shutdown()
@@ -193,3 +205,25 @@ def test_a_replacement_worker_starts_after_diracx_restarts(stack):
             client.close()
         finally:
             cluster.shutdown()
+
+
+def test_a_new_facilitys_first_sandbox_uploads_at_once_all_succeed(tmp_path):
+    """A fresh DiracX registers the sandbox owner at the first upload; a new
+    cluster's workers upload at once. (Without the client's retry, 3 of 4
+    failed with a 500, three worker start failures: the cluster's limit.)"""
+    from processes import EmbeddedDiracX
+
+    fresh = EmbeddedDiracX(tmp_path / "state").start()
+    try:
+
+        async def uploads():
+            async with fresh.client() as c:
+                return await asyncio.gather(
+                    *[c.upload_sandbox({"f": bytes([i])}) for i in range(4)],
+                    return_exceptions=True,
+                )
+
+        results = asyncio.run(uploads())
+        assert all(isinstance(r, str) and r.startswith("SB:") for r in results), results
+    finally:
+        fresh.stop()
