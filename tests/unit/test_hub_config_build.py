@@ -76,3 +76,59 @@ def test_iam_local(tmp_path, monkeypatch):
     assert "GRIDHUB_TOKEN_SERVICE_URL" in c.Spawner.environment
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "admin:auth_state" in roles["gridhub-tokens"]["scopes"]
+
+
+SERVER_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    "access:services!service=dask-gateway",
+]
+
+
+def test_server_token_may_use_the_gateway_in_every_mode(tmp_path, monkeypatch):
+    """dask-gateway's JupyterHubAuthenticator refuses a token without
+    access:services!service=dask-gateway: every server's token has it."""
+    monkeypatch.setattr(
+        hub_auth,
+        "discover",
+        lambda issuer: {
+            "authorization_endpoint": issuer + "/a",
+            "token_endpoint": issuer + "/t",
+            "userinfo_endpoint": issuer + "/u",
+        },
+    )
+    iam = {
+        "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
+        "GRIDHUB_IAM_CLIENT_ID": "gridhub",
+        "GRIDHUB_IAM_CLIENT_SECRET": "s3cret",
+    }
+    for i, env in enumerate(
+        [{}, {"GRIDHUB_SPAWNER": "local"}, iam, {**iam, "GRIDHUB_SPAWNER": "local"}]
+    ):
+        c = build(env, tmp_path / str(i))
+        assert c.Spawner.server_token_scopes == SERVER_TOKEN_SCOPES, env
+        # the scope names a service the hub registers, and users hold it
+        assert "dask-gateway" in {s["name"] for s in c.JupyterHub.services}
+        user = {r["name"]: r for r in c.JupyterHub.load_roles}["user"]
+        assert "access:services!service=dask-gateway" in user["scopes"]
+
+
+def test_clusters_stop_with_the_server_by_default(tmp_path):
+    from gridhub.hub.clusters import StopClustersWithServer
+
+    c = build({"GRIDHUB_GATEWAY_URL": "http://gateway:8000/"}, tmp_path / "on")
+    hook = c.Spawner.post_stop_hook
+    assert isinstance(hook, StopClustersWithServer)
+    assert hook.api_url == "http://gateway:8000/api/v1"
+    assert hook.scope == "access:services!service=dask-gateway"
+
+    c = build({"GRIDHUB_GATEWAY_STOP_CLUSTERS_WITH_SERVER": "false"}, tmp_path / "off")
+    assert "post_stop_hook" not in c.Spawner
+
+
+def test_misspelled_stop_clusters_setting_is_named(tmp_path):
+    import pytest
+    from gridhub.hub.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="GRIDHUB_GATEWAY_STOP_CLUSTERS_WITH_SERVER"):
+        build({"GRIDHUB_GATEWAY_STOP_CLUSTER_WITH_SERVER": "false"}, tmp_path)

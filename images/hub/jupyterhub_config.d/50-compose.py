@@ -26,16 +26,6 @@ if project:
     c.TraefikFileProviderProxy.traefik_entrypoint = "websecure"
     c.TraefikFileProviderProxy.traefik_api_entrypoint = "auth_api"
 
-# The server's JUPYTERHUB_API_TOKEN must be allowed to use the dask-gateway
-# service (dask-gateway's JupyterHubAuthenticator checks
-# access:services!service=dask-gateway): the `server` role's scopes plus that
-# one (JupyterHub keeps only the subset the user holds: every user does).
-c.Spawner.server_token_scopes = [
-    "users:activity!user",
-    "access:servers!server",
-    "access:services!service=dask-gateway",
-]
-
 if project and settings.spawner == "docker":
     d = c.DockerSpawner
     d.use_internal_ip = True

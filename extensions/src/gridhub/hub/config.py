@@ -21,6 +21,14 @@ TOKEN_SERVICE = "gridhub-tokens"  # noqa: S105  (a service name)
 GATEWAY_SERVICE = "dask-gateway"
 BASE_SCOPES = ["openid", "profile", "email", "offline_access"]
 MASTERCLASS_USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
+# The server's $JUPYTERHUB_API_TOKEN: JupyterHub's `server` role, plus access to
+# the dask-gateway service (its JupyterHubAuthenticator accepts only tokens with
+# that scope), so dask_gateway.Gateway() in a notebook and the Dask sidebar work.
+SERVER_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    f"access:services!service={GATEWAY_SERVICE}",
+]
 
 
 def apply_defaults(c) -> None:
@@ -291,3 +299,11 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
         )
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
+    # (JupyterHub gives the token the subset the user holds: every user holds all)
+    c.Spawner.server_token_scopes = list(SERVER_TOKEN_SCOPES)
+    if s.gateway_stop_clusters_with_server:
+        from .clusters import StopClustersWithServer
+
+        c.Spawner.post_stop_hook = StopClustersWithServer(
+            s.gateway_url.rstrip("/") + "/api/v1", GATEWAY_SERVICE
+        )

@@ -239,6 +239,11 @@ class Settings(BaseModel):
     gateway_idle_timeout: float = Field(
         1800.0, ge=0, description="Stop a Dask cluster idle for this many seconds (0: never)."
     )
+    gateway_stop_clusters_with_server: bool = Field(
+        True,
+        description="When a user's server stops (stopped, culled or dead), the hub stops"
+        " that user's Dask clusters, so their DIRAC jobs end.",
+    )
     worker_mem_limit: str = Field(
         "3G",
         description="Local site (embedded mode): memory limit of each worker job container;"
