@@ -9,9 +9,8 @@ runs hub_config/jupyterhub_config.py, the gateway the gridhub DIRAC backend
 (gateway_fixtures.Facility). Traefik can be killed and started again with the
 same configuration (``restart_traefik``).
 
-Use: ``from stack import stack_fixture`` and ``from hub_fixtures import
-test_unix_user`` in a test module (fixtures), then request the module-scoped
-``stack``.
+Use: ``from stack import stack_fixture`` in a test module (a fixture), then
+request the module-scoped ``stack``.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from gateway_fixtures import Facility
 from hub_fixtures import REPO, Hub
@@ -170,7 +170,7 @@ class Stack(Facility):
         hub.port = self.traefik.https_port
         hub.public_url = self.hub_url
         hub.api = self.hub_url + "/hub/api"
-        self.jupyterhub = hub.start(timeout=90)
+        self.jupyterhub = hub.start(timeout=180)  # a loaded 2-core machine: minutes
         return hub
 
     def logs(self) -> str:
@@ -204,17 +204,26 @@ def jobs_of(diracx, cluster_name: str) -> list[dict]:
 
 
 def wait_until(check, timeout: float, what: str, stack: Facility):
+    """Poll ``check`` until truthy; connection errors count as not yet (a
+    restarting Traefik refuses or cuts connections); AssertionErrors stop."""
     deadline = time.monotonic() + timeout
+    last: Exception | None = None
     while time.monotonic() < deadline:
-        value = check()
+        try:
+            value = check()
+        except (OSError, httpx.HTTPError) as exc:
+            value, last = None, exc
         if value:
             return value
         time.sleep(0.5)
-    raise AssertionError(f"{what}: not reached in {timeout:.0f} s\n{stack.logs()}")
+    raise AssertionError(
+        f"{what}: not reached in {timeout:.0f} s (last error: {last!r})\n{stack.logs()}"
+    )
 
 
 @pytest.fixture(scope="module", name="stack")
-def stack_fixture(tmp_path_factory, diracx_server, diracx_local_site, test_unix_user):
+def stack_fixture(tmp_path_factory, diracx_server, diracx_local_site):
+    # (no user server is spawned: no test_unix_user, whose teardown kills its processes)
     work = tmp_path_factory.mktemp("stack")
     s = Stack(work, diracx_server, diracx_local_site)
     try:

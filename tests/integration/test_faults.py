@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 from dask_gateway.client import ClusterStatus
-from hub_fixtures import test_unix_user  # noqa: F401 - a fixture
 from processes import kill_processes_in
 from stack import FINAL, jobs_of, stack_fixture, wait_until  # noqa: F401 - a fixture
 

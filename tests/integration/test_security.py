@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 from distributed import Client
-from hub_fixtures import test_unix_user  # noqa: F401 - a fixture
 from stack import jobs_of, stack_fixture  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,6 +37,7 @@ def test_hub_pages_may_be_framed_only_by_the_hub(stack):
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,  # not a broken stack
     reason="no HSTS: GridHub has no domain setting and the deployed Traefik config "
     "(images/traefik/traefik.yml.tmpl) has no headers middleware; see docs/faults.md",
 )
@@ -74,7 +74,7 @@ def _secrets(stack, job_dirs: list[Path]) -> dict[str, bytes]:
     state = stack.diracx.state_dir
     raw = (state / "legacy-api-key").read_bytes().strip()
     found["DiracX legacy API key"] = raw
-    found["DiracX legacy API key (raw)"] = base64.urlsafe_b64encode(
+    found["DiracX legacy API key (unpadded)"] = base64.urlsafe_b64encode(
         base64.urlsafe_b64decode(raw)
     ).rstrip(b"=")
     found["DiracX state key"] = (state / "state-key").read_bytes().strip()
@@ -106,6 +106,24 @@ def _processes():
                 continue
 
 
+def _ours() -> set[str]:
+    """PIDs of this test run's processes: its descendants (hub, gateway,
+    schedulers, Traefik, DiracX, the site and its jobs)."""
+    children: dict[str, list[str]] = {}
+    for p in Path("/proc").iterdir():
+        try:
+            ppid = (p / "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except (OSError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(p.name)
+    ours, todo = set(), [str(os.getpid())]
+    while todo:
+        pid = todo.pop()
+        ours.add(pid)
+        todo += children.get(pid, [])
+    return ours
+
+
 def test_no_secret_in_logs_argv_or_other_users_environment(stack):
     with stack.client("mallory") as gateway:
         cluster = gateway.new_cluster()
@@ -126,14 +144,15 @@ def test_no_secret_in_logs_argv_or_other_users_environment(stack):
                     mode = stat.S_IMODE((d / name).stat().st_mode)
                     assert mode == 0o600, f"{d / name} is {oct(mode)}"
 
-            me = os.getuid()
+            me, ours = os.getuid(), _ours()
             for proc, uid, argv, environ in _processes():
                 for what, value in secrets.items():
                     # argv is world-readable (/proc/<pid>/cmdline)
                     assert value not in argv, f"{what} in the argv of {proc}: {argv[:200]!r}"
                     if uid != me:
                         assert value not in environ, f"{what} in the environment of {proc}"
-                assert not JWT.search(argv), f"a token in the argv of {proc}: {argv[:200]!r}"
+                if proc.name in ours:  # (other people's processes share this machine)
+                    assert not JWT.search(argv), f"a token in the argv of {proc}: {argv[:200]!r}"
         finally:
             cluster.shutdown()
 
