@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -162,8 +163,18 @@ def _name(p: psutil.Process) -> str:
         return ""
 
 
-def owned_by(uid: int) -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["uids"]) if (p.info["uids"] or [None])[0] == uid]
+def working_in(directory: Path) -> list[psutil.Process]:
+    """Processes whose working directory is under ``directory`` (a run's
+    servers and kernels work in their homes under the run's directory)."""
+    root = str(directory.resolve()) + os.sep
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if (p.cwd() + os.sep).startswith(root):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 class Usage:
@@ -259,12 +270,6 @@ def bench_account() -> pwd.struct_passwd:
         return pwd.getpwnam(BENCH_UNIX_USER)
 
 
-def kill_account_processes(uid: int) -> None:
-    for p in owned_by(uid):
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-
-
 # the tests' fixture generator (a venv python the server account may run)
 server_python = contextlib.contextmanager(hub_fixtures.server_python.__wrapped__)
 
@@ -297,8 +302,12 @@ class HttpsHub(Hub):
         with self.admin() as admin:
             admin.post("/users", json={"usernames": names}).raise_for_status()
             for i in range(0, len(names), batch):
-                for name in names[i : i + batch]:
-                    admin.post(f"/users/{name}/server").raise_for_status()
+                # each POST waits for its spawn up to the hub's slow_spawn_timeout: in parallel
+                with ThreadPoolExecutor(batch) as pool:
+                    for r in pool.map(
+                        lambda n: admin.post(f"/users/{n}/server"), names[i : i + batch]
+                    ):
+                        r.raise_for_status()
                 want = min(i + batch, len(names))
                 while len(admin.get("/users", params={"state": "ready"}).json()) < want:
                     if len(admin.get("/users", params={"state": "active"}).json()) < want:

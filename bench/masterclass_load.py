@@ -11,8 +11,8 @@ unprivileged account. Each student is an httpx client (a thread): login form,
 /hub/spawn, the spawn-pending progress stream, /user/<name>/lab, then a kernel
 through the Jupyter server REST API and one execute_request on its websocket.
 CPU seconds and peak RSS come from psutil samples every 0.5 s: the hub
-process, its Traefik, and every process of the servers' account (servers and
-kernels). With --prestart the servers are started through the admin API
+process, its Traefik, and every process working in the run's homes (servers
+and kernels). With --prestart the servers are started through the admin API
 before the clock starts, as a warm pool sized by the teacher would have them.
 Writes bench/results/masterclass_load-<time>.json.
 """
@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import common
+from processes import kill_processes_in
 
 CELL = "import numpy as np\nint((np.arange(1000) ** 2).sum())"
 EXPECTED = "332833500"
@@ -38,13 +41,19 @@ def variant(args: argparse.Namespace) -> str:
     return " (" + ", ".join(p for p in parts if p) + ")" if any(parts) else ""
 
 
-def whatif(hub: common.HttpsHub, args: argparse.Namespace) -> None:
+def whatif(hub: common.HttpsHub, args: argparse.Namespace, runtime: Path) -> None:
     """Deployer-level config (the hub's extra config dir), not hub code."""
     lines = ["c = get_config()  # noqa"]
     if args.http_timeout:
         lines.append(f"c.Spawner.http_timeout = {args.http_timeout}")
     if args.kernel_ipc:
+        # a unix socket path has at most 107 bytes: the kernels' sockets go in
+        # a short runtime dir per user, not under the (long) bench home
         lines.append("c.Spawner.args = ['--KernelManager.transport=ipc']")
+        lines.append(
+            "c.Spawner.environment.update("
+            f"{{'JUPYTER_RUNTIME_DIR': lambda spawner: '{runtime}/' + spawner.user.name}})"
+        )
     (hub.extra / "70-bench-whatif.py").write_text("\n".join(lines) + "\n")
 
 
@@ -79,8 +88,10 @@ def main() -> None:
         ap.error("--users must be at least 1")
     expected = EXPECTED if args.cell == CELL else None
 
-    account = common.bench_account()
+    common.bench_account()  # the servers run as it
     work = common.workdir("gridhub-bench-masterclass-")
+    runtime = Path(tempfile.mkdtemp(prefix="jr"))  # short: kernels' ipc sockets (--kernel-ipc)
+    runtime.chmod(0o1777)
     hub = None
     names = [f"student{i:02d}" for i in range(args.users)]
     load_before = common.loadavg()
@@ -92,13 +103,13 @@ def main() -> None:
                 f"bench-masterclass-{args.users}",
                 GRIDHUB_START_TIMEOUT=str(args.start_timeout),
             )
-            whatif(hub, args)
+            whatif(hub, args, runtime)
             hub.start(timeout=120)
             prestart = hub.prestart(names, args.timeout) if args.prestart else None
             groups = {
                 "hub": hub.hub_only,
                 "traefik": hub.traefik,
-                "servers+kernels": lambda: common.owned_by(account.pw_uid),
+                "servers+kernels": lambda: common.working_in(work),
                 "students (httpx)": lambda: common.tree(common.os.getpid())[:1],
             }
             t0 = time.monotonic()
@@ -110,15 +121,19 @@ def main() -> None:
     finally:
         if hub is not None:
             hub.stop()
-        common.kill_account_processes(account.pw_uid)
+        kill_processes_in(work)  # this run's only: not the whole account's
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
 
     for s in students:
         if expected and s.get("result") not in (None, expected):
             s["error"] = f"wrong result {s['result']!r}"
     failures = [s["error"] for s in students if "error" in s]
-    ok = [s for s in students if "error" not in s]
-    steps = {k: common.summary(s[k] for s in ok) for k in ("login", "server_ready", "cell_result")}
+    # each step over the students who got that far (n says how many)
+    steps = {
+        k: common.summary(s[k] for s in students if k in s)
+        for k in ("login", "server_ready", "cell_result")
+    }
     resources = usage.report()
     common.print_table(
         f"{args.users} students at once{variant(args)}:"

@@ -21,6 +21,7 @@ import shutil
 import time
 
 import common
+from processes import kill_processes_in
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     if args.users < 1 or args.rounds < 1:
         ap.error("--users and --rounds must be at least 1")
 
-    account = common.bench_account()
+    common.bench_account()  # the servers run as it
     work = common.workdir("gridhub-bench-spawn-")
     load_before = common.loadavg()
     runs: dict[str, list[dict]] = {"gridhub": []}
@@ -52,7 +53,7 @@ def main() -> None:
                 for label in order:
                     names = [f"s{r}u{i}" for i in range(args.users)]
                     hub, t0 = hubs[label], time.monotonic()
-                    servers = {"servers": lambda: common.owned_by(account.pw_uid)}
+                    servers = {"servers": lambda: common.working_in(work)}
                     with common.Usage({"hub": hub.hub_only, **servers}) as usage:
                         results = common.crowd(hub, names, args.timeout)
                     wall = time.monotonic() - t0
@@ -65,7 +66,7 @@ def main() -> None:
     finally:
         for hub in hubs.values():
             hub.stop()
-        common.kill_account_processes(account.pw_uid)
+        kill_processes_in(work)  # this run's only: not the whole account's
         shutil.rmtree(work, ignore_errors=True)
 
     load_after = common.loadavg()
