@@ -3,6 +3,12 @@ site, Traefik, and dask-gateway-server with the gridhub DIRAC backend.
 
 Use the ``dirac_facility`` fixture (module scope): ``.client(user)`` gives a
 dask_gateway.Gateway whose clusters' workers are DIRAC jobs.
+
+``hub_dirac_facility`` (module scope; import it into the test module) is the
+same facility with the gateway authenticating users by their JupyterHub
+tokens, as deployed: start the test hub with ``.hub_env()`` and
+``.hub_config()`` (the hub's API port and the gateway service token are
+fixed before either process starts).
 """
 
 from __future__ import annotations
@@ -10,11 +16,12 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
-from dask_gateway import BasicAuth, Gateway
+from dask_gateway import BasicAuth, Gateway, JupyterHubAuth
 from processes import (
     dask_gateway_server,
     facility_tls,
@@ -27,10 +34,24 @@ from processes import (
 
 PASSWORD = secrets.token_hex(8)
 PREFIX = "/services/dask-gateway"
+HUB_SERVICE = "dask-gateway"  # the gateway's JupyterHub service name
+
+
+@dataclass(frozen=True)
+class HubLink:
+    """What a gateway that authenticates users with JupyterHub knows of the hub."""
+
+    bind_url: str  # where the (test) hub will listen: http://127.0.0.1:<port>
+    api_token: str  # the dask-gateway service's hub API token
+
+    @property
+    def api_url(self) -> str:
+        return self.bind_url + "/hub/api"
 
 
 class Facility:
-    def __init__(self, work: Path, diracx, site) -> None:
+    def __init__(self, work: Path, diracx, site, hub: HubLink | None = None) -> None:
+        self.hub = hub
         self.site = site
         self.work = work
         self.diracx = diracx
@@ -80,6 +101,22 @@ class Facility:
             "DiracClusterConfig__worker_memory": "1 G",
             "DiracClusterConfig__idle_timeout": 0.0,
         }
+        if self.hub is not None:
+            del values["SimpleAuthenticator__password"]
+            values.update(
+                {
+                    "DaskGateway__authenticator_class": (
+                        "dask_gateway_server.auth.JupyterHubAuthenticator"
+                    ),
+                    "JupyterHubAuthenticator__jupyterhub_api_url": self.hub.api_url,
+                    "JupyterHubAuthenticator__jupyterhub_api_token": self.hub.api_token,
+                    "JupyterHubAuthenticator__jupyterhub_service_name": HUB_SERVICE,
+                    # Users' tokens die with their test hub, so teardown cannot
+                    # stop clusters through the API as the user: the gateway
+                    # stops whatever is left when it shuts down.
+                    "DiracBackend__stop_clusters_on_shutdown": True,
+                }
+            )
         values.update(overrides)
         return gateway_config(**values)
 
@@ -103,13 +140,61 @@ class Facility:
         )
         return gateway
 
-    def client(self, user: str = "alice") -> Gateway:
-        """A client as a notebook has it: API and schedulers through Traefik."""
-        self.users.add(user)
-        return Gateway(
-            address=self.public_url,
-            proxy_address=f"gateway://127.0.0.1:{self.traefik.dask_port}",
-            auth=BasicAuth(user, PASSWORD),
+    @property
+    def proxy_address(self) -> str:
+        """Where clients reach schedulers: Traefik's Dask port (SNI routing)."""
+        return f"gateway://127.0.0.1:{self.traefik.dask_port}"
+
+    def client(self, user: str = "alice", hub_token: str | None = None) -> Gateway:
+        """A client as a notebook has it: API and schedulers through Traefik.
+        With JupyterHub auth, ``hub_token`` is the user's hub API token."""
+        if self.hub is not None:
+            if hub_token is None:
+                raise ValueError("this facility's gateway takes JupyterHub tokens: pass hub_token")
+            auth = JupyterHubAuth(api_token=hub_token)
+        else:
+            self.users.add(user)
+            auth = BasicAuth(user, PASSWORD)
+        return Gateway(address=self.public_url, proxy_address=self.proxy_address, auth=auth)
+
+    def hub_env(self) -> dict[str, str]:
+        """GRIDHUB_* settings for the test hub this gateway trusts."""
+        assert self.hub is not None, "a facility started with a HubLink"
+        return {
+            "GRIDHUB_HUB_BIND_URL": self.hub.bind_url,
+            "GRIDHUB_GATEWAY_URL": f"http://127.0.0.1:{self.gw_port}",
+            "GRIDHUB_GATEWAY_API_TOKEN": self.hub.api_token,
+            "GRIDHUB_GATEWAY_PROXY_ADDRESS": self.proxy_address,
+        }
+
+    def hub_config(self) -> str:
+        """JupyterHub config for the test hub's own Traefik: send the gateway's
+        public prefix (API and dashboards) on to this facility's Traefik, as
+        the deployed single Traefik routes it (the hub's route for the
+        dask-gateway service would reach the API without stripping the prefix)."""
+        dynamic = {
+            "http": {
+                "routers": {
+                    "gridhub-test-facility": {
+                        "rule": f"PathPrefix(`{PREFIX}/`)",
+                        "service": "gridhub-test-facility",
+                        "priority": 100000,
+                    }
+                },
+                "services": {
+                    "gridhub-test-facility": {
+                        "loadBalancer": {
+                            "servers": [{"url": f"https://127.0.0.1:{self.traefik.https_port}"}],
+                            "serversTransport": "gridhub-test-facility",
+                        }
+                    }
+                },
+                "serversTransports": {"gridhub-test-facility": {"rootCAs": [str(self.cert)]}},
+            }
+        }
+        return (
+            "c = get_config()  # noqa\n"
+            f"c.TraefikFileProviderProxy.extra_dynamic_config = {dynamic!r}\n"
         )
 
     def logs(self) -> str:
@@ -144,13 +229,24 @@ class Facility:
                 "all clusters stopped",
                 self.gateway.logfile,
             )
-        for p in (self.gateway, self.traefik):
-            p.stop()
+        # (with JupyterHub auth, the gateway stops what is left on SIGTERM)
+        self.gateway.stop(timeout=60 if self.hub is not None else 15)
+        self.traefik.stop()
         kill_processes_in(self.work / "clusters")
 
 
 @pytest.fixture(scope="module")
 def dirac_facility(tmp_path_factory, diracx_server, diracx_local_site):
     f = Facility(tmp_path_factory.mktemp("facility"), diracx_server, diracx_local_site)
+    yield f
+    f.stop()
+
+
+@pytest.fixture(scope="module")
+def hub_dirac_facility(tmp_path_factory, diracx_server, diracx_local_site):
+    """The facility with JupyterHub auth, for one test hub at a time (it must
+    bind ``.hub.bind_url``: pass ``.hub_env()`` to the hub)."""
+    hub = HubLink(f"http://127.0.0.1:{free_port()}", secrets.token_hex(32))
+    f = Facility(tmp_path_factory.mktemp("hub-facility"), diracx_server, diracx_local_site, hub)
     yield f
     f.stop()

@@ -83,6 +83,10 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+# every hub work directory of this session (servers' homes are under them)
+_SESSION_WORKDIRS: list[Path] = []
+
+
 def _user_pids(uid: int) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -110,11 +114,15 @@ def test_unix_user():
         )
         pw = pwd.getpwnam(TEST_UNIX_USER)
     yield pw
-    # backstop: end what this session's servers left behind (all run as this account)
+    # backstop: end what this session's servers left behind (they run as this account,
+    # in homes under this session's hub work directories; another pytest session on the
+    # same machine may have servers of its own under this account)
     for pid in _user_pids(pw.pw_uid):
         try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            if any(Path(cwd).is_relative_to(d) for d in _SESSION_WORKDIRS):
+                os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
             pass
 
 
@@ -150,6 +158,7 @@ class Hub:
     ):
         self.config = config
         self.workdir = workdir
+        _SESSION_WORKDIRS.append(Path(workdir).resolve())
         self.state = workdir / "state"
         self.homes = workdir / "homes"
         self.extra = workdir / "extra-config"

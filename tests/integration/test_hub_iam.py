@@ -1,19 +1,29 @@
 """IAM mode in a real browser: oidc-provider-mock stands in for INDIGO IAM.
 
 Chromium (Debian's) driven by Playwright logs in through the provider's form, lands in
-JupyterLab; the server's BEARER_TOKEN_FILE holds a valid access token that is replaced
-before it expires; a user outside the allowed groups gets the refusal page.
+JupyterLab, clicks NEW in the Dask sidebar: a dask-gateway cluster (the facility of
+gateway_fixtures: real dask-gateway-server with the DIRAC backend, behind Traefik,
+authenticating the server's JupyterHub token) gets a worker that is a DIRAC job, a
+notebook cell computes on it and the result shows on the page, the cluster's dashboard
+opens in a JupyterLab tab. The server's BEARER_TOKEN_FILE holds a valid access token
+that is replaced before it expires; a user outside the allowed groups gets the refusal
+page. Stopping the server through the hub API stops the user's cluster: every DIRAC
+job of it ends. Screenshots of each step go to artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 try:
     from .hub_fixtures import *  # noqa: F403
@@ -21,6 +31,8 @@ try:
 except ImportError:
     from hub_fixtures import *  # noqa: F403
     from hub_fixtures import SCREENSHOTS, OIDCMock, wait_for
+
+from gateway_fixtures import hub_dirac_facility  # noqa: F401 (a fixture)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -33,6 +45,8 @@ CHROMIUM_ARGS = [
 ]
 TOKEN_LIFETIME = 45  # refreshed when half is left
 FACILITY = "IAM Test Facility"
+WORKER_TIMEOUT = 240_000  # ms: a DIRAC job is matched, started, and joins (loaded machine)
+FINAL = {"Done", "Failed", "Killed", "Deleted"}
 
 
 @pytest.fixture
@@ -81,7 +95,62 @@ def iam_login(page, hub, sub: str) -> None:
     page.get_by_role("button", name="Authorize").click()
 
 
-def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
+def dirac_jobs(facility, cluster: str) -> list[dict]:
+    """The DIRAC jobs of a cluster (its workers), as DiracX reports them."""
+
+    async def search():
+        async with facility.diracx.client() as dx:
+            return await dx.search(
+                [{"parameter": "JobGroup", "operator": "eq", "value": cluster}],
+                ["JobID", "Status", "JobName", "JobGroup"],
+            )
+
+    # (Playwright's sync API runs an event loop in this thread)
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(search())).result(timeout=60)
+
+
+def run_cell(page, code: str, marker: str, timeout: float = 180) -> str:
+    """Type ``code`` into the notebook's last cell, run it, and return the output
+    text once ``marker`` shows on the page (fail at once on a traceback)."""
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
+    cells = page.locator(".jp-Notebook .jp-CodeCell")
+    cell = cells.nth(cells.count() - 1)
+    cell.locator(".cm-content").click()
+    page.keyboard.insert_text(code)
+    page.keyboard.press("Shift+Enter")
+    # A kernel that shows idle may still be connecting its channels, and then the
+    # execute request is lost ("[ ]" stays): run the cell again.
+    for _ in range(3):
+        try:
+            expect(cell.locator(".jp-InputPrompt")).to_have_text(
+                re.compile(r"\[(\*|\d+)\]"), timeout=10_000
+            )
+            break
+        except AssertionError:
+            cell.locator(".cm-content").click()
+            page.keyboard.press("Control+Enter")
+    outputs = cell.locator(".jp-OutputArea-output")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = "\n".join(outputs.all_inner_texts())
+        if marker in text:
+            return text
+        if "Traceback" in text or "Error" in text:
+            shot(page, "cell-error")
+            raise AssertionError(f"the cell failed:\n{text[-3000:]}")
+        time.sleep(1)
+    shot(page, "cell-timeout")
+    raise TimeoutError(f"no {marker!r} on the page after {timeout} s")
+
+
+def test_iam_login_dask_cluster_token_file_and_refusal(
+    hub_factory,
+    oidc,
+    browser,
+    hub_dirac_facility,  # noqa: F811 (the imported fixture)
+):
+    facility = hub_dirac_facility
     oidc.set_user("alice", {"preferred_username": "alice", "groups": ["atlas"]})
     oidc.set_user("mallory", {"preferred_username": "mallory", "groups": ["cms"]})
     hub = hub_factory(
@@ -95,11 +164,16 @@ def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
             "GRIDHUB_TOKEN_REFRESH_AGE": "2",
             "GRIDHUB_TOKEN_FILE_INTERVAL": "3",
             "GRIDHUB_CULL_IDLE_TIMEOUT": "0",
+            # the gateway trusts this hub; the hub stops a user's clusters with the server
+            **facility.hub_env(),
         },
         name="iam",
-    ).start()
+    )
+    (hub.extra / "60-test-facility.py").write_text(facility.hub_config())
+    hub.start()
 
     context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(60_000)
     page = context.new_page()
     loopback_only(page)
     t0 = time.monotonic()
@@ -114,11 +188,77 @@ def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
     shot(page, "2-jupyterlab")
     # the Dask sidebar (dask-labextension) is there, with its NEW button
     page.locator('[data-id="dask-dashboard-launcher"]').first.click()
-    page.get_by_role("button", name="NEW", exact=True).wait_for(timeout=30_000)
+    new = page.get_by_role("button", name="NEW", exact=True)
+    new.wait_for(timeout=30_000)
     shot(page, "3-dask-sidebar")
 
     model = hub.user_model("alice")
     assert "atlas" in model["groups"] and not model["admin"]
+
+    # NEW: the labextension's factory (dask_gateway.GatewayCluster) asks the gateway,
+    # through the hub's Traefik, with the server's JupyterHub token
+    t1 = time.monotonic()
+    new.click()
+    card = page.locator(".dask-ClusterListingItem").first
+    card.wait_for(timeout=120_000)
+    address = card.locator(".dask-ClusterListingItem-link").first.get_attribute("title")
+    assert address.startswith(facility.proxy_address + "/"), address
+    cluster = address.rsplit("/", 1)[-1]
+    print(f"NEW to cluster {cluster}: {time.monotonic() - t1:.1f}s")
+    shot(page, "4-cluster")
+    # SCALE to one worker: a DIRAC job the local site runs, which joins the cluster
+    card.locator(".dask-ClusterListingItem-scale").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.locator("input.dask-ScalingInput").first.fill("1")
+    dialog.locator("button.jp-mod-accept").click()
+    expect(card).to_contain_text("Number of Workers: 1", timeout=WORKER_TIMEOUT)
+    print(f"SCALE to one worker: {time.monotonic() - t1:.1f}s")
+    shot(page, "5-worker")
+    jobs = dirac_jobs(facility, cluster)
+    running = [j for j in jobs if j["Status"] == "Running"]
+    assert len(running) == 1 and "alice" in running[0]["JobName"], jobs
+
+    # a notebook cell computes on that cluster (the kernel has the server's token)
+    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+    page.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=120_000)
+    text = run_cell(
+        page,
+        "import dask.array as da\n"
+        "from dask_gateway import Gateway\n"
+        f"client = Gateway().connect({cluster!r}).get_client()\n"
+        "total = int(da.arange(1, 1001, chunks=100).sum().compute())\n"
+        "print(f\"SUM={total} WORKERS={len(client.scheduler_info()['workers'])}\")\n",
+        "SUM=",
+    )
+    assert "SUM=500500 WORKERS=1" in text, text
+    shot(page, "6-result")
+
+    # the cluster's dashboard, through the hub's URL and Traefik: the card's link opens
+    # Dask's status page ...
+    link = card.locator(".dask-ClusterListingItem-link a").get_attribute("href")
+    assert link == f"{hub.public_url}/services/dask-gateway/clusters/{cluster}/status", link
+    status = context.new_page()
+    loopback_only(status)
+    assert status.goto(link).ok
+    status.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
+    shot(status, "7-dashboard-link")
+    status.close()
+    # ... and its plots open in JupyterLab tabs once the link is in the sidebar's
+    # dashboard URL field. (Clicking the cluster's card fills in the labextension's
+    # own proxy, dask/dashboard/<id>, which keeps only host and port of the link and
+    # so misses a dashboard under a path: dask-labextension issues #203, #274.)
+    url_field = page.locator(".dask-URLInput input")
+    url_field.fill(link)
+    url_field.press("Enter")
+    plot = page.locator('.dask-DashboardListing-item button[value="Progress"]')
+    expect(plot).to_be_enabled(timeout=60_000)
+    plot.click()
+    frame = page.locator(".jp-MainAreaWidget iframe").last
+    frame.wait_for(timeout=30_000)
+    src = frame.get_attribute("src")
+    assert src.startswith(link.removesuffix("status")), src
+    frame.content_frame.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
+    shot(page, "8-dashboard-tab")
 
     # the access token reaches the server as a private file ...
     token_file = hub.home("alice") / ".gridhub" / "bearer_token"
@@ -135,7 +275,8 @@ def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
 
     # ... and is replaced before it expires, while the server runs.
     # (oidc-provider-mock gives only authorization-code tokens the short lifetime; a
-    # refreshed token lives an hour, so one refresh is what this test can observe.)
+    # refreshed token lives an hour, so one refresh is what this test can observe.
+    # The Dask steps above may have outlasted the first token already.)
     def auth_state():
         with hub.admin() as admin:
             return admin.get("/users/alice").json()["auth_state"]
@@ -157,11 +298,10 @@ def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
     state = auth_state()
     assert state["lifetime"] != TOKEN_LIFETIME and state["access_token"] == second
     assert "Refreshing the IAM access token of alice" in hub.log()
-    third = second
 
     # no token in logs or any process's argv or environment
     log = hub.log()
-    for token in (first, second, third):
+    for token in {first, second}:
         assert token not in log
         for proc in Path("/proc").iterdir():
             if proc.name.isdigit():
@@ -184,6 +324,24 @@ def test_iam_login_token_file_and_refusal(hub_factory, oidc, browser):
     other.wait_for_selector("#gridhub-forbidden", timeout=60_000)
     text = other.content()
     assert f"not allowed to use {FACILITY}" in text and "atlas" in text
-    shot(other, "4-refused")
+    shot(other, "9-refused")
     assert httpx.get(f"{hub.api}/users/mallory", headers={"Authorization": "token x"}).status_code
+
+    # the server stops (as the idle-culler stops it: the hub API): the hub stops
+    # alice's cluster, so every DIRAC job of it ends; nothing is left running
     context.close()
+    t1 = time.monotonic()
+    with hub.admin() as admin:
+        assert admin.delete("/users/alice/server").status_code in (202, 204)
+    wait_for(lambda: not hub.user_model("alice")["servers"], 60, what="alice's server to stop")
+    assert f"Stopped the Dask clusters of alice: {cluster}" in hub.log()
+    final = wait_for(
+        lambda: (
+            (js := dirac_jobs(facility, cluster)) and all(j["Status"] in FINAL for j in js) and js
+        ),
+        120,
+        interval=1,
+        what=f"every DIRAC job of {cluster} in a final state",
+    )
+    print(f"server stop to all {len(final)} jobs final: {time.monotonic() - t1:.1f}s")
+    assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
