@@ -241,6 +241,7 @@ def converged(target: Target) -> Target:
     rc, counts, out = target.playbook(name="converge")
     assert rc == 0 and counts.get("failed") == 0, out[-8000:]
     RESULTS["converge_seconds"] = RESULTS["runs"]["converge"]["seconds"]
+    RESULTS["secrets_digest_after_converge"] = target.secrets_digest()
     _save_results()
     return target
 
@@ -258,7 +259,6 @@ def test_converge_serves_the_login_page(converged: Target):
     for service in ("traefik", "hub", "gateway", "dirac", "localsite"):
         assert t.container(service)["State"]["Health"]["Status"] == "healthy", service
     assert "policy drop" in t.sh("nft list table inet gridhub")
-    RESULTS["secrets_digest_after_converge"] = t.secrets_digest()
 
 
 def test_second_run_and_check_mode_change_nothing(converged: Target):
@@ -306,7 +306,7 @@ def test_upgrade_rolls_services_and_keeps_data(converged: Target):
         # a misspelled key inside the settings: the role's argument spec refuses it
         (
             {"gridhub_facility_settings": {"defualt_url": "/lab"}},
-            "Validation of arguments failed:\ngridhub_facility_settings.defualt_url."
+            "Role gridhub_facility: gridhub_facility_settings.defualt_url."
             " Supported parameters include:",
         ),
         # a misspelled variable name: no argument spec sees it, the site check does
@@ -317,11 +317,16 @@ def test_upgrade_rolls_services_and_keeps_data(converged: Target):
         # a wrong type
         (
             {"gridhub_facility_https_port": "https"},
-            "argument 'gridhub_facility_https_port' is of type str and we were unable to convert"
-            " to int",
+            "Role gridhub_facility: argument 'gridhub_facility_https_port' is of type str and"
+            " we were unable to convert to int",
+        ),
+        # a value the role refuses (checked up front too)
+        (
+            {"gridhub_facility_public_host": "localhost"},
+            "gridhub_facility_public_host=localhost must be a DNS name and not localhost",
         ),
     ],
-    ids=["misspelled-settings-key", "misspelled-variable", "wrong-type"],
+    ids=["misspelled-settings-key", "misspelled-variable", "wrong-type", "bad-value"],
 )
 def test_wrong_variable_fails_before_any_change(converged: Target, extra: dict, message: str):
     rc, counts, out = converged.playbook("-e", json.dumps(extra), name=f"wrong-{next(iter(extra))}")
