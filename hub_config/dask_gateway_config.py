@@ -14,6 +14,9 @@ environment variables that are not settings:
   FACILITY_HUB_API_URL    the hub's API (http://hub:8081/hub/api)
   FACILITY_DIRACX_STATE   the embedded DiracX's state volume (its facility identity)
   FACILITY_EMBEDDED_DIRACX_URL  the embedded DiracX (http://dirac:8000)
+  FACILITY_SCHEDULER_PYTHON  the Python schedulers run with (the image's copy of
+                          the notebook environment; default: the gateway's own)
+  FACILITY_SCHEDULER_PRELOAD  a file schedulers preload (images/gateway/scheduler_names.py)
 """
 
 import os
@@ -70,6 +73,17 @@ b.api_url = f"http://{host}:{port}/api"
 b.traefik_token = _secret("traefik_provider_token", s.traefik_provider_token)
 
 # --- schedulers and the reverse path, reached by Traefik on the internal network ---
+# Schedulers unpickle the task graphs notebooks send (numpy, awkward, coffea
+# objects): the gateway image carries the notebook environment for them.
+# FACILITY_SCHEDULER_PRELOAD keeps host names in worker addresses (see the file).
+if os.environ.get("FACILITY_SCHEDULER_PYTHON"):
+    preload = os.environ.get("FACILITY_SCHEDULER_PRELOAD")
+    c.DiracClusterConfig.scheduler_cmd = [
+        os.environ["FACILITY_SCHEDULER_PYTHON"],
+        "-m",
+        "distributed.cli.dask_scheduler",
+        *(["--preload", preload] if preload else []),
+    ]
 b.scheduler_host = "0.0.0.0"  # noqa: S104  (the internal network only)
 b.tunnel_listen_address = "0.0.0.0:8022"
 b.tunnel_forward_host = "0.0.0.0"  # noqa: S104
