@@ -132,3 +132,12 @@ def test_misspelled_stop_clusters_setting_is_named(tmp_path):
 
     with pytest.raises(SettingsError, match="GRIDHUB_GATEWAY_STOP_CLUSTERS_WITH_SERVER"):
         build({"GRIDHUB_GATEWAY_STOP_CLUSTER_WITH_SERVER": "false"}, tmp_path)
+
+
+def test_http_timeout_is_the_start_timeout(tmp_path):
+    """A server that has not answered within http_timeout is killed: on a busy host
+    (fifty students at once) it must have the whole start timeout, not 60 s."""
+    c = build({}, tmp_path / "default")
+    assert c.Spawner.start_timeout == c.Spawner.http_timeout == 120
+    c = build({"GRIDHUB_START_TIMEOUT": "300", "GRIDHUB_SPAWNER": "local"}, tmp_path / "set")
+    assert c.Spawner.start_timeout == c.Spawner.http_timeout == 300

@@ -44,9 +44,7 @@ class IAMAuthenticator(GenericOAuthenticator):
         config=True,
         help="Refresh when fewer seconds than this (at most half the lifetime) are left.",
     )
-    groups_claim = Unicode(
-        "groups", config=True, help="userinfo claim with the user's groups."
-    )
+    groups_claim = Unicode("groups", config=True, help="userinfo claim with the user's groups.")
     facility_name = Unicode("GridHub", config=True)
 
     def build_auth_state_dict(self, token_info, user_info):

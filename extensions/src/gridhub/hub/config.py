@@ -39,7 +39,6 @@ def apply_defaults(c) -> None:
     c.JupyterHub.implicit_spawn_seconds = 0
     c.JupyterHub.redirect_to_server = True
     c.JupyterHub.active_server_limit = 0
-    c.Spawner.http_timeout = 60
     c.Spawner.default_url = "/lab"
     c.Authenticator.enable_auth_state = False
 
@@ -109,6 +108,9 @@ def _dask_env(s: Settings) -> dict[str, str]:
 def _spawner(c, s: Settings) -> None:
     c.Spawner.default_url = s.default_url
     c.Spawner.start_timeout = s.start_timeout
+    # http_timeout counts from the process start: shorter than start_timeout, it kills
+    # servers that a busy host (a masterclass starting at once) was still starting
+    c.Spawner.http_timeout = s.start_timeout
     c.Spawner.cpu_limit = s.cpu_limit
     c.Spawner.mem_limit = s.mem_limit
     env = _dask_env(s)

@@ -186,7 +186,12 @@ class Settings(BaseModel):
     cull_every: int = Field(
         300, ge=1, description="Seconds between idle-culler passes (default: timeout/2 capped)."
     )
-    start_timeout: int = Field(120, ge=1, description="Seconds a server may take to start.")
+    start_timeout: int = Field(
+        120,
+        ge=1,
+        description="Seconds a server may take to start and answer"
+        " (JupyterHub's start_timeout and http_timeout).",
+    )
 
     # --- the hub and its proxy ---
     hub_bind_url: str = Field(
