@@ -141,3 +141,57 @@ def test_http_timeout_is_the_start_timeout(tmp_path):
     assert c.Spawner.start_timeout == c.Spawner.http_timeout == 120
     c = build({"GRIDHUB_START_TIMEOUT": "300", "GRIDHUB_SPAWNER": "local"}, tmp_path / "set")
     assert c.Spawner.start_timeout == c.Spawner.http_timeout == 300
+
+
+def test_local_kernels_use_ipc_in_a_short_runtime_dir(tmp_path):
+    """Fifty kernels picking free loopback ports at once collide: local servers run
+    their kernels on unix sockets, in a runtime dir short enough for a socket path."""
+    from gridhub.hub.spawners import RuntimeDir
+
+    c = build({"GRIDHUB_SPAWNER": "local"}, tmp_path / "local")
+    assert "--KernelManager.transport=ipc" in c.Spawner.args
+    runtime = c.Spawner.environment["JUPYTER_RUNTIME_DIR"]
+    assert isinstance(runtime, RuntimeDir) and runtime.root == "/tmp/gridhub-runtime"  # noqa: S108
+    # containers have a network namespace each: nothing to change
+    c = build({}, tmp_path / "docker")
+    assert "--KernelManager.transport=ipc" not in _list_or_empty(c.Spawner, "args")
+    assert "JUPYTER_RUNTIME_DIR" not in c.Spawner.environment
+
+
+def _list_or_empty(section, name) -> list:
+    return list(section[name]) if name in section else []
+
+
+def test_runtime_dir_fits_a_socket_path_and_is_private(tmp_path):
+    import os
+    import stat
+
+    import pytest
+    from gridhub.hub.settings import RUNTIME_ROOT_MAX
+    from gridhub.hub.spawners import make_runtime_dir, runtime_dir_name
+
+    root = tmp_path / "rt"
+    uid, gid = os.geteuid(), os.getegid()
+    path = make_runtime_dir(str(root), "alice", uid, gid)
+    assert path == str(root / "alice")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    assert make_runtime_dir(str(root), "alice", uid, gid) == path  # again: the same dir
+    # a long or odd name gets a hash; the longest socket path fits in 107 bytes
+    long = runtime_dir_name("x" * 80 + "@example.org")
+    assert len(long) == 32 and "/" not in runtime_dir_name("../etc")
+    socket = f"{'r' * RUNTIME_ROOT_MAX}/{long}/kernel-{'u' * 36}-ipc-999"
+    assert len(socket) <= 107
+    # a root others may write into is refused, by name
+    root.chmod(0o777)
+    with pytest.raises(RuntimeError, match=r"local_runtime_root .* writable by nobody else"):
+        make_runtime_dir(str(root), "bob", uid, gid)
+
+
+def test_long_runtime_root_is_refused_by_name(tmp_path):
+    import pytest
+    from gridhub.hub.settings import SettingsError
+
+    with pytest.raises(SettingsError, match=r"GRIDHUB_LOCAL_RUNTIME_ROOT.*107-byte"):
+        build({"GRIDHUB_LOCAL_RUNTIME_ROOT": "/var/lib/gridhub/runtime-dirs"}, tmp_path)
+    with pytest.raises(SettingsError, match=r"GRIDHUB_LOCAL_RUNTIME_ROOT.*absolute"):
+        build({"GRIDHUB_LOCAL_RUNTIME_ROOT": "rt"}, tmp_path)

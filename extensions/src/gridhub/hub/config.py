@@ -141,6 +141,13 @@ def _spawner(c, s: Settings) -> None:
         bindir = str(Path(python).parent)
         c.Spawner.cmd = [python, "-m", "jupyterhub.singleuser"]
         env["PATH"] = bindir + os.pathsep + "/usr/local/bin:/usr/bin:/bin"
+        # Kernels on unix sockets, not loopback TCP: fifty kernels picking free ports at
+        # once collide ("Address already in use"), and a socket in a 0700 directory is
+        # the user's alone. Short runtime dir: a socket path has at most 107 bytes.
+        from .spawners import RuntimeDir
+
+        c.Spawner.args = [*_list(c.Spawner.args), "--KernelManager.transport=ipc"]
+        env["JUPYTER_RUNTIME_DIR"] = RuntimeDir(str(s.local_runtime_root))
     c.Spawner.environment = env
 
 

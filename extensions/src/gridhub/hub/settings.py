@@ -41,6 +41,10 @@ NOT_SETTINGS = frozenset(
     }
 )
 
+# A kernel's ipc socket is <root>/<user dir, <= 32>/kernel-<uuid>-ipc-<n>; a unix socket
+# path holds at most 107 bytes.
+RUNTIME_USER_DIR_MAX = 32
+RUNTIME_ROOT_MAX = 107 - len(f"/{'u' * RUNTIME_USER_DIR_MAX}/kernel-{'u' * 36}-ipc-999")
 _REPO_ROOT = Path(__file__).resolve().parents[4]
 
 
@@ -172,6 +176,12 @@ class Settings(BaseModel):
     local_home_root: Path | None = Field(
         None, description="local spawner with local_unix_user: parent of the per-user homes."
     )
+    local_runtime_root: Path = Field(
+        Path("/tmp/gridhub-runtime"),  # noqa: S108  (the hub owns it: checked at spawn)
+        description="local spawner: parent of each user's JUPYTER_RUNTIME_DIR, where kernels"
+        " put their unix sockets (a socket path has at most 107 bytes, so at most"
+        f" {RUNTIME_ROOT_MAX} characters).",
+    )
     local_python: str | None = Field(
         None,
         description="local spawner: python that runs the servers (needs jupyterhub, jupyterlab"
@@ -302,6 +312,18 @@ class Settings(BaseModel):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("local_runtime_root")
+    @classmethod
+    def _runtime_root_short(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError("must be an absolute path")
+        if len(str(value)) > RUNTIME_ROOT_MAX:
+            raise ValueError(
+                f"{value} is longer than {RUNTIME_ROOT_MAX} characters: kernels' unix socket"
+                " paths under it would pass the 107-byte limit"
+            )
+        return value
 
     @field_validator("masterclass_access_code")
     @classmethod

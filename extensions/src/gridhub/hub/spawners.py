@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
+import re
+import stat
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from traitlets import Unicode
+
+from .settings import RUNTIME_USER_DIR_MAX
 
 
 class SharedAccountSpawner(LocalProcessSpawner):
@@ -67,3 +72,49 @@ def unix_home_and_ids(spawner) -> tuple[str, int, int] | None:
         pw = pwd.getpwnam(spawner.user.name)
         return pw.pw_dir, pw.pw_uid, pw.pw_gid
     return None
+
+
+def runtime_dir_name(username: str) -> str:
+    """A user's directory under local_runtime_root: the name if short and plain, else a hash."""
+    if re.fullmatch(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{RUNTIME_USER_DIR_MAX - 1}}}", username):
+        return username
+    return hashlib.sha256(username.encode()).hexdigest()[:RUNTIME_USER_DIR_MAX]
+
+
+def make_runtime_dir(root: str, username: str, uid: int, gid: int) -> str:
+    """Create (as the hub) and return a server's JUPYTER_RUNTIME_DIR under ``root``.
+
+    Kernels bind their ipc sockets there; a unix socket path is limited to 107 bytes,
+    which the default (under the home) passes for long homes. ``root`` belongs to the
+    hub's account and nobody else may write it, so no one else can plant the directory.
+    """
+    os.makedirs(root, mode=0o755, exist_ok=True)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise RuntimeError(
+            f"local_runtime_root {root} must be a directory owned by the hub's account"
+            " and writable by nobody else"
+        )
+    path = os.path.join(root, runtime_dir_name(username))
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise RuntimeError(f"{path} is not a directory") from None
+    os.chown(path, uid, gid)
+    os.chmod(path, 0o700)
+    return path
+
+
+class RuntimeDir:
+    """Spawner.environment value: the server's short JUPYTER_RUNTIME_DIR (local mode)."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def __call__(self, spawner) -> str:
+        info = unix_home_and_ids(spawner)
+        if info is None:
+            raise RuntimeError("JUPYTER_RUNTIME_DIR is set only for local spawners")
+        _, uid, gid = info
+        return make_runtime_dir(self.root, spawner.user.name, uid, gid)
