@@ -304,6 +304,7 @@ class DiracBackend(UnsafeLocalBackend):
         if not self.public_dask_address:
             raise ValueError("DiracBackend.public_dask_address is not set")
         self._facility_ca = self._read_facility_ca()  # once, at startup
+        self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self.dirac = DiracXClient(
             self.diracx_url,
             self.token_source(),
@@ -393,6 +394,12 @@ class DiracBackend(UnsafeLocalBackend):
 
     async def cluster_sandbox(self, cluster: Cluster) -> str:
         """Upload the cluster's sandbox once; its PFN is kept in the DB."""
+        # workers created together wait for the first one's upload
+        lock = self._sandbox_locks.setdefault(cluster.name, asyncio.Lock())
+        async with lock:
+            return await self._upload_sandbox_once(cluster)
+
+    async def _upload_sandbox_once(self, cluster: Cluster) -> str:
         pfn = cluster.state.get("sandbox")
         if pfn:
             return str(pfn)
@@ -434,6 +441,27 @@ class DiracBackend(UnsafeLocalBackend):
         if job_id is not None:
             await self.dirac.kill([int(job_id)])
 
+    async def on_cluster_heartbeat(self, cluster_name: str, msg: dict[str, Any]) -> None:
+        # A worker whose DIRAC job ended before the gateway saw it running is
+        # still listed as active by the scheduler for a few seconds. Counted
+        # as active, the base class would stop its replacement as surplus and
+        # submit yet another: report it as closed instead.
+        cluster = self.db.get_cluster(cluster_name)
+        if cluster is not None:
+            ended = {
+                w.name
+                for w in cluster.workers.values()
+                if w.status >= JobStatus.STOPPED or w.target == JobStatus.FAILED
+            }
+            gone = ended.intersection(msg["active_workers"])
+            if gone:
+                msg = {
+                    **msg,
+                    "active_workers": [w for w in msg["active_workers"] if w not in gone],
+                    "closed_workers": [*msg["closed_workers"], *sorted(gone)],
+                }
+        await super().on_cluster_heartbeat(cluster_name, msg)
+
     async def do_check_workers(self, workers: Sequence[Worker]) -> list[bool]:
         ids = [w.state.get("job_id") for w in workers]
         known = [int(i) for i in ids if i is not None]
@@ -445,6 +473,7 @@ class DiracBackend(UnsafeLocalBackend):
         return out
 
     async def do_stop_cluster(self, cluster: Cluster) -> None:
+        self._sandbox_locks.pop(cluster.name, None)
         # Workers are stopped one by one by the reconcile loop; this catches
         # any job of the cluster that the DB lost track of (zero orphans).
         try:
