@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import ssl
 import subprocess
 import sys
@@ -55,6 +56,17 @@ CAPS = (
     " SYS_TIME SYS_TTY_CONFIG MKNOD LEASE AUDIT_WRITE AUDIT_CONTROL SETFCAP MAC_OVERRIDE"
     " MAC_ADMIN SYSLOG WAKE_ALARM BLOCK_SUSPEND AUDIT_READ"
 ).split()
+# inside the target: wait until something listens on 127.0.0.1:9999
+LOOPBACK_PROBE = (
+    "import socket, sys, time\n"
+    "for _ in range(100):\n"
+    "    try:\n"
+    "        socket.create_connection(('127.0.0.1', 9999), 1).close()\n"
+    "        sys.exit(0)\n"
+    "    except OSError:\n"
+    "        time.sleep(0.2)\n"
+    "sys.exit(1)\n"
+)
 RECAP = re.compile(r"^target\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -258,7 +270,12 @@ def test_converge_serves_the_login_page(converged: Target):
     assert "docker-compose version 1.29" in t.sh("docker-compose version")
     for service in ("traefik", "hub", "gateway", "dirac", "localsite"):
         assert t.container(service)["State"]["Health"]["Status"] == "healthy", service
-    assert "policy drop" in t.sh("nft list table inet gridhub")
+    # the host firewall: a service on a port not in gridhub_firewall_tcp_ports
+    # answers on the host's loopback but not from outside
+    docker("exec", "-d", t.cid, "python3", "-m", "http.server", "9999")
+    docker("exec", t.cid, "python3", "-c", LOOPBACK_PROBE)
+    with pytest.raises(OSError):
+        socket.create_connection((t.ip, 9999), timeout=3).close()
 
 
 def test_second_run_and_check_mode_change_nothing(converged: Target):
