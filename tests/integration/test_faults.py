@@ -169,9 +169,8 @@ def test_workers_that_keep_failing_at_start_fail_the_cluster(stack):
             # What the user is told when they act on the cluster.
             with pytest.raises(Exception) as err:
                 cluster.scale(1)
-            if "failed at the site" not in str(err.value):
-                # (docs/faults.md: what the backend should say)
-                pytest.xfail(f"the user is told only {err.value!r}, not why the cluster failed")
+            assert "failed at the site" in str(err.value), err.value
+            assert "Failed with exit code -9" in str(err.value), err.value
         finally:
             site.done.set()
             cluster.shutdown()

@@ -19,6 +19,7 @@ import asyncio
 import os
 import sys
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from dask_gateway_server import options as opts
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, JobStatus, Worker
 from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
+from dask_gateway_server.models import ClusterStatus
 from dask_gateway_server.traitlets import Type
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
@@ -297,6 +299,13 @@ class DiracBackend(UnsafeLocalBackend):
             return None
         return cluster.tls_cert
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sandbox_locks: dict[str, asyncio.Lock] = {}
+        # the latest jobs of each cluster that ended before their worker ran,
+        # to tell the user why the cluster failed
+        self._site_failures: dict[str, deque[str]] = {}
+
     async def do_setup(self) -> None:
         await super().do_setup()
         if not self.diracx_url:
@@ -304,7 +313,6 @@ class DiracBackend(UnsafeLocalBackend):
         if not self.public_dask_address:
             raise ValueError("DiracBackend.public_dask_address is not set")
         self._facility_ca = self._read_facility_ca()  # once, at startup
-        self._sandbox_locks: dict[str, asyncio.Lock] = {}
         self.dirac = DiracXClient(
             self.diracx_url,
             self.token_source(),
@@ -460,6 +468,8 @@ class DiracBackend(UnsafeLocalBackend):
                     "active_workers": [w for w in msg["active_workers"] if w not in gone],
                     "closed_workers": [*msg["closed_workers"], *sorted(gone)],
                 }
+        if msg["active_workers"]:  # workers run: earlier failures are history
+            self._site_failures.pop(cluster_name, None)
         await super().on_cluster_heartbeat(cluster_name, msg)
 
     async def do_check_workers(self, workers: Sequence[Worker]) -> list[bool]:
@@ -467,10 +477,35 @@ class DiracBackend(UnsafeLocalBackend):
         known = [int(i) for i in ids if i is not None]
         states = await self.dirac.statuses(known) if known else {}
         out = []
-        for job_id in ids:
+        for worker, job_id in zip(workers, ids, strict=True):
             state = states.get(int(job_id)) if job_id is not None else None
-            out.append(state is not None and state.status not in FINAL_STATES)
+            alive = state is not None and state.status not in FINAL_STATES
+            if not alive:
+                why = (
+                    f"job {job_id}: {state.status}"
+                    + (f" ({state.application_status})" if state.application_status else "")
+                    if state is not None
+                    else f"job {job_id}: unknown to DIRAC"
+                )
+                self.log.warning(
+                    "Worker %s of cluster %s ended before it ran: %s",
+                    worker.name,
+                    worker.cluster.name,
+                    why,
+                )
+                failures = self._site_failures.setdefault(worker.cluster.name, deque(maxlen=3))
+                failures.append(why)
+            out.append(alive)
         return out
+
+    async def forward_message_to_scheduler(self, cluster: Cluster, msg: dict[str, Any]) -> None:
+        failures = self._site_failures.get(cluster.name)
+        if cluster.status == ClusterStatus.FAILED and failures:
+            raise PublicException(
+                f"cluster {cluster.name} stopped: its last worker jobs failed at the site"
+                f" ({'; '.join(failures)})"
+            )
+        await super().forward_message_to_scheduler(cluster, msg)
 
     async def do_stop_cluster(self, cluster: Cluster) -> None:
         self._sandbox_locks.pop(cluster.name, None)
