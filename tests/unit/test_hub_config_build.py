@@ -195,3 +195,37 @@ def test_long_runtime_root_is_refused_by_name(tmp_path):
         build({"GRIDHUB_LOCAL_RUNTIME_ROOT": "/var/lib/gridhub/runtime-dirs"}, tmp_path)
     with pytest.raises(SettingsError, match=r"GRIDHUB_LOCAL_RUNTIME_ROOT.*absolute"):
         build({"GRIDHUB_LOCAL_RUNTIME_ROOT": "rt"}, tmp_path)
+
+
+def test_masterclass_pool_is_a_seat_authenticator_and_a_service(tmp_path):
+    c = build({"GRIDHUB_MASTERCLASS_POOL_SIZE": "30"}, tmp_path / "on")
+    assert c.JupyterHub.authenticator_class == "gridhub.hub.pool.SeatAuthenticator"
+    assert c.SeatAuthenticator.pool_size == 30
+    assert c.SeatAuthenticator.seats_file == str(tmp_path / "on/state/masterclass-seats.json")
+    pool = {s["name"]: s for s in c.JupyterHub.services}["gridhub-pool"]
+    assert "--size=30" in pool["command"] and "--concurrency=5" in pool["command"]
+    role = {r["name"]: r for r in c.JupyterHub.load_roles}["gridhub-pool"]
+    assert {"admin:users", "servers"} <= set(role["scopes"])
+    # off by default: today's authenticator, no service
+    c = build({}, tmp_path / "off")
+    assert c.JupyterHub.authenticator_class == "shared-password"
+    assert "gridhub-pool" not in {s["name"] for s in c.JupyterHub.services}
+
+
+def test_bad_pool_settings_are_named(tmp_path):
+    import pytest
+    from gridhub.hub.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="GRIDHUB_MASTERCLASS_POOL_SIZE"):
+        build({"GRIDHUB_MASTERCLASS_POOL_SIZE": "-1"}, tmp_path / "a")
+    with pytest.raises(SettingsError, match="GRIDHUB_MASTERCLASS_POOL_CONCURRENCY"):
+        build({"GRIDHUB_MASTERCLASS_POOL_CONCURRENCY": "0"}, tmp_path / "b")
+    with pytest.raises(SettingsError, match="masterclass_pool_size is for masterclass mode"):
+        build(
+            {
+                "GRIDHUB_MASTERCLASS_POOL_SIZE": "5",
+                "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
+                "GRIDHUB_IAM_CLIENT_ID": "gridhub",
+            },
+            tmp_path / "c",
+        )

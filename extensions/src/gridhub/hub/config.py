@@ -19,6 +19,8 @@ from .settings import Settings
 
 TOKEN_SERVICE = "gridhub-tokens"  # noqa: S105  (a service name)
 GATEWAY_SERVICE = "dask-gateway"
+POOL_SERVICE = "gridhub-pool"
+SEATS_FILE = "masterclass-seats.json"  # student name -> hub user (gridhub.hub.pool)
 BASE_SCOPES = ["openid", "profile", "email", "offline_access"]
 MASTERCLASS_USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
 # The server's $JUPYTERHUB_API_TOKEN: JupyterHub's `server` role, plus access to
@@ -230,6 +232,10 @@ def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
     a.admin_password = sec.masterclass_teacher_code
     a.allow_all = True
     c.Authenticator.username_pattern = MASTERCLASS_USERNAME_PATTERN
+    if s.masterclass_pool_size:
+        c.JupyterHub.authenticator_class = "gridhub.hub.pool.SeatAuthenticator"
+        c.SeatAuthenticator.pool_size = s.masterclass_pool_size
+        c.SeatAuthenticator.seats_file = str(Path(s.state_dir) / SEATS_FILE)
     notebooks = Path(s.masterclass_notebooks_dir)
     python = s.local_python or sys.executable
 
@@ -288,6 +294,29 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                     "delete:servers",
                 ],
                 "services": ["idle-culler"],
+            }
+        )
+    if s.mode == "masterclass" and s.masterclass_pool_size:
+        services.append(
+            {
+                "name": POOL_SERVICE,
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "gridhub.hub.pool",
+                    f"--size={s.masterclass_pool_size}",
+                    f"--concurrency={s.masterclass_pool_concurrency}",
+                    f"--seats-file={Path(s.state_dir) / SEATS_FILE}",
+                ],
+                "display": False,
+            }
+        )
+        roles.append(
+            {
+                "name": POOL_SERVICE,
+                # creates the seat users and starts their servers
+                "scopes": ["list:users", "read:users", "read:servers", "admin:users", "servers"],
+                "services": [POOL_SERVICE],
             }
         )
     if s.mode == "iam":

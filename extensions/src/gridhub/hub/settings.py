@@ -152,6 +152,17 @@ class Settings(BaseModel):
     masterclass_teachers: list[str] = Field(
         default_factory=list, description="User names of the teachers; they are admins."
     )
+    masterclass_pool_size: int = Field(
+        0,
+        ge=0,
+        le=500,
+        description="Warm pool: free seats (hub users seat-01, ...) whose servers run before"
+        " the students come; a student with the code gets one at login. 0: no pool, servers"
+        " start on click.",
+    )
+    masterclass_pool_concurrency: int = Field(
+        5, ge=1, le=50, description="Warm pool: seat servers starting at once, at most."
+    )
     masterclass_notebooks_dir: Path = Field(
         default_factory=_default_notebooks,
         description="Notebooks copied once into each new student's home.",
@@ -345,6 +356,8 @@ class Settings(BaseModel):
             raise ValueError("iam_issuer is set, so iam_client_id is required")
         if self.local_unix_user and not self.local_home_root:
             raise ValueError("local_unix_user is set, so local_home_root is required")
+        if self.masterclass_pool_size and self.iam_issuer:
+            raise ValueError("masterclass_pool_size is for masterclass mode, but iam_issuer is set")
         return self
 
     @property
