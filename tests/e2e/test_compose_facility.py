@@ -1,0 +1,435 @@
+"""The whole facility from docker-compose.yml, driven the way a user drives it.
+
+Builds every image (layer cache allowed), `docker-compose up -d` with the
+embedded DiracX and local site, waits until every service is healthy, then,
+through Traefik on https://localhost:<free port> (self-signed):
+
+1. a browser logs in with the masterclass access code (`gridhub-access-code`),
+   JupyterLab opens, a notebook cell creates a dask-gateway cluster whose
+   workers are DIRAC jobs run by the local site as containers on the `grid`
+   network only, computes and gathers a result;
+2. the hub container restarts while the server and cluster run: both
+   survive, and so does the browser session;
+3. `down` then `up`: the user's files and the hub database are still there;
+4. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
+
+Timings, image sizes and the build times (first build and cached rebuild)
+go to artifacts/compose-facility.json; screenshots to artifacts/screenshots/.
+Compose: `docker compose` (v2) when present, else `docker-compose` (v1.29).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, screenshot
+
+pytestmark = pytest.mark.e2e
+
+IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik")
+SERVICES = ("traefik", "hub", "gateway", "dirac", "localsite")
+PROJECT = f"gridhubtest{RUN_ID}"
+USER = "alice"
+HEALTHY_TIMEOUT = 420
+CLUSTER_TIMEOUT = 600
+RESULTS: dict = {"project": PROJECT}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _compose_cmd() -> list[str]:
+    p = subprocess.run(["docker", "compose", "version"], capture_output=True, check=False)
+    return ["docker", "compose"] if p.returncode == 0 else ["docker-compose"]
+
+
+def _save_results() -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "compose-facility.json").write_text(json.dumps(RESULTS, indent=2) + "\n")
+
+
+class Facility:
+    def __init__(self, tmp: Path, tags: dict[str, str]) -> None:
+        self.https = _free_port()
+        self.http = _free_port()
+        self.dask = _free_port()
+        self.env_file = tmp / "facility.env"
+        settings = {
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_PROFILES": "embedded",
+            "PUBLIC_HOST": "gridhub.internal",
+            "HTTP_PORT": self.http,
+            "HTTPS_PORT": self.https,
+            "DASK_PORT": self.dask,
+            "BIND_ADDRESS": "127.0.0.1",
+            "GRIDHUB_NOTEBOOK_IMAGE": tags["notebook"],
+            "GRIDHUB_HUB_IMAGE": tags["hub"],
+            "GRIDHUB_GATEWAY_IMAGE": tags["gateway"],
+            "GRIDHUB_DIRAC_IMAGE": tags["dirac"],
+            "GRIDHUB_TRAEFIK_IMAGE": tags["traefik"],
+            "GRIDHUB_CULL_IDLE_TIMEOUT": 0,
+            "GRIDHUB_GATEWAY_IDLE_TIMEOUT": 0,
+            "GRIDHUB_START_TIMEOUT": 300,
+            "GRIDHUB_CPU_LIMIT": 2,
+            "GRIDHUB_MEM_LIMIT": "3G",
+            "GRIDHUB_WORKER_MEM_LIMIT": "3G",
+        }
+        self.env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        self.base = [*_compose_cmd(), "--env-file", str(self.env_file), "-p", PROJECT]
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("GRIDHUB_", "COMPOSE_", "FACILITY_"))
+        }
+        self.env.update({k: str(v) for k, v in settings.items()})
+        self.url = f"https://localhost:{self.https}"
+
+    def compose(self, *args: str, timeout: float = 300, check: bool = True):
+        p = subprocess.run(
+            [*self.base, *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and p.returncode != 0:
+            raise RuntimeError(f"compose {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def exec(self, service: str, *cmd: str, timeout: float = 120) -> str:
+        return self.compose("exec", "-T", service, *cmd, timeout=timeout).stdout
+
+    def containers(self, *filters: str) -> list[str]:
+        args = ["ps", "-aq"]
+        for f in filters:
+            args += ["--filter", f]
+        return docker(*args).stdout.split()
+
+    def project_containers(self) -> list[str]:
+        return sorted(
+            set(self.containers(f"label=com.docker.compose.project={PROJECT}"))
+            | set(self.containers(f"label=org.gridhub.facility={PROJECT}"))
+        )
+
+    def health(self) -> dict[str, str]:
+        out = {}
+        for cid in self.containers(f"label=com.docker.compose.project={PROJECT}"):
+            p = docker(
+                "inspect",
+                "-f",
+                '{{index .Config.Labels "com.docker.compose.service"}} '
+                "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                cid,
+                check=False,
+            )
+            parts = p.stdout.split()
+            if len(parts) >= 2:
+                out[parts[0]] = " ".join(parts[1:])
+        return out
+
+    def wait_healthy(self, timeout: float = HEALTHY_TIMEOUT) -> float:
+        t0 = time.monotonic()
+        state: dict[str, str] = {}
+        while time.monotonic() - t0 < timeout:
+            state = self.health()
+            if all(state.get(s) == "running healthy" for s in SERVICES):
+                return time.monotonic() - t0
+            time.sleep(2)
+        raise TimeoutError(f"services not healthy after {timeout} s: {state}\n{self.logs()}")
+
+    def logs(self, tail: int = 80) -> str:
+        return self.compose("logs", "--no-color", f"--tail={tail}", check=False).stdout[-20000:]
+
+    def save_logs(self, name: str) -> None:
+        (ARTIFACTS / "compose").mkdir(parents=True, exist_ok=True)
+        p = self.compose("logs", "--no-color", "--timestamps", check=False, timeout=120)
+        (ARTIFACTS / "compose" / f"{name}.log").write_text(p.stdout + p.stderr)
+
+    def dirac_jobs(self) -> list[dict]:
+        code = (
+            "import asyncio, json\n"
+            "from gridhub.dirac import DiracXClient\n"
+            "from gridhub.embedded import facility_token_source\n"
+            "URL = 'http://dirac:8000'\n"
+            "async def main():\n"
+            "    ts = facility_token_source('/srv/gridhub/dirac', URL)\n"
+            "    async with DiracXClient(URL, ts) as dx:\n"
+            "        cols = ['JobID', 'Status', 'JobGroup', 'JobName', 'Site']\n"
+            "        jobs = await dx.search([], cols)\n"
+            "    print(json.dumps(jobs))\n"
+            "asyncio.run(main())\n"
+        )
+        return json.loads(self.exec("dirac", "python", "-c", code).strip().splitlines()[-1])
+
+    def teardown(self) -> None:
+        self.save_logs("final")
+        self.compose("down", "-v", "--remove-orphans", "--timeout", "30", check=False, timeout=300)
+        for cid in self.project_containers():  # spawned servers, job containers
+            docker("rm", "-f", "-v", cid, check=False)
+        vols = docker("volume", "ls", "-q", "--filter", f"name={PROJECT}_").stdout.split()
+        if vols:
+            docker("volume", "rm", "-f", *vols, check=False)
+        for net in docker("network", "ls", "-q", "--filter", f"name={PROJECT}_").stdout.split():
+            docker("network", "rm", net, check=False)
+
+
+@pytest.fixture(scope="module")
+def tags(notebook_image: str) -> dict[str, str]:
+    """Every image, built; build times (first build, then cached rebuild)."""
+    out = {"notebook": notebook_image}
+    builds: dict[str, dict] = {}
+    times_file = ARTIFACTS / "build-times.json"
+    for name in IMAGES:
+        if name != "notebook":
+            out[name] = build_image(name, f"gridhub/{name}:test")
+        first = json.loads(times_file.read_text()).get(name, {})
+        t0 = time.monotonic()
+        build_image(name, out[name])  # nothing changed: all layers cached
+        builds[name] = {
+            "first_build_seconds": first.get("seconds"),
+            "cached_rebuild_seconds": round(time.monotonic() - t0, 1),
+            "size_mb": round(
+                int(docker("image", "inspect", "-f", "{{.Size}}", out[name]).stdout) / 1e6
+            ),
+        }
+    RESULTS["images"] = builds
+    _save_results()
+    return out
+
+
+@pytest.fixture(scope="module")
+def facility(tags, tmp_path_factory):
+    f = Facility(tmp_path_factory.mktemp("compose"), tags)
+    try:
+        t0 = time.monotonic()
+        f.compose("up", "-d", "--no-build", timeout=600)
+        RESULTS["up_seconds"] = round(time.monotonic() - t0, 1)
+        RESULTS["up_to_healthy_seconds"] = round(time.monotonic() - t0 + f.wait_healthy(), 1)
+        _save_results()
+        yield f
+    finally:
+        f.teardown()
+        left = {
+            "containers": f.project_containers(),
+            "networks": docker(
+                "network", "ls", "-q", "--filter", f"name={PROJECT}_"
+            ).stdout.split(),
+            "volumes": docker("volume", "ls", "-q", "--filter", f"name={PROJECT}_").stdout.split(),
+        }
+        RESULTS["left_after_teardown"] = left
+        _save_results()
+        assert not any(left.values()), f"teardown left {left}"
+
+
+@pytest.fixture(scope="module")
+def lab(browser, facility):
+    """One browser context for the module: the user's session is kept."""
+    ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 900})
+    ctx.set_default_timeout(60_000)
+    pg = ctx.new_page()
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+def wait_for_lab(pg) -> None:
+    pg.wait_for_selector("#jp-main-dock-panel", timeout=300_000)
+    pg.wait_for_selector("#jupyterlab-splash", state="detached", timeout=180_000)
+
+
+def run_cell(pg, code: str, marker: str, timeout: float) -> str:
+    """Type `code` into the notebook's last cell, run it, return the output
+    text once `marker` appears (fail fast on a traceback)."""
+    # the kernel must be connected, or the execute request is lost
+    pg.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=120_000)
+    time.sleep(1)
+    cell = pg.locator(".jp-Notebook .jp-Cell").last
+    cell.locator(".cm-content").click()
+    pg.keyboard.insert_text(code)
+    pg.keyboard.press("Shift+Enter")
+    time.sleep(5)
+    if not pg.locator(".jp-Notebook .jp-Cell .jp-InputPrompt", has_text="[*]").count() and not (
+        pg.locator(".jp-Notebook .jp-OutputArea-output").count()
+    ):
+        # not started (kernel still settling): run it again from the menu
+        cell.click()
+        pg.keyboard.press("Control+Enter")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = "\n".join(pg.locator(".jp-Notebook .jp-OutputArea-output").all_inner_texts())
+        if marker in text:
+            return text
+        if "Traceback" in text or "Error" in text:
+            screenshot(pg, f"compose-cell-error-{marker}")
+            raise AssertionError(f"cell failed:\n{text[-3000:]}")
+        time.sleep(2)
+    screenshot(pg, f"compose-cell-timeout-{marker}")
+    raise TimeoutError(f"no {marker!r} after {timeout} s")
+
+
+STATE: dict = {}
+
+
+def test_login_lab_cluster_on_grid(facility, lab):
+    code = facility.exec("hub", "gridhub-access-code").strip()
+    assert len(code) >= 8
+    pg = lab
+    t0 = time.monotonic()
+    pg.goto(facility.url + "/hub/login")
+    pg.fill("#username_input", USER)
+    pg.fill("#password_input", code)
+    screenshot(pg, "compose-01-login")
+    pg.click("#login_submit")
+    wait_for_lab(pg)
+    pg.wait_for_selector(".jp-LauncherCard", timeout=60_000)
+    RESULTS["login_to_lab_seconds"] = round(time.monotonic() - t0, 1)
+    assert f"/user/{USER}/lab" in pg.url
+    screenshot(pg, "compose-02-lab")
+    STATE["server"] = facility.containers(f"name=jupyter-{USER}", "status=running")
+    assert STATE["server"], "no running server container"
+    # NEW in the Dask sidebar: the server's dask-labextension creates a
+    # dask-gateway cluster, listed in the sidebar
+    t1 = time.monotonic()
+    pg.locator('[data-id="dask-dashboard-launcher"]').first.click()
+    new = pg.get_by_role("button", name="NEW", exact=True)
+    new.wait_for(timeout=60_000)
+    new.click()  # Playwright waits until it is enabled (the manager is ready)
+    pg.locator(".dask-ClusterListingItem").first.wait_for(timeout=180_000)
+    screenshot(pg, "compose-03-dask-sidebar-new-cluster")
+
+    pg.locator('.jp-LauncherCard[data-category="Notebook"]').first.click()
+    pg.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=120_000)
+    pg.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+    # a cell takes over the sidebar's cluster: two workers, a computation
+    text = run_cell(
+        pg,
+        "import dask.array as da\n"
+        "from dask_gateway import Gateway\n"
+        "gateway = Gateway()\n"
+        "(report,) = gateway.list_clusters()\n"
+        "cluster = gateway.connect(report.name)\n"
+        "cluster.scale(2)\n"
+        "client = cluster.get_client()\n"
+        "client.wait_for_workers(2, timeout=540)\n"
+        "total = int(da.ones((2000, 2000), chunks=500).sum().compute())\n"
+        "gathered = sum(client.gather(client.map(lambda x: x * x, range(10))))\n"
+        "print('CLUSTER', cluster.name, 'RESULT', total, gathered,"
+        " 'WORKERS', len(client.scheduler_info()['workers']))\n",
+        "RESULT",
+        CLUSTER_TIMEOUT,
+    )
+    RESULTS["cluster_to_result_seconds"] = round(time.monotonic() - t1, 1)
+    screenshot(pg, "compose-04-result")
+    line = next(x for x in text.splitlines() if x.startswith("CLUSTER"))
+    parts = line.split()
+    cluster = parts[1]
+    assert parts[3:5] == ["4000000", "285"], line
+    assert parts[-1] == "2", line
+    STATE["cluster"] = cluster
+
+    # the workers are DIRAC jobs of this cluster, run by the local site ...
+    jobs = [j for j in facility.dirac_jobs() if j.get("JobGroup") == cluster]
+    running = [j for j in jobs if j["Status"] == "Running"]
+    assert len(running) >= 2, jobs
+    assert all(j["Site"] == "LCG.Local.gridhub" for j in running), running
+    # ... as containers on the grid network only
+    job_ctrs = facility.containers(
+        f"label=org.gridhub.facility={PROJECT}", "label=org.gridhub.job", "status=running"
+    )
+    assert len(job_ctrs) >= 2
+    for cid in job_ctrs:
+        nets = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", cid).stdout)
+        assert list(nets) == [f"{PROJECT}_grid"], nets
+    RESULTS["dirac_jobs"] = running
+
+
+def test_hub_restart_keeps_server_cluster_session(facility, lab):
+    assert STATE.get("cluster"), "needs the cluster of the previous test"
+    pg = lab
+    run_cell(pg, "open('persist.txt', 'w').write('kept')\nprint('WROTE')\n", "WROTE", 60)
+    t0 = time.monotonic()
+    facility.compose("restart", "hub", timeout=120)
+    facility.wait_healthy(180)
+    RESULTS["hub_restart_to_healthy_seconds"] = round(time.monotonic() - t0, 1)
+    # the same server container still runs
+    assert facility.containers(f"name=jupyter-{USER}", "status=running") == STATE["server"]
+    # the kernel, its client and the cluster are alive
+    text = run_cell(
+        pg,
+        "print('AGAIN', client.submit(lambda x: x + 1, 41).result(),"
+        " [c.name for c in gateway.list_clusters()])\n",
+        "AGAIN",
+        180,
+    )
+    assert "AGAIN 42" in text and STATE["cluster"] in text.split("AGAIN 42")[-1]
+    # the browser session survives: reloading goes straight to JupyterLab
+    pg.goto(facility.url + f"/user/{USER}/lab")
+    wait_for_lab(pg)
+    assert "/hub/login" not in pg.url
+    screenshot(pg, "compose-05-after-hub-restart")
+
+    # stop the cluster: its DIRAC jobs end, its containers go
+    pg.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=120_000)
+    run_cell(pg, "cluster.shutdown()\nprint('STOPPED')\n", "STOPPED", 180)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        jobs = [j for j in facility.dirac_jobs() if j.get("JobGroup") == STATE["cluster"]]
+        active = [j for j in jobs if j["Status"] not in ("Done", "Failed", "Killed", "Deleted")]
+        ctrs = facility.containers(f"label=org.gridhub.facility={PROJECT}", "label=org.gridhub.job")
+        if not active and not ctrs:
+            break
+        time.sleep(3)
+    assert not active, active
+    assert not ctrs, ctrs
+
+
+def test_down_up_keeps_files_and_hub_db(facility, lab):
+    facility.save_logs("before-down")
+    t0 = time.monotonic()
+    if facility.compose("down", "--remove-orphans", "--timeout", "30", check=False).returncode:
+        # a server container the hub was removing at the same time: once more
+        time.sleep(5)
+        facility.compose("down", "--remove-orphans", "--timeout", "30", timeout=300)
+    RESULTS["down_seconds"] = round(time.monotonic() - t0, 1)
+    assert not facility.project_containers()
+    assert not docker("network", "ls", "-q", "--filter", f"name={PROJECT}_").stdout.split()
+    t0 = time.monotonic()
+    facility.compose("up", "-d", "--no-build", timeout=600)
+    RESULTS["second_up_to_healthy_seconds"] = round(
+        time.monotonic() - t0 + facility.wait_healthy(), 1
+    )
+    users = facility.exec(
+        "hub",
+        "python",
+        "-c",
+        "import sqlite3; print([r[0] for r in sqlite3.connect("
+        "'/srv/gridhub/state/jupyterhub.sqlite').execute('select name from users')])",
+    )
+    assert USER in users
+    pg = lab
+    pg.goto(facility.url + "/hub/spawn")
+    wait_for_lab(pg)
+    assert "/hub/login" not in pg.url  # the cookie secret survived too
+    r = pg.request.get(facility.url + f"/user/{USER}/api/contents/persist.txt?content=1")
+    assert r.status == 200, r.text()
+    assert r.json()["content"] == "kept"
+    screenshot(pg, "compose-06-after-down-up")
+    # no DIRAC job is left unfinished
+    active = [
+        j
+        for j in facility.dirac_jobs()
+        if j["Status"] not in ("Done", "Failed", "Killed", "Deleted")
+    ]
+    assert not active, active
