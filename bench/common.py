@@ -317,6 +317,16 @@ class HttpsHub(Hub):
                     time.sleep(1)
         return time.monotonic() - t0
 
+    def wait_ready(self, n: int, timeout: float) -> float:
+        """Seconds until at least n servers are ready (the warm pool's seats)."""
+        t0 = time.monotonic()
+        with self.admin() as admin:
+            while len(admin.get("/users", params={"state": "ready"}).json()) < n:
+                if time.monotonic() - t0 > timeout:
+                    raise TimeoutError(f"{n} servers not ready in {timeout:.0f} s")
+                time.sleep(1)
+        return time.monotonic() - t0
+
     def stop_servers(self, names: Iterable[str], timeout: float = 120) -> None:
         """Stop the servers through the API (a hub SIGTERMed with many servers
         may be killed before it has stopped them all)."""
@@ -470,6 +480,9 @@ def student(hub: HttpsHub, name: str, timeout: float, cell: str | None = None) -
             page.raise_for_status()
             if "/spawn-pending/" in page.url.path:
                 _wait_spawn(c, page, deadline)
+            elif page.url.path.startswith("/user/"):
+                # a running server already: with the warm pool, a seat's
+                name = out["seat"] = page.url.path.split("/")[2]
             lab = c.get(f"/user/{name}/lab")
             if lab.status_code != 200 or "jupyter-config-data" not in lab.text:
                 raise RuntimeError(f"JupyterLab answered {lab.status_code} at {lab.url}")

@@ -35,6 +35,7 @@ EXPECTED = "332833500"
 def variant(args: argparse.Namespace) -> str:
     parts = [
         "servers prestarted" if args.prestart else "",
+        "GridHub's warm pool" if args.pool else "",
         f"http_timeout {args.http_timeout} s" if args.http_timeout else "",
         "kernels over ipc" if args.kernel_ipc else "",
     ]
@@ -71,6 +72,11 @@ def main() -> None:
         help="start the servers before the students log in (a warm pool's effect)",
     )
     ap.add_argument(
+        "--pool",
+        action="store_true",
+        help="GridHub's warm pool of --users seats, filled before the students log in",
+    )
+    ap.add_argument(
         "--http-timeout",
         type=int,
         help="what-if: Spawner.http_timeout (GridHub's default is 60 s)",
@@ -102,10 +108,13 @@ def main() -> None:
                 python,
                 f"bench-masterclass-{args.users}",
                 GRIDHUB_START_TIMEOUT=str(args.start_timeout),
+                **({"GRIDHUB_MASTERCLASS_POOL_SIZE": str(args.users)} if args.pool else {}),
             )
             whatif(hub, args, runtime)
             hub.start(timeout=120)
             prestart = hub.prestart(names, args.timeout) if args.prestart else None
+            if args.pool:
+                prestart = hub.wait_ready(args.users, args.timeout * 2)
             groups = {
                 "hub": hub.hub_only,
                 "traefik": hub.traefik,
@@ -117,7 +126,7 @@ def main() -> None:
                 students = common.crowd(hub, names, args.timeout, cell=args.cell)
             wall = time.monotonic() - t0
             load_during = common.loadavg()
-            hub.stop_servers(names)
+            hub.stop_servers([s.get("seat", s["user"]) for s in students])
     finally:
         if hub is not None:
             hub.stop()
