@@ -4,9 +4,12 @@ server) served by an httpx MockTransport, plus a real closed port."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
+import tarfile
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -245,3 +248,32 @@ def test_jdl_parsing():
     assert command(attrs) == ["/bin/sh", "gridhub-job.sh", "w-1"]
     assert input_sandbox_pfns(attrs) == ["SB:SandboxSE|/S3/sandboxes/a/b/c/sha256:00.tar.bz2"]
     assert attrs["NumberOfProcessors"] == "2"
+
+
+def _tar(*members: tuple[str, bytes | None, int]) -> tarfile.TarFile:
+    """An in-memory tar of (name, content or None for a symlink, mode)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, content, mode in members:
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            if content is None:
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tf.addfile(info)
+            else:
+                info.size = len(content)
+                tf.addfile(info, io.BytesIO(content))
+    buf.seek(0)
+    return tarfile.open(fileobj=buf, mode="r")
+
+
+def test_sandbox_members_without_extraction_filters(tmp_path: Path) -> None:
+    """The fallback for Pythons without tarfile filters (Debian 12's 3.11.2)
+    keeps the "data" filter's policy."""
+    from gridhub.dirac.client import _plain_members
+
+    ok = _plain_members(_tar(("a/job.sh", b"x", 0o4777), ("b.env", b"y", 0o600)), tmp_path)
+    assert [(m.name, m.mode) for m in ok] == [("a/job.sh", 0o755), ("b.env", 0o600)]
+    for bad in (("../evil", b"x", 0o644), ("/etc/evil", b"x", 0o644), ("link", None, 0o777)):
+        with pytest.raises(tarfile.TarError, match="not a plain file"):
+            _plain_members(_tar(bad), tmp_path)
