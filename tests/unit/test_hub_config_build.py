@@ -176,6 +176,14 @@ def test_runtime_dir_fits_a_socket_path_and_is_private(tmp_path):
     assert path == str(root / "alice")
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
     assert make_runtime_dir(str(root), "alice", uid, gid) == path  # again: the same dir
+    # a dir left by another account's server is emptied before it is handed over
+    Path(path, "jupyter_cookie_secret").write_text("old")
+    os.chown(path, 65534, 65534)
+    assert make_runtime_dir(str(root), "alice", uid, gid) == path
+    assert os.listdir(path) == [] and os.stat(path).st_uid == uid
+    Path(path, "kept").write_text("same account")
+    make_runtime_dir(str(root), "alice", uid, gid)
+    assert os.listdir(path) == ["kept"]
     # a long or odd name gets a hash; the longest socket path fits in 107 bytes
     long = runtime_dir_name("x" * 80 + "@example.org")
     assert len(long) == 32 and "/" not in runtime_dir_name("../etc")

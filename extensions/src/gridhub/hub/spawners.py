@@ -6,6 +6,7 @@ import hashlib
 import os
 import pwd
 import re
+import shutil
 import stat
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
@@ -99,8 +100,15 @@ def make_runtime_dir(root: str, username: str, uid: int, gid: int) -> str:
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
             raise RuntimeError(f"{path} is not a directory") from None
+        if st.st_uid != uid:
+            # left by a server of another account (the spawner's account changed):
+            # its files (cookie secret, connection files) are neither readable by
+            # nor meant for this one; start empty
+            shutil.rmtree(path)
+            os.mkdir(path, 0o700)
     os.chown(path, uid, gid)
     os.chmod(path, 0o700)
     return path
