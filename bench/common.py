@@ -125,6 +125,20 @@ def print_table(title: str, headers: list[str], rows: list[list]) -> None:
     Console(width=140).print(table)
 
 
+def print_resources_and_failures(resources: dict, failures: list[str]) -> None:
+    """The Usage report as a table, then each distinct failure with its count."""
+    print_table(
+        "resources during the run",
+        ["processes", "CPU s", "peak RSS MB", "peak procs"],
+        [
+            [g, r["cpu_seconds"], r["peak_rss_mb"], r["peak_processes"]]
+            for g, r in resources.items()
+        ],
+    )
+    for e in sorted(set(failures)):
+        print(f"failure x{failures.count(e)}: {e}")
+
+
 def gc_off_the_loop() -> None:
     """Turn off automatic garbage collection; the caller runs gc.collect()
     between measurements. dask_gateway's Gateway.__del__ calls close(), which

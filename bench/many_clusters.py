@@ -146,16 +146,7 @@ def main() -> None:
             ["stop to all jobs ended s", all_ended],
         ],
     )
-    common.print_table(
-        "resources during the run",
-        ["processes", "CPU s", "peak RSS MB", "peak procs"],
-        [
-            [g, r["cpu_seconds"], r["peak_rss_mb"], r["peak_processes"]]
-            for g, r in resources.items()
-        ],
-    )
-    for e in sorted(set(failures)):
-        print(f"failure x{failures.count(e)}: {e}")
+    common.print_resources_and_failures(resources, failures)
     print(f"job statuses after stop: {statuses}")
     print(f"load average before {load_before}, after {load_after}")
     common.write_result(

@@ -150,16 +150,7 @@ def main() -> None:
         ["step (s after login POST)", "n", "p50", "p95", "max"],
         [[k, v["n"], v["p50"], v["p95"], v["max"]] for k, v in steps.items()],
     )
-    common.print_table(
-        "resources during the run",
-        ["processes", "CPU s", "peak RSS MB", "peak procs"],
-        [
-            [g, r["cpu_seconds"], r["peak_rss_mb"], r["peak_processes"]]
-            for g, r in resources.items()
-        ],
-    )
-    for e in sorted(set(failures)):
-        print(f"failure x{failures.count(e)}: {e}")
+    common.print_resources_and_failures(resources, failures)
     print(f"load average before {load_before}, at the end {load_during}")
     common.write_result(
         "masterclass_load",
