@@ -166,9 +166,13 @@ class DiracXClient:
         *,
         job_id: int | None = None,
         idempotent: bool = True,
+        retry_on: frozenset[int] = frozenset(),
         **kwargs: Any,
     ) -> httpx.Response:
-        """One API call with auth, retries and error mapping.  Returns 2xx/416."""
+        """One API call with auth, retries and error mapping.  Returns 2xx/416.
+
+        ``retry_on``: further statuses asked again like the transient ones;
+        once the retries are spent they end in a plain DiracXError."""
         refreshed = False
         attempt = 0
         token = await self.tokens.access_token()
@@ -189,6 +193,10 @@ class DiracXClient:
                         job_id,
                     ) from exc
                 await self._backoff(attempt, method, path, type(exc).__name__)
+                attempt += 1
+                continue
+            if r.status_code in retry_on and attempt < self.retries:
+                await self._backoff(attempt, method, path, str(r.status_code))
                 attempt += 1
                 continue
             if r.status_code in _TRANSIENT:
@@ -217,10 +225,7 @@ class DiracXClient:
             if r.is_success or r.status_code == 416:
                 return r
             raise DiracXError(
-                f"{method} {path} answered {r.status_code}: {_detail(r)}",
-                self.url,
-                job_id,
-                status=r.status_code,
+                f"{method} {path} answered {r.status_code}: {_detail(r)}", self.url, job_id
             )
 
     async def _backoff(self, attempt: int, method: str, path: str, why: str) -> None:
@@ -384,7 +389,11 @@ class DiracXClient:
             "size": len(archive),
             "format": "tar.bz2",
         }
-        r = await self._initiate_upload(info)
+        # DiracX 0.7 registers a sandbox owner at their first upload, and two
+        # first uploads at once (a new facility's first cluster starting its
+        # workers) race on that insert: all but one answer 500. Initiating the
+        # upload of content-addressed bytes is idempotent, so ask again.
+        r = await self._request("POST", "/api/jobs/sandbox", json=info, retry_on=frozenset({500}))
         up = SandboxUpload.model_validate(r.json())
         if up.url:
             # A presigned S3 POST: no DiracX token goes to the object store.
@@ -401,20 +410,6 @@ class DiracXClient:
                     self.url,
                 )
         return up.pfn
-
-    async def _initiate_upload(self, info: dict[str, Any]) -> httpx.Response:
-        # DiracX 0.7 registers a sandbox owner at their first upload, and two
-        # first uploads at once (a new facility's first cluster starting its
-        # workers) race on that insert: all but one answer 500. Initiating the
-        # upload of content-addressed bytes is idempotent, so ask again.
-        for attempt in range(self.retries + 1):
-            try:
-                return await self._request("POST", "/api/jobs/sandbox", json=info)
-            except DiracXError as exc:
-                if exc.status != 500 or attempt == self.retries:
-                    raise
-                await self._backoff(attempt, "POST", "/api/jobs/sandbox", "500")
-        raise AssertionError("unreachable")
 
     async def download_sandbox(self, pfn: str, dest: Path, *, job_id: int | None = None) -> None:
         """Fetch one sandbox by PFN and unpack it into ``dest``."""

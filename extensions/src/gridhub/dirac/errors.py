@@ -11,13 +11,10 @@ from __future__ import annotations
 class DiracXError(Exception):
     """Base class: something went wrong talking to DiracX."""
 
-    def __init__(
-        self, msg: str, server: str, job_id: int | None = None, *, status: int | None = None
-    ) -> None:
+    def __init__(self, msg: str, server: str, job_id: int | None = None) -> None:
         self.msg = msg
         self.server = server
         self.job_id = job_id
-        self.status = status  # the HTTP status DiracX answered, if it answered
         where = f"DiracX at {server}"
         if job_id is not None:
             where += f", job {job_id}"
