@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,6 +76,33 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def _end(procs: list[psutil.Process], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL what is still running after ``timeout``."""
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, 5)
+
+
+def _service_of(proc: psutil.Process, hub_port: str) -> bool:
+    """A JupyterHub-managed service (it has JUPYTERHUB_SERVICE_NAME, user servers
+    do not) whose hub API is on ``hub_port``."""
+    try:
+        env = proc.environ()
+    except psutil.Error:
+        return False
+    api = env.get("JUPYTERHUB_API_URL", "")
+    return "JUPYTERHUB_SERVICE_NAME" in env and f":{hub_port}/" in api
 
 
 def _port_open(port: int) -> bool:
@@ -215,10 +243,19 @@ class Hub:
         wait_for(ready, timeout, what="the hub behind traefik")
         return self
 
+    def service_processes(self) -> list[psutil.Process]:
+        """The hub's managed services (idle-culler, gridhub-pool, ...). JupyterHub
+        starts them in sessions of their own and stops them only on a clean exit,
+        so after a hub was killed they are found by their environment."""
+        port = self.env["GRIDHUB_HUB_BIND_URL"].rpartition(":")[2].split("/")[0]
+        return [p for p in psutil.process_iter() if _service_of(p, port)]
+
     def stop(self) -> None:
         if self.proc is not None:
             _stop(self.proc, timeout=30)
             self.proc = None
+        # what a killed (or timed-out) hub left running
+        _end(self.service_processes())
         # the hub stops its Traefik on a clean shutdown; make sure of it (by pid)
         marker = str(self.state / "traefik.toml").encode()
         for entry in Path("/proc").iterdir():
