@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import os
 import secrets
 import signal
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -49,8 +51,10 @@ def render_traefik_config(
     provider_url: str,
     token: str,
     dynamic_dir: Path,
+    acme: Acme | None = None,
 ) -> str:
-    """The compose template with this run's values; loopback only."""
+    """The compose template with this run's values; loopback only. ``acme``:
+    the template's ACME mode (ACME_EMAIL set), else its self-signed one."""
     text = TEMPLATE.read_text()
     for placeholder, value in {
         "@HTTP_PORT@": str(http),
@@ -59,18 +63,52 @@ def render_traefik_config(
         "@PROVIDER_URL@": provider_url,
         "@PROVIDER_TOKEN@": token,
         "@LOG_LEVEL@": "INFO",  # the deployed level
+        "@PUBLIC_HOST@": acme.public_host if acme else "",
+        "@ACME_EMAIL@": acme.email if acme else "",
+        "@ACME_CA_SERVER@": acme.ca_server if acme else "",
     }.items():
         assert placeholder in text, f"{TEMPLATE} lost its {placeholder}"
         text = text.replace(placeholder, value)
-    # fixed ports of the container, free ports here; every entrypoint on loopback
-    for fixed, here in {
+    # entrypoint.sh: `sed -e "s|^##$mode ||" -e "/^##/d"`
+    mode = "##acme " if acme else "##self-signed "
+    assert f"\n{mode}" in text, f"{TEMPLATE} has no {mode.strip()} lines"
+    text = "".join(
+        line.removeprefix(mode)
+        for line in text.splitlines(keepends=True)
+        if line.startswith(mode) or not line.startswith("##")
+    )
+    # fixed ports and paths of the container, free ports and run dirs here;
+    # every entrypoint on loopback
+    fixed_here = {
         '":8099"': f'":{api}"',
         '"127.0.0.1:8082"': f'"127.0.0.1:{ping}"',
         "/etc/traefik/dynamic": str(dynamic_dir),
-    }.items():
+    }
+    if acme:
+        fixed_here["/var/lib/traefik/acme.json"] = str(acme.storage)
+    for fixed, here in fixed_here.items():
         assert fixed in text, f"{TEMPLATE} no longer has {fixed}: update tests/integration/stack.py"
         text = text.replace(fixed, here)
     return text.replace('address: ":', 'address: "127.0.0.1:')
+
+
+@dataclass
+class Acme:
+    """The compose facility's ACME settings (ACME_EMAIL, PUBLIC_HOST, ACME_CA_SERVER)."""
+
+    public_host: str
+    email: str
+    ca_server: str
+    storage: Path
+
+
+def _gridhub_init():
+    """images/hub/shared/gridhub_init.py, the module the containers run."""
+    path = REPO / "images" / "hub" / "shared" / "gridhub_init.py"
+    spec = importlib.util.spec_from_file_location("gridhub_init", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class Stack(Facility):
@@ -95,16 +133,22 @@ class Stack(Facility):
             raise
 
     def _traefik(self) -> Traefik:
-        d = self.work / "traefik"
-        self.dynamic_dir = d / "dynamic"
+        self.dynamic_dir = self.work / "traefik" / "dynamic"
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         # what gridhub-init writes next to the hub's rules.toml
+        (self.dynamic_dir / "headers.yml").write_text(_gridhub_init().HEADERS_YML)
         (self.dynamic_dir / "tls.yml").write_text(
             "tls:\n  stores:\n    default:\n      defaultCertificate:\n"
             f"        certFile: {self.cert}\n        keyFile: {self.key}\n"
             "  options:\n    default:\n      minVersion: VersionTLS12\n"
         )
         self.api_port = free_port()
+        return self.start_traefik(self.work / "traefik", api_port=self.api_port)
+
+    def start_traefik(self, d: Path, *, api_port: int | None = None, acme: Acme | None = None):
+        """A Traefik from the deployed template on the stack's routes (the same
+        dynamic directory and gateway provider); the caller stops it."""
+        d.mkdir(parents=True, exist_ok=True)
         https, dask = free_port(), free_port()
         config = d / "traefik.yml"
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the token
@@ -114,11 +158,12 @@ class Stack(Facility):
                     http=free_port(),
                     https=https,
                     dask=dask,
-                    api=self.api_port,
+                    api=api_port or free_port(),
                     ping=free_port(),
                     provider_url=f"http://127.0.0.1:{self.gw_port}/api/v1/traefik",
                     token=self.provider_token,
                     dynamic_dir=self.dynamic_dir,
+                    acme=acme,
                 )
             )
         t = Traefik([str(VENV_BIN / "traefik"), f"--configFile={config}"], d / "traefik.log")

@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 from distributed import Client
-from stack import jobs_of, stack_fixture  # noqa: F401 - a fixture
+from processes import free_port
+from stack import Acme, jobs_of, stack_fixture, wait_until  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -35,18 +36,53 @@ def test_hub_pages_may_be_framed_only_by_the_hub(stack):
         assert re.search(r"frame-ancestors '(self|none)'(;|$)", csp), (path, dict(r.headers))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,  # not a broken stack
-    reason="no HSTS: GridHub has no domain setting and the deployed Traefik config "
-    "(images/traefik/traefik.yml.tmpl) has no headers middleware; see docs/faults.md",
-)
-def test_hub_pages_over_https_with_a_domain_carry_hsts(stack):
-    # the facility's certificate names localhost: the domain stands in for a real one
-    r = httpx.get(stack.hub_url.replace("127.0.0.1", "localhost") + "/hub/login", timeout=10)
+def test_with_the_self_signed_certificate_no_page_carries_hsts(stack):
+    # HSTS for a certificate browsers cannot verify would lock them out
+    r = httpx.get(stack.hub_url + "/hub/login", timeout=10)
     assert r.status_code == 200
-    hsts = r.headers.get("Strict-Transport-Security", "")
-    assert "max-age=" in hsts, f"no Strict-Transport-Security header: {dict(r.headers)}"
+    assert "Strict-Transport-Security" not in r.headers, dict(r.headers)
+
+
+def test_with_acme_every_https_response_carries_hsts(stack, tmp_path):
+    # The deployed template in its ACME mode (ACME_EMAIL set), on the same
+    # routes. Its ACME directory does not answer (nothing leaves this
+    # machine), so Traefik serves the default certificate meanwhile, as it
+    # does until Let's Encrypt has issued one.
+    acme = Acme(
+        public_host="gridhub.example.org",
+        email="ops@example.org",
+        ca_server=f"https://127.0.0.1:{free_port()}/directory",
+        storage=tmp_path / "acme.json",
+    )
+    traefik = stack.start_traefik(tmp_path / "traefik-acme", acme=acme)
+    try:
+        base = f"https://localhost:{traefik.https_port}"
+        # the hub's routes (file provider) and the gateway's (HTTP provider)
+        for path in ("/hub/login", "/services/dask-gateway/api/health"):
+            r = wait_until(
+                lambda path=path: (
+                    (r := httpx.get(base + path, timeout=10)).status_code == 200 and r
+                ),
+                60,
+                f"{path} through the ACME-mode Traefik",
+                stack,
+            )
+            assert r.headers.get("Strict-Transport-Security") == "max-age=31536000", (
+                path,
+                dict(r.headers),
+            )
+        # and the resolver is really in use: Traefik asked the directory for the name
+        wait_until(
+            lambda: (
+                "acme" in (log := traefik.logfile.read_text()).lower()
+                and "gridhub.example.org" in log
+            ),
+            60,
+            "Traefik's ACME attempt in its log",
+            stack,
+        )
+    finally:
+        traefik.stop()
 
 
 def test_a_client_with_another_clusters_certificate_is_refused(stack):

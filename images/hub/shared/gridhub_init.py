@@ -20,6 +20,7 @@ What `gridhub-init` writes:
                                    localhost and gridhub-tunnel (when no certificate is given)
   $FACILITY_CERTS_DIR/facility.crt  the public certificate, for notebooks and workers
   $FACILITY_CERTS_DIR/ca-bundle.pem system CAs + facility.crt (SSL_CERT_FILE in notebooks)
+  $FACILITY_PROXY_DIR/headers.yml   Traefik's HSTS middleware (used with ACME only)
   $FACILITY_PROXY_DIR/tls.yml       Traefik's default certificate (file provider)
 """
 
@@ -38,6 +39,15 @@ from gridhub.hub.secrets import load_or_create
 from gridhub.hub.settings import SettingsError, load_settings
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+HEADERS_YML = """\
+# written by gridhub-init: HSTS, attached to the HTTPS entrypoint only when
+# Traefik gets a trusted certificate by ACME (images/traefik/traefik.yml.tmpl)
+http:
+  middlewares:
+    gridhub-hsts:
+      headers:
+        stsSeconds: 31536000
+"""
 
 
 def _fernet_key() -> str:
@@ -133,6 +143,9 @@ def init() -> int:
         _write_atomic(certs / "ca-bundle.pem", system + b"\n" + crt, 0o644)
     proxy = Path(os.environ.get("FACILITY_PROXY_DIR", "/srv/gridhub/proxy"))
     if proxy.is_dir() and os.access(proxy, os.W_OK):
+        # first: Traefik starts once tls.yml exists, and with ACME its HTTPS
+        # entrypoint uses this middleware (HSTS only with a trusted certificate)
+        _write_atomic(proxy / "headers.yml", HEADERS_YML.encode(), 0o644)
         tls_yml = (
             "# written by gridhub-init: Traefik's default certificate\n"
             "tls:\n  stores:\n    default:\n      defaultCertificate:\n"

@@ -2,7 +2,7 @@
 
 Traefik polls it (HTTP provider) from the gateway: :func:`make_traefik_handler`
 wraps a ``get_config()`` callable as an aiohttp handler guarded by a bearer
-token. The static side is hub_config/traefik/traefik.yml.
+token. The static side is images/traefik/traefik.yml.tmpl.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from .common import SNI_PREFIX, TUNNEL_SNI
 
-#: Entrypoints of hub_config/traefik/traefik.yml.
+#: Entrypoints of images/traefik/traefik.yml.tmpl.
 DASK_ENTRYPOINT = "dask"
 WEB_ENTRYPOINT = "websecure"
 TUNNEL_ROUTER = "gridhub-tunnel"
