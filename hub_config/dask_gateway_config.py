@@ -15,8 +15,7 @@ environment variables that are not settings:
   FACILITY_DIRACX_STATE   the embedded DiracX's state volume (its facility identity)
   FACILITY_EMBEDDED_DIRACX_URL  the embedded DiracX (http://dirac:8000)
   FACILITY_SCHEDULER_PYTHON  the Python schedulers run with (the image's copy of
-                          the notebook environment; default: the gateway's own)
-  FACILITY_SCHEDULER_PRELOAD  a file schedulers preload (images/gateway/scheduler_names.py)
+                          the notebook environment, with gridhub; default: the gateway's own)
 """
 
 import os
@@ -75,14 +74,15 @@ b.traefik_token = _secret("traefik_provider_token", s.traefik_provider_token)
 # --- schedulers and the reverse path, reached by Traefik on the internal network ---
 # Schedulers unpickle the task graphs notebooks send (numpy, awkward, coffea
 # objects): the gateway image carries the notebook environment for them.
-# FACILITY_SCHEDULER_PRELOAD keeps host names in worker addresses (see the file).
+# Their preload keeps host names in worker addresses: PUBLIC_HOST has another
+# address on the grid network than here (see the module).
 if os.environ.get("FACILITY_SCHEDULER_PYTHON"):
-    preload = os.environ.get("FACILITY_SCHEDULER_PRELOAD")
     c.DiracClusterConfig.scheduler_cmd = [
         os.environ["FACILITY_SCHEDULER_PYTHON"],
         "-m",
         "distributed.cli.dask_scheduler",
-        *(["--preload", preload] if preload else []),
+        "--preload",
+        "gridhub.gateway.named_addresses",
     ]
 b.scheduler_host = "0.0.0.0"  # noqa: S104  (the internal network only)
 b.tunnel_listen_address = "0.0.0.0:8022"
