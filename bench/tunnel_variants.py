@@ -327,11 +327,12 @@ def start_traefik2(
 ):
     """A second Traefik for the rows the fixture's Traefik has no routes
     for: sshd, the floor, and SSH without the outer TLS on entrypoints of
-    their own (plain TCP, HostSNI(`*`)): ``sshplain`` -> the TunnelServer
-    (PROXY v2), ``sshdplain`` -> sshd."""
+    (plain TCP, HostSNI(`*`)): ``sshplain`` -> the TunnelServer (PROXY v2, an
+    entrypoint of its own), and plain SSH on ``tun`` itself -> sshd (one
+    public port for TLS and SSH)."""
     d = tmp / "traefik2"
     d.mkdir()
-    tun, plain, ping, sshplain, sshdplain = (free_port() for _ in range(5))
+    tun, plain, ping, sshplain = (free_port() for _ in range(4))
 
     def lb(port):
         return {"loadBalancer": {"servers": [{"address": f"127.0.0.1:{port}"}]}}
@@ -369,8 +370,10 @@ def start_traefik2(
                     "rule": "HostSNI(`*`)",
                     "service": "tunnel",
                 },
+                # the same entrypoint as the TLS routes: Traefik sees no
+                # ClientHello (ssh speaks first) and takes the non-TLS route
                 "sshdplain": {
-                    "entryPoints": ["sshdplain"],
+                    "entryPoints": ["tun"],
                     "rule": "HostSNI(`*`)",
                     "service": "sshd",
                 },
@@ -404,7 +407,6 @@ def start_traefik2(
             "tun": {"address": f":{tun}"},
             "plain": {"address": f":{plain}"},
             "sshplain": {"address": f":{sshplain}"},
-            "sshdplain": {"address": f":{sshdplain}"},
             "traefik": {"address": f"127.0.0.1:{ping}"},
         },
         "ping": {"entryPoint": "traefik"},
@@ -417,7 +419,7 @@ def start_traefik2(
     import httpx
 
     wait_for(lambda: httpx.get(f"http://127.0.0.1:{ping}/ping").status_code == 200, 20, "traefik2")
-    return p, tun, plain, sshplain, sshdplain
+    return p, tun, plain, sshplain
 
 
 def main() -> None:
@@ -480,11 +482,11 @@ def main() -> None:
             sshd, sshd_port, sshd_hostkey = start_sshd(tmp, pub, [fwd_tls, fwd_plain])
             extra.append(sshd)
             tunnel_addr = json.loads((fac.dir / "tunnel-ready.json").read_text())["tunnel"]
-            t2, t2_tun, t2_plain, t2_ssh, t2_sshd = start_traefik2(
+            t2, t2_tun, t2_plain, t2_ssh = start_traefik2(
                 tmp, fac, sshd_port, [fwd_tls, fwd_plain], floor_a, floor_b, tunnel_addr
             )
             extra.append(t2)
-            ports = ", ".join(str(p) for p in (t2_tun, t2_plain, t2_ssh, t2_sshd))
+            ports = ", ".join(str(p) for p in (t2_tun, t2_plain, t2_ssh))
             subprocess.run(
                 [
                     "nft",
@@ -547,7 +549,7 @@ def main() -> None:
                 "gridhub-sshd",
                 None,
                 f"127.0.0.1:{fwd_plain}:127.0.0.1:{sport}",
-                (net.public_ip, t2_sshd),
+                (net.public_ip, t2_tun),
             )
             routes = fac.wait_tunnel_routes(1 + len(ssh_b))
             sni = {
