@@ -9,16 +9,20 @@ pulls or pushes N MB, Dask's TLS end to end). Rows:
 - ``direct``: the sink on host loopback, no Traefik.
 - ``passthru``: Traefik's SNI passthrough alone (client -> Traefik -> sink).
 - ``a-asyncssh``: the current path (gridhub-worker, asyncssh both sides).
+- ``a-plain``: the same asyncssh client without the outer TLS: plain TCP
+  to a second Traefik's non-TLS entrypoint -> the TunnelServer (PROXY v2).
 - ``b-<proxy>``: OpenSSH ``ssh -N -R <route>:0:...`` in the namespace
   against the same asyncssh TunnelServer, through the same Traefik; the TLS
   leg to Traefik (SNI gridhub-tunnel, terminated there) is ssh's
   ProxyCommand: ``openssl s_client``, ``socat OPENSSL:`` or a minimal
   uvloop TLS pipe in Python (``pypipe``).
+- ``b-plain``: that ssh without ProxyCommand, as ``a-plain``.
 - ``c-sshd``: OpenSSH on both sides: a throwaway sshd on loopback (its own
   config, key restricted with ``restrict,port-forwarding,permitlisten``)
   behind a second Traefik (TLS-terminated SNI route to sshd, passthrough
   route to sshd's forwarded port), ssh + ``openssl s_client`` in the
-  namespace.
+  namespace; ``c-plain``: plain SSH to that Traefik's TLS entrypoint (a
+  non-TLS ``HostSNI(`*`)`` router next to the TLS ones).
 - ``d-floor``: no SSH: two socat TCP relays (the worker-side one dials out
   through Traefik, plain TCP) and the client through Traefik's passthrough;
   what any relay design through Traefik costs at least.
@@ -90,6 +94,24 @@ async def main():
 
 import uvloop
 uvloop.run(main())
+"""
+
+
+# gridhub-worker's asyncssh client (same options, uvloop) without the TLS
+# leg: what dropping the outer TLS alone would give.
+ASYNCSSH_PLAIN = r"""
+import sys, asyncssh
+from gridhub.tunnel.common import run_event_loop
+from gridhub.tunnel.worker import SSH_OPTIONS
+host, port, key, route, lport, hostkey = sys.argv[1:7]
+async def main():
+    conn = await asyncssh.connect(
+        host, int(port), username="alpha", client_keys=[asyncssh.read_private_key(key)],
+        known_hosts=([asyncssh.import_public_key(hostkey)], [], []), agent_path=None,
+        preferred_auth="publickey", config=None, **SSH_OPTIONS)
+    await conn.forward_remote_port(route, 0, "127.0.0.1", int(lport))
+    await conn.wait_closed()
+run_event_loop(main())
 """
 
 
@@ -377,6 +399,15 @@ def start_traefik2(
                     "rule": "HostSNI(`*`)",
                     "service": "sshd",
                 },
+                # as the gateway's config: unknown SNI -> closed (a TLS
+                # catch-all next to the non-TLS one below)
+                "nosni": {
+                    "entryPoints": ["tun"],
+                    "rule": "HostSNI(`*`)",
+                    "priority": 1,
+                    "service": "nosni",
+                    "tls": {"passthrough": True},
+                },
                 "floora": {
                     "entryPoints": ["tun"],
                     "rule": "HostSNI(`daskgateway-floor`)",
@@ -388,6 +419,7 @@ def start_traefik2(
             },
             "serversTransports": {"pp2": {"proxyProtocol": {"version": 2}}},
             "services": {
+                "nosni": {"loadBalancer": {"servers": []}},
                 "sshd": lb(sshd_port),
                 **{f"sshfwd{i}": lb(p) for i, p in enumerate(fwds)},
                 "tunnel": {
@@ -537,6 +569,23 @@ def main() -> None:
                 f"alpha-sshplain:0:127.0.0.1:{sport}",
                 (net.public_ip, t2_ssh),
             )
+            aplain = tmp / "asyncssh_plain.py"
+            aplain.write_text(ASYNCSSH_PLAIN)
+            a_plain = Proc(
+                "asyncssh-plain",
+                node.cmd(
+                    sys.executable,
+                    str(aplain),
+                    net.public_ip,
+                    str(t2_ssh),
+                    str(alpha.key),
+                    "alpha-asyncplain",
+                    str(sport),
+                    hk.export_public_key().decode().strip(),
+                ),
+                tmp / "asyncssh-plain.log",
+            ).start()
+            extra.append(a_plain)
             # (c): OpenSSH both sides
             proxy_c = proxy_commands(tmp, net.public_ip, t2_tun, fac.facility_crt)["openssl"]
             # root: the throwaway sshd's only account
@@ -551,7 +600,7 @@ def main() -> None:
                 f"127.0.0.1:{fwd_plain}:127.0.0.1:{sport}",
                 (net.public_ip, t2_tun),
             )
-            routes = fac.wait_tunnel_routes(1 + len(ssh_b))
+            routes = fac.wait_tunnel_routes(2 + len(ssh_b))
             sni = {
                 r.split("`")[1].removeprefix("daskgateway-"): r.split("`")[1]
                 for r in (v["rule"] for v in routes.values())
@@ -580,6 +629,22 @@ def main() -> None:
                     },
                 ),
             ]
+
+            rows.append(
+                Variant(
+                    "a-plain",
+                    fac.dask_port,
+                    sni["alpha-asyncplain"],
+                    {
+                        **base,
+                        "traefik": fac.traefik.pid,
+                        "traefik2": t2.pid,
+                        "tunnel": fac.tunnel.pid,
+                        "asyncssh-client": a_plain.pid,
+                        "sink": nsink.pid,
+                    },
+                )
+            )
 
             def proxy_of(pr: Proc) -> dict[str, int]:
                 kids = [q for q in tree_pids(pr.pid) if q != pr.pid]
