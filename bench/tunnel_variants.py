@@ -54,6 +54,7 @@ from tunnel_fixtures import (  # noqa: E402
     Proc,
     free_port,
     start_facility,
+    tls_probe,
     wait_for,
 )
 from tunnel_raw import SINK, child_pid, client_ctx, cpu_seconds, transfer  # noqa: E402
@@ -518,6 +519,9 @@ def main() -> None:
                 tmp, fac, sshd_port, [fwd_tls, fwd_plain], floor_a, floor_b, tunnel_addr
             )
             extra.append(t2)
+            # the non-TLS SSH router must not open the door to unknown SNIs
+            if tls_probe(t2_tun, "daskgateway-unknown"):
+                sys.exit("traefik2 answered an unknown SNI")
             ports = ", ".join(str(p) for p in (t2_tun, t2_plain, t2_ssh))
             subprocess.run(
                 [
