@@ -302,6 +302,7 @@ class DiracBackend(UnsafeLocalBackend):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._sandbox_locks: dict[str, asyncio.Lock] = {}
+        self._sandbox_uploads: dict[str, asyncio.Task[None]] = {}
         # the latest jobs of each cluster that ended before their worker ran,
         # to tell the user why the cluster failed
         self._site_failures: dict[str, deque[str]] = {}
@@ -365,6 +366,25 @@ class DiracBackend(UnsafeLocalBackend):
 
     # ------------------------------------------------------------------
     # Schedulers: local processes at the facility (LocalBackend's code)
+
+    async def do_start_cluster(self, cluster: Cluster) -> AsyncIterator[dict[str, Any]]:
+        # The sandbox needs only the cluster's credentials and config: upload
+        # it while the scheduler starts (seconds of imports), not after the
+        # first scale. The first worker waits for it (cluster_sandbox's lock).
+        self._sandbox_uploads[cluster.name] = asyncio.create_task(self._upload_early(cluster))
+        async for state in super().do_start_cluster(cluster):
+            # the state yielded replaces the DB's: keep the sandbox if it is in
+            sandbox = cluster.state.get("sandbox")
+            yield {**state, "sandbox": sandbox} if sandbox else state
+
+    async def _upload_early(self, cluster: Cluster) -> None:
+        try:
+            await self.cluster_sandbox(cluster)
+        except (DiracXError, OSError) as exc:
+            # the first worker tries again and reports it if it fails again
+            self.log.info("Early sandbox upload of cluster %s failed: %s", cluster.name, exc)
+        finally:
+            self._sandbox_uploads.pop(cluster.name, None)
 
     def get_scheduler_command(self, cluster: Cluster) -> list[str]:
         cmd = DBBackendBase.get_scheduler_command(self, cluster)
@@ -508,6 +528,9 @@ class DiracBackend(UnsafeLocalBackend):
         await super().forward_message_to_scheduler(cluster, msg)
 
     async def do_stop_cluster(self, cluster: Cluster) -> None:
+        upload = self._sandbox_uploads.pop(cluster.name, None)
+        if upload is not None:
+            upload.cancel()
         self._sandbox_locks.pop(cluster.name, None)
         # Workers are stopped one by one by the reconcile loop; this catches
         # any job of the cluster that the DB lost track of (zero orphans).
