@@ -416,6 +416,11 @@ class DiracBackend(UnsafeLocalBackend):
         dask_args = DBBackendBase.get_worker_command(
             self, cluster, "{worker_name}", scheduler_address=scheduler
         )[len(cluster.config.worker_cmd) :]
+        # No worker dashboard: on a grid node nothing can reach it (the reverse
+        # path carries the worker's comm port only), and starting it (bokeh)
+        # is half the worker's start-up CPU.
+        i = dask_args.index("--dashboard-address")
+        dask_args[i : i + 2] = ["--no-dashboard"]
         if self.reverse_path:
             return [*self.worker_command, "--", *dask_args]
         return [*cluster.config.worker_cmd, *dask_args]
