@@ -390,5 +390,9 @@ class LocalSiteProcess:
     def stop(self) -> None:
         self._proc.stop()
 
+    @property
+    def logfile(self) -> Path:
+        return self._proc.logfile
+
     def log(self) -> str:
         return self._proc.log()
