@@ -1,13 +1,17 @@
 """Reverse path vs direct loopback: task throughput and bandwidth, same run.
 
     sudo .venv/bin/python bench/tunnel_throughput.py [--tasks 10000] [--mb 200]
+        [--clients asyncssh,openssh]
 
 Direct: two plain ``dask worker`` processes on loopback talk TLS straight to
 the scheduler and to each other. Reverse path: two ``gridhub-worker``
 processes, each in its own network namespace, reach the scheduler through
-Traefik (SNI passthrough) and are reached back through Traefik + the asyncssh
-tunnel. Same scheduler, same client, same machine. Prints a table and writes
-JSON to bench/results/. Needs root (network namespaces, nftables).
+Traefik (SNI passthrough) and are reached back through Traefik + the tunnel,
+once per SSH client (``GRIDHUB_TUNNEL_CLIENT``: ``asyncssh`` = SSH in TLS,
+``openssh`` = ``ssh -N`` speaking plain SSH to the same port). Same
+scheduler, same client, same machine. Prints a table (with the load average
+around each row) and writes JSON to bench/results/. Needs root (network
+namespaces, nftables) and, for openssh, an ``ssh`` binary.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tunnel_fixtures import (  # noqa: E402
     VENV_BIN,
     Network,
     Proc,
+    ssh_children,
     start_facility,
     wait_for,
 )
@@ -128,7 +133,9 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=10_000)
     p.add_argument("--mb", type=int, default=200)
     p.add_argument("--repeat", type=int, default=2, help="best of N")
+    p.add_argument("--clients", default="asyncssh,openssh", help="reverse-path SSH clients")
     ns = p.parse_args()
+    clients = [c for c in ns.clients.split(",") if c]
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
 
@@ -136,6 +143,7 @@ def main() -> None:
 
     results: dict[str, dict[str, float]] = {}
     cpus: dict[str, dict[str, dict[str, float]]] = {}
+    loads: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="gridhub-bench-") as tmp:
         fac = start_facility(Path(tmp) / "facility")
         fac.network = Network(fac.dask_port)
@@ -179,40 +187,65 @@ def main() -> None:
             )
             with Client(sched, security=alpha.security()) as c:
                 c.wait_for_workers(2, timeout=60)
+                load0 = os.getloadavg()[0]
                 runs = [measure(c, ns.tasks, ns.mb, cpu) for _ in range(ns.repeat)]
+                loads["direct"] = (load0, os.getloadavg()[0])
             results["direct"], cpus["direct"] = best_of(runs)
             for w in direct:
                 w.stop()
 
-            # --- Traefik + reverse path, workers in namespaces
-            gw = [fac.start_worker("t0"), fac.start_worker("t1")]
-            fac.wait_tunnel_routes(2)
-            with fac.client() as c:
-                c.wait_for_workers(2, timeout=60)
-                wait_for(lambda: len(c.scheduler_info()["workers"]) == 2, 30, "2 workers")
-                cpu = CPU(
-                    {
-                        "scheduler": [fac.scheduler.pid],
-                        "dask-workers": [k for w in gw for k in children(w.pid)],
-                        "client": [os.getpid()],
-                        "traefik": [fac.traefik.pid],
-                        "tunnel-server": [fac.tunnel.pid],
-                        "gridhub-workers": [w.pid for w in gw],
-                    }
-                )
-                runs = [measure(c, ns.tasks, ns.mb, cpu) for _ in range(ns.repeat)]
-            results["reverse_path"], cpus["reverse_path"] = best_of(runs)
+            # --- Traefik + reverse path, workers in namespaces, per client
+            for client in clients:
+                gw = [fac.start_worker(f"{client[0]}{i}", client=client) for i in range(2)]
+                fac.wait_tunnel_routes(2)
+                with fac.client() as c:
+                    c.wait_for_workers(2, timeout=60)
+                    wait_for(lambda c=c: len(c.scheduler_info()["workers"]) == 2, 30, "2 workers")
+                    ssh = [k for w in gw for k in ssh_children(w.pid)]
+                    cpu = CPU(
+                        {
+                            "scheduler": [fac.scheduler.pid],
+                            "dask-workers": [
+                                k for w in gw for k in children(w.pid) if k not in ssh
+                            ],
+                            "client": [os.getpid()],
+                            "traefik": [fac.traefik.pid],
+                            "tunnel-server": [fac.tunnel.pid],
+                            "gridhub-workers": [w.pid for w in gw],
+                            "ssh-clients": ssh,
+                        }
+                    )
+                    load0 = os.getloadavg()[0]
+                    runs = [measure(c, ns.tasks, ns.mb, cpu) for _ in range(ns.repeat)]
+                    loads[client] = (load0, os.getloadavg()[0])
+                    for w in gw:
+                        w.stop()
+                    wait_for(lambda c=c: not c.scheduler_info()["workers"], 30, "workers gone")
+                results[client], cpus[client] = best_of(runs)
         finally:
             fac.stop()
 
-    ratio = {k: results["reverse_path"][k] / results["direct"][k] for k in results["direct"]}
+    ratio = {
+        c: {k: results[c][k] / results["direct"][k] for k in results["direct"]} for c in clients
+    }
     goal = {"tasks_per_s": 0.8, "gather_MB_per_s": 0.7, "w2w_MB_per_s": 0.7}
-    print(f"{'metric':<18}{'direct':>12}{'reverse path':>14}{'ratio':>8}{'goal':>6}")
+    head = "".join(f"{c:>11}{'ratio':>7}" for c in clients)
+    print(f"{'metric':<18}{'direct':>10}{head}{'goal':>6}")
     for k in results["direct"]:
-        print(
-            f"{k:<18}{results['direct'][k]:>12.1f}{results['reverse_path'][k]:>14.1f}"
-            f"{ratio[k]:>8.2f}{goal[k]:>6.1f}"
-        )
+        row = "".join(f"{results[c][k]:>11.1f}{ratio[c][k]:>7.2f}" for c in clients)
+        print(f"{k:<18}{results['direct'][k]:>10.1f}{row}{goal[k]:>6.1f}")
+    print(
+        "load average (1 min) before/after: "
+        + ", ".join(f"{n} {a:.1f}/{b:.1f}" for n, (a, b) in loads.items())
+    )
+    mb = ns.mb
+    print(f"CPU ms per MB ({mb} MB transfers, best run):")
+    for path in ["direct", *clients]:
+        for k in ("gather_MB_per_s", "w2w_MB_per_s"):
+            groups = cpus.get(path, {}).get(k, {})
+            g = " ".join(f"{n}={v * 1000 / mb:.1f}" for n, v in groups.items())
+            total = sum(groups.values()) * 1000 / mb
+            print(f"  {path:<10}{k:<16}total={total:.1f} {g}")
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -229,6 +262,7 @@ def main() -> None:
                 "results": results,
                 "ratio": ratio,
                 "cpu_seconds": cpus,
+                "loadavg_1min_before_after": loads,
                 "env": {k: v for k, v in os.environ.items() if k.startswith("GRIDHUB_TUNNEL")},
                 "goal": goal,
             },

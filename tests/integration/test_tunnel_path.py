@@ -25,9 +25,12 @@ def _incoming_transfers(client) -> int:
     return sum(client.run(count).values())
 
 
-def test_workers_behind_nat_compute_and_gather(facility: Facility):
-    w1 = facility.start_worker("w1")
-    w2 = facility.start_worker("w2")
+@pytest.mark.parametrize("ssh_client", ["asyncssh", "openssh"])
+def test_workers_behind_nat_compute_and_gather(facility: Facility, ssh_client: str):
+    """asyncssh: SSH inside TLS (SNI gridhub-tunnel); openssh: ``ssh -N``
+    speaking plain SSH to the same Traefik port (non-TLS catch-all router)."""
+    w1 = facility.start_worker("w1", client=ssh_client)
+    w2 = facility.start_worker("w2", client=ssh_client)
     facility.wait_tunnel_routes(2)
     with facility.client() as client:
         client.wait_for_workers(2, timeout=30)
@@ -44,6 +47,10 @@ def test_workers_behind_nat_compute_and_gather(facility: Facility):
     assert w1.alive() and w2.alive()
     # the tunnel service saw the workers' own addresses (PROXY protocol)
     assert f"peer={w1.node.ns_ip}:" in facility.tunnel.text()
+    for w in (w1, w2):
+        assert f"(route alpha-{w.name[len('worker-') :]}-" in w.text()
+        assert f"client {ssh_client})" in w.text(), w.text()[-2000:]
+        assert "trying asyncssh" not in w.text()
 
 
 def test_without_reverse_path_it_fails(facility: Facility):
@@ -62,11 +69,14 @@ def test_without_reverse_path_it_fails(facility: Facility):
             client.run(lambda: 1, timeout=5)
 
 
-def test_killed_tunnel_mid_computation_reschedules(facility: Facility):
-    w1 = facility.start_worker("k1", gridhub_args=("--keepalive", "2"))
+@pytest.mark.parametrize("ssh_client", ["asyncssh", "openssh"])
+def test_killed_tunnel_mid_computation_reschedules(facility: Facility, ssh_client: str):
+    w1 = facility.start_worker("k1", gridhub_args=("--keepalive", "2"), client=ssh_client)
     # k2's path is cut for good: no re-opening (a gateway restart is the
     # other case, where the path comes back; see test_gateway_dirac.py).
-    w2 = facility.start_worker("k2", gridhub_args=("--keepalive", "2", "--reconnect-for", "0"))
+    w2 = facility.start_worker(
+        "k2", gridhub_args=("--keepalive", "2", "--reconnect-for", "0"), client=ssh_client
+    )
     facility.wait_tunnel_routes(2)
     with facility.client() as client:
         client.wait_for_workers(2, timeout=30)

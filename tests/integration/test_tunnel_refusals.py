@@ -20,8 +20,10 @@ from tunnel_fixtures import (  # noqa: F401
 pytestmark = pytest.mark.timeout(120)
 
 
-def _ssh(facility: Facility, user: str, key_file) -> asyncssh.SSHClientConnection:
-    tunnel = TLSTunnel(facility_ssl_context(str(facility.facility_crt)))
+def _ssh(facility: Facility, user: str, key_file, plain: bool = False):
+    """asyncssh to the tunnel service through Traefik: inside TLS (SNI
+    gridhub-tunnel) or, ``plain``, as plain SSH to the same port."""
+    tunnel = None if plain else TLSTunnel(facility_ssl_context(str(facility.facility_crt)))
     return asyncssh.connect(
         "127.0.0.1",
         facility.dask_port,
@@ -35,18 +37,41 @@ def _ssh(facility: Facility, user: str, key_file) -> asyncssh.SSHClientConnectio
     )
 
 
-def test_worker_with_another_clusters_key_is_refused(facility: Facility):
-    w = facility.start_worker("intruder", cluster="alpha", key_of="beta")
+@pytest.mark.parametrize("ssh_client", ["asyncssh", "openssh"])
+def test_worker_with_another_clusters_key_is_refused(facility: Facility, ssh_client: str):
+    w = facility.start_worker("intruder", cluster="alpha", key_of="beta", client=ssh_client)
     wait_for(lambda: not w.alive(), 30, "refused worker to exit")
     assert w.popen.returncode == EXIT_TUNNEL
     assert "cannot open the reverse path" in w.text()
+    if ssh_client == "openssh":  # ssh's own reason reaches the job's log
+        assert "Permission denied (publickey)" in w.text()
     log = facility.tunnel.text()
     assert "tunnel refused: cluster=alpha" in log and "reason=wrong key" in log
     # the worker's real address, through Traefik's PROXY protocol header
     assert f"peer={w.node.ns_ip}:" in log
 
 
-def test_stale_key_unknown_cluster_and_foreign_route_are_refused(facility: Facility, tmp_path):
+def test_openssh_worker_refuses_a_wrong_host_key(facility: Facility):
+    """Plain SSH has no TLS certificate to check: the pinned host key is
+    what keeps a worker from handing its route to an impostor."""
+    other = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    w = facility.start_worker("pinned", client="openssh", host_key=other)
+    wait_for(lambda: not w.alive(), 30, "worker to exit")
+    assert w.popen.returncode == EXIT_TUNNEL
+    assert "Host key verification failed" in w.text()
+    assert "tunnel route up" not in facility.tunnel.text()
+    # auto with the same wrong pin: the TLS fallback pins it too
+    w2 = facility.start_worker("pinned2", client="auto", host_key=other)
+    wait_for(lambda: not w2.alive(), 60, "worker to exit")
+    assert w2.popen.returncode == EXIT_TUNNEL
+    assert "trying asyncssh over TLS" in w2.text()
+    assert "tunnel route up" not in facility.tunnel.text()
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["tls", "plain"])
+def test_stale_key_unknown_cluster_and_foreign_route_are_refused(
+    facility: Facility, tmp_path, plain: bool
+):
     stale = ClusterCreds("alpha", tmp_path / "stale.crt", tmp_path / "stale.pem")
     cert, key = new_keypair("daskgateway-alpha")  # alpha's name, not alpha's key
     stale.cert.write_bytes(cert)
@@ -55,10 +80,10 @@ def test_stale_key_unknown_cluster_and_foreign_route_are_refused(facility: Facil
 
     async def attempts():
         with pytest.raises(asyncssh.PermissionDenied):
-            await _ssh(facility, "alpha", stale.key)
+            await _ssh(facility, "alpha", stale.key, plain)
         with pytest.raises(asyncssh.PermissionDenied):
-            await _ssh(facility, "gamma", beta.key)
-        async with await _ssh(facility, "beta", beta.key) as conn:
+            await _ssh(facility, "gamma", beta.key, plain)
+        async with await _ssh(facility, "beta", beta.key, plain) as conn:
             with pytest.raises(asyncssh.ChannelListenError):
                 await conn.forward_remote_port("alpha-evil", 0, "127.0.0.1", 9)
             # its own route name is fine
@@ -91,7 +116,9 @@ def test_stranger_client_and_unknown_sni_get_nothing(facility: Facility, tmp_pat
     )
     # TLS without any client certificate: the scheduler refuses the handshake
     assert not _talks_tls(facility, "daskgateway-alpha")
-    # an SNI with no route: Traefik closes the connection
+    # an SNI with no route: Traefik closes the connection (the non-TLS
+    # catch-all for plain SSH takes only connections without a ClientHello)
+    assert "gridhub-tunnel-ssh" in facility.routes()["tcp"]["routers"]
     assert not tls_probe(facility.dask_port, "daskgateway-nonexistent")
     # the real cluster's client works (sanity)
     with facility.client() as c:

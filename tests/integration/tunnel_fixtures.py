@@ -357,8 +357,14 @@ class Facility:
         extra_worker_args: tuple[str, ...] = (),
         nthreads: int = 1,
         gridhub_args: tuple[str, ...] = (),
+        client: str | None = None,
+        host_key: str | None = None,
     ) -> Proc:
-        """A gridhub-worker in its own namespace, as a DIRAC job runs it."""
+        """A gridhub-worker in its own namespace, as a DIRAC job runs it.
+
+        ``client``: ``GRIDHUB_TUNNEL_CLIENT`` (None: the environment's);
+        with ``openssh`` the tunnel server's host key is pinned
+        (``host_key`` overrides it)."""
         assert self.network is not None
         node = self.network.add_node()
         creds = self.creds[cluster]
@@ -375,6 +381,10 @@ class Facility:
             "GRIDHUB_WORKER_NAME": name,
             "GRIDHUB_REVERSE_PATH": "1" if reverse else "0",
         }
+        if client is not None:
+            env["GRIDHUB_TUNNEL_CLIENT"] = client
+        if host_key or client == "openssh":
+            env["GRIDHUB_TUNNEL_HOST_KEY"] = host_key or self.host_key()
         dask_args = [
             f"gateway://{self.network.public_ip}:{self.dask_port}/{cluster}",
             "--name",
@@ -396,6 +406,15 @@ class Facility:
         self.workers.append(p)
         self.procs.append(p)
         return p
+
+    def host_key(self) -> str:
+        """The tunnel server's SSH host key, OpenSSH public key line (what
+        the gateway gives its jobs as GRIDHUB_TUNNEL_HOST_KEY)."""
+        import asyncssh
+        from gridhub.tunnel.server import HOST_KEY_NAME
+
+        key = asyncssh.read_private_key(str(self.dir / "tunnel-state" / HOST_KEY_NAME))
+        return key.export_public_key().decode().strip()
 
     def wait_tunnel_routes(self, n: int, timeout: float = 30) -> dict:
         def enough():
@@ -582,9 +601,25 @@ def tls_probe(port: int, sni: str, cafile: Path | None = None, timeout: float = 
             return False
 
 
+def ssh_children(pid: int) -> list[int]:
+    """The ``ssh`` processes gridhub-worker ``pid`` started (openssh client)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return []
+    found = []
+    for k in kids:
+        with contextlib.suppress(FileNotFoundError):
+            if Path(f"/proc/{k}/comm").read_text().strip() == "ssh":
+                found.append(int(k))
+    return found
+
+
 def kill_tunnel(node_ns: str, pid: int) -> int:
-    """Destroy the SSH connection(s) of gridhub-worker ``pid`` inside its
-    namespace (ss -K); the dask worker's own connections stay."""
+    """Destroy the SSH connection(s) of gridhub-worker ``pid`` (or of its
+    ``ssh`` child, the openssh client) inside its namespace (ss -K); the dask
+    worker's own connections stay."""
+    owners = {pid, *ssh_children(pid)}
     out = subprocess.run(
         ["ip", "netns", "exec", node_ns, "ss", "-tnpH", "state", "established"],
         capture_output=True,
@@ -593,7 +628,7 @@ def kill_tunnel(node_ns: str, pid: int) -> int:
     ).stdout
     killed = 0
     for line in out.splitlines():
-        if f"pid={pid}," in line:
+        if any(f"pid={p}," in line for p in owners):
             local = line.split()[2]
             subprocess.run(
                 ["ip", "netns", "exec", node_ns, "ss", "-K", "src", local],

@@ -296,6 +296,13 @@ class TunnelServer:
     def routes(self) -> Routes:
         return dict(self._routes)
 
+    @property
+    def host_public_key(self) -> str:
+        """The host key as an OpenSSH public key line: what workers pin
+        (``GRIDHUB_TUNNEL_HOST_KEY``; the openssh client requires it)."""
+        key = load_or_create_host_key(self.state_dir)
+        return key.export_public_key().decode().strip()
+
     async def start(self) -> None:
         host_key = load_or_create_host_key(self.state_dir)
         self._options = asyncssh.SSHServerConnectionOptions(

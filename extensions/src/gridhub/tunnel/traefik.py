@@ -19,6 +19,8 @@ from .common import SNI_PREFIX, TUNNEL_SNI
 DASK_ENTRYPOINT = "dask"
 WEB_ENTRYPOINT = "websecure"
 TUNNEL_ROUTER = "gridhub-tunnel"
+#: Plain SSH (no TLS) to the same tunnel service on the same entrypoint.
+TUNNEL_SSH_ROUTER = "gridhub-tunnel-ssh"
 PROXY_PROTOCOL_TRANSPORT = "gridhub-proxy-protocol"
 NO_ROUTE = "gridhub-no-route"
 
@@ -61,6 +63,7 @@ def dynamic_config(
     web_entrypoint: str = WEB_ENTRYPOINT,
     cert_resolver: str | None = None,
     proxy_protocol: bool = False,
+    plain_ssh: bool = True,
 ) -> dict[str, Any]:
     """Traefik v3 dynamic configuration (JSON-able dict).
 
@@ -76,6 +79,10 @@ def dynamic_config(
     ``gridhub-tunnel`` with TLS terminated by Traefik (None: no tunnel router).
     ``proxy_protocol``: send PROXY v2 to the tunnel service (then start the
     TunnelServer with ``proxy_protocol=True``) so it logs workers' addresses.
+    ``plain_ssh``: also route plain SSH (no TLS) on the dask entrypoint to
+    the tunnel service: a non-TLS ``HostSNI(`*`)`` router, which Traefik
+    takes for a client that speaks first without a TLS ClientHello (SSH
+    does); TLS connections keep their SNI routing.
 
     An SNI matching no router gets no route: Traefik closes the connection.
     """
@@ -115,6 +122,15 @@ def dynamic_config(
         if proxy_protocol:
             service["loadBalancer"]["serversTransport"] = PROXY_PROTOCOL_TRANSPORT
         tcp_services[TUNNEL_ROUTER] = service
+        if plain_ssh:
+            # The SSH layer already encrypts, authenticates both ends (the
+            # worker pins the host key) and carries the cluster key; the
+            # outer TLS only served SNI routing and cost the most CPU per MB.
+            tcp_routers[TUNNEL_SSH_ROUTER] = {
+                "entryPoints": [dask_entrypoint],
+                "rule": "HostSNI(`*`)",
+                "service": TUNNEL_ROUTER,
+            }
 
     # Without this, Traefik answers an unknown SNI itself (default
     # certificate, then HTTP 404). A lowest-priority passthrough router to a

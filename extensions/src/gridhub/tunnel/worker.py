@@ -5,9 +5,22 @@ Usage (what the DIRAC backend puts in the job)::
     gridhub-worker [options] -- gateway://<traefik>:8786/<cluster> [dask worker args]
 
 1. picks a free local port P;
-2. opens SSH to the facility's tunnel service through Traefik (TLS to
-   ``<traefik>:8786`` with SNI ``gridhub-tunnel``), user ``<cluster>``,
-   authenticated with the cluster's private key (the worker's TLS key file);
+2. opens SSH to the facility's tunnel service through Traefik, user
+   ``<cluster>``, authenticated with the cluster's private key (the
+   worker's TLS key file), with one of two clients:
+
+   - ``openssh``: ``ssh -N`` speaking plain SSH to ``<traefik>:8786``
+     (Traefik routes a connection without a TLS ClientHello to the tunnel
+     service); the server's host key must be pinned. About half the CPU
+     per MB of the other path (see docs/reverse-path.md).
+   - ``asyncssh``: SSH inside TLS to ``<traefik>:8786`` (SNI
+     ``gridhub-tunnel``, Traefik terminates it, the worker checks its
+     certificate); pinning the host key is optional.
+
+   ``GRIDHUB_TUNNEL_CLIENT=auto`` (default) takes ``openssh`` when an
+   ``ssh`` binary exists and a host key is pinned, else ``asyncssh``; if
+   that first ``openssh`` attempt fails (say a facility without the plain
+   SSH route, or a site passing only TLS), it falls back to ``asyncssh``;
 3. asks for the remote forward ``<cluster>-<worker>`` -> 127.0.0.1:P;
 4. runs ``dask worker`` with ``--listen-address tls://127.0.0.1:P
    --contact-address gateway://<traefik>:8786/<cluster>-<worker>`` plus the
@@ -21,9 +34,10 @@ Options fall back to the environment the job already has:
 ``GRIDHUB_FACILITY_DASK_ADDRESS`` (traefik host:port), ``GRIDHUB_CLUSTER_NAME``,
 ``GRIDHUB_WORKER_NAME``, ``DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY`` (the
 cluster key), ``GRIDHUB_FACILITY_CA`` (CA file for Traefik's certificate;
-default: the system's trust store), ``GRIDHUB_TUNNEL_HOST_KEY`` (optional
-pinned SSH host key), ``GRIDHUB_REVERSE_PATH`` (``0``: no tunnel, plain
-dask worker).
+default: the system's trust store), ``GRIDHUB_TUNNEL_HOST_KEY`` (pinned SSH
+host key, OpenSSH public key line), ``GRIDHUB_TUNNEL_CLIENT``
+(``auto``/``openssh``/``asyncssh``), ``GRIDHUB_REVERSE_PATH`` (``0``: no
+tunnel, plain dask worker).
 """
 
 from __future__ import annotations
@@ -51,11 +65,15 @@ from .common import (
     route_name,
     run_event_loop,
 )
+from .openssh import OpenSSHError, OpenSSHTunnel, open_openssh, ssh_binary
 
 log = logging.getLogger("gridhub.tunnel.worker")
 
 #: Exit code when the tunnel (not the worker) failed.
 EXIT_TUNNEL = 75
+CLIENTS = ("auto", "openssh", "asyncssh")
+#: What may go wrong while opening the path (either client).
+OPEN_ERRORS = (OSError, asyncssh.Error, TimeoutError, ssl.SSLError, OpenSSHError, ValueError)
 DEFAULT_DASK_WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
 SSH_OPTIONS: dict[str, Any] = {
     # Bulk Dask transfers go through the channel: large windows, no zlib,
@@ -208,7 +226,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--ssh-host-key",
         default=env.get("GRIDHUB_TUNNEL_HOST_KEY"),
         help="pin the tunnel server's SSH host key (OpenSSH public key line) "
-        "[GRIDHUB_TUNNEL_HOST_KEY]; default: trust the TLS-verified facility",
+        "[GRIDHUB_TUNNEL_HOST_KEY]; required by --client openssh; without it the "
+        "asyncssh client trusts the TLS-verified facility",
+    )
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=env.get("GRIDHUB_TUNNEL_CLIENT", "auto") or "auto",
+        help="SSH client of the reverse path: openssh (plain SSH, needs ssh and a "
+        "pinned host key), asyncssh (SSH in TLS), auto: openssh when possible "
+        "[GRIDHUB_TUNNEL_CLIENT]",
     )
     p.add_argument(
         "--no-reverse-path",
@@ -256,6 +283,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error("no cluster key (--key or DASK_DISTRIBUTED__COMM__TLS__WORKER__KEY)")
         if not ns.cluster:
             p.error("no cluster name")
+        if ns.client == "openssh" and not ns.ssh_host_key:
+            p.error("--client openssh needs the pinned host key (GRIDHUB_TUNNEL_HOST_KEY)")
     ns.worker_name = ns.worker_name or _opt_value(dask_args, "--name")
     ns.dask_cmd = ns.dask_worker.split() if ns.dask_worker else list(DEFAULT_DASK_WORKER)
     return ns
@@ -282,7 +311,43 @@ def worker_command(ns: argparse.Namespace, port: int | None, route: str | None) 
     return [*ns.dask_cmd, *args]
 
 
-async def open_tunnel(
+def choose_client(ns: argparse.Namespace) -> str:
+    """``openssh`` or ``asyncssh`` for ``ns.client`` (``auto``: see the module doc)."""
+    if ns.client != "auto":
+        return ns.client
+    if ssh_binary() and ns.ssh_host_key:
+        return "openssh"
+    return "asyncssh"
+
+
+Tunnel = asyncssh.SSHClientConnection | OpenSSHTunnel
+
+
+async def open_tunnel(ns: argparse.Namespace, route: str, port: int, client: str) -> Tunnel:
+    """The reverse path for ``route`` -> 127.0.0.1:``port``; the result has
+    ``close()`` and ``await wait_closed()`` (closed: the path is gone)."""
+    if client == "openssh":
+        host, _, tport = ns.facility.rpartition(":")
+        ssh = ssh_binary()
+        if ssh is None:
+            raise OpenSSHError("no ssh binary")
+        return await open_openssh(
+            ssh=ssh,
+            host=host.strip("[]"),
+            port=int(tport),
+            user=ns.cluster,
+            route=route,
+            local_port=port,
+            key_file=ns.key,
+            host_key=ns.ssh_host_key or "",
+            keepalive=ns.keepalive,
+            connect_timeout=ns.connect_timeout,
+        )
+    conn, _listener = await open_asyncssh(ns, route, port)
+    return conn
+
+
+async def open_asyncssh(
     ns: argparse.Namespace, route: str, port: int
 ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHListener]:
     host, _, tport = ns.facility.rpartition(":")
@@ -343,16 +408,35 @@ async def run(ns: argparse.Namespace) -> int:
     if ns.reverse_path:
         port = free_port()
         route = route_name(ns.cluster, ns.worker_name)
+        ns.chosen_client = choose_client(ns)
         try:
-            conn, _listener = await open_tunnel(ns, route, port)
-        except (OSError, asyncssh.Error, TimeoutError, ssl.SSLError) as e:
-            log.error("gridhub-worker: cannot open the reverse path via %s: %s", ns.facility, e)
-            return EXIT_TUNNEL
+            conn = await open_tunnel(ns, route, port, ns.chosen_client)
+        except OPEN_ERRORS as e:
+            if not (ns.client == "auto" and ns.chosen_client == "openssh"):
+                log.error(
+                    "gridhub-worker: cannot open the reverse path via %s (%s): %s",
+                    ns.facility,
+                    ns.chosen_client,
+                    e,
+                )
+                return EXIT_TUNNEL
+            # A facility without the plain SSH route, or a site letting only
+            # TLS out: the TLS-wrapped path may still get through.
+            log.warning("gridhub-worker: openssh path failed (%s); trying asyncssh over TLS", e)
+            ns.chosen_client = "asyncssh"
+            try:
+                conn = await open_tunnel(ns, route, port, ns.chosen_client)
+            except OPEN_ERRORS as e2:
+                log.error(
+                    "gridhub-worker: cannot open the reverse path via %s: %s", ns.facility, e2
+                )
+                return EXIT_TUNNEL
         log.info(
-            "gridhub-worker: reverse path %s -> 127.0.0.1:%d open (route %s)",
+            "gridhub-worker: reverse path %s -> 127.0.0.1:%d open (route %s, client %s)",
             ns.facility,
             port,
             route,
+            ns.chosen_client,
         )
         cmd = worker_command(ns, port, route)
     else:
@@ -402,7 +486,7 @@ async def run(ns: argparse.Namespace) -> int:
 
 async def reopen_tunnel(
     ns: argparse.Namespace, route: str, port: int, stopping: asyncio.Future
-) -> asyncssh.SSHClientConnection | None:
+) -> Tunnel | None:
     """Re-open ``route`` for up to ``ns.reconnect_for`` seconds; None if not."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + ns.reconnect_for
@@ -410,8 +494,8 @@ async def reopen_tunnel(
     while loop.time() < deadline and not stopping.done():
         log.warning("gridhub-worker: reverse path dropped, re-opening route %s", route)
         try:
-            conn, _listener = await open_tunnel(ns, route, port)
-        except (OSError, asyncssh.Error, TimeoutError, ssl.SSLError) as e:
+            conn = await open_tunnel(ns, route, port, ns.chosen_client)
+        except OPEN_ERRORS as e:
             log.warning("gridhub-worker: re-opening failed: %s", e)
         else:
             log.info("gridhub-worker: reverse path re-opened (route %s)", route)
