@@ -70,14 +70,10 @@ def btag_weight_variation(i_jet: int, jet_pt) -> np.ndarray:
     return 1.0 + np.array([BTAG_VARIATION, -BTAG_VARIATION])[None, :] * (pt[:, None] / 50.0)
 
 
-def select(events, jes: float = 1.0):
-    """Selected jets per region and the observable, for one jet-energy scale.
-
-    Returns {region: (jets_in_region, observable)} with plain awkward/numpy.
-    """
-    elec, muon, jet = events.Electron, events.Muon, events.Jet
-    btag = BTAG_BRANCH if BTAG_BRANCH in jet.fields else BTAG_FALLBACK
-    jet_pt = jet.pt * jes
+def lepton_count(events) -> ak.Array:
+    """Tight electrons + muons per event; the jet energy scale does not change
+    it, so it is computed once per chunk, not once per JES variation."""
+    elec, muon = events.Electron, events.Muon
     sel_el = (elec.pt > 30) & (abs(elec.eta) < 2.1) & (elec.cutBased == 4) & (elec.sip3d < 4)
     sel_mu = (
         (muon.pt > 30)
@@ -86,19 +82,26 @@ def select(events, jes: float = 1.0):
         & (muon.sip3d < 4)
         & (muon.pfRelIso04_all < 0.15)
     )
-    jet_ok = (jet_pt > 30) & (abs(jet.eta) < 2.4) & jet.isTightLeptonVeto
+    return ak.sum(sel_el, axis=1) + ak.sum(sel_mu, axis=1)
+
+
+def select(events, n_lep, jes: float = 1.0):
+    """Selected jets per region and the observable, for one jet-energy scale.
+
+    n_lep: lepton_count(events). Returns {region: (jets_in_region, observable)}
+    with plain awkward/numpy.
+    """
+    jet = events.Jet
+    btag = BTAG_BRANCH if BTAG_BRANCH in jet.fields else BTAG_FALLBACK
+    jet_pt = jet.pt * jes
+    # the five columns we need as one four-vector record, cut with one mask
+    # (one jagged-mask slice instead of one per column)
     jets = ak.zip(
-        {
-            "pt": jet_pt[jet_ok],
-            "eta": jet.eta[jet_ok],
-            "phi": jet.phi[jet_ok],
-            "mass": jet.mass[jet_ok],
-            "btag": jet[btag][jet_ok],
-        },
+        {"pt": jet_pt, "eta": jet.eta, "phi": jet.phi, "mass": jet.mass, "btag": jet[btag]},
         with_name="PtEtaPhiMLorentzVector",
         behavior=jet.behavior,
     )
-    n_lep = ak.sum(sel_el, axis=1) + ak.sum(sel_mu, axis=1)
+    jets = jets[(jet_pt > 30) & (abs(jet.eta) < 2.4) & jet.isTightLeptonVeto]
     n_b = ak.sum(jets.btag >= B_TAG_THRESHOLD, axis=1)
     base = (n_lep == 1) & (ak.num(jets, axis=1) >= 4) & (n_b >= 1)
 
@@ -106,8 +109,12 @@ def select(events, jes: float = 1.0):
     jets_1b = jets[base & (n_b == 1)]
     out["4j1b"] = (jets_1b, ak.to_numpy(ak.sum(jets_1b.pt, axis=-1)))
 
-    jets_2b = jets[base & (n_b >= 2)]
-    trijet = ak.combinations(jets_2b, 3, fields=["j1", "j2", "j3"])
+    # to_packed: a compact copy of the few 4j2b events' jets, so that the
+    # trijet combinatorics below do not go through views of all the jets
+    jets_2b = ak.to_packed(jets[base & (n_b >= 2)])
+    # four-vector sums are plain additions in Cartesian coordinates: convert
+    # each jet once (to_xyzt) rather than each jet of each of its trijets
+    trijet = ak.combinations(jets_2b.to_xyzt(), 3, fields=["j1", "j2", "j3"])
     p4 = trijet.j1 + trijet.j2 + trijet.j3
     max_btag = np.maximum(trijet.j1.btag, np.maximum(trijet.j2.btag, trijet.j3.btag))
     p4 = p4[max_btag >= B_TAG_THRESHOLD]
@@ -133,8 +140,9 @@ class TtbarAnalysis(processor.ProcessorABC):
             h.fill(observable=observable, weight=w, **kw)
             entries.fill(observable=observable, **kw)
 
+        n_lep = lepton_count(events)
         for jes_name, jes in JES.items():
-            for region, (jets, observable) in select(events, jes).items():
+            for region, (jets, observable) in select(events, n_lep, jes).items():
                 fill(region, process_name, jes_name, observable, weight)
                 if jes_name != "nominal":
                     continue
