@@ -137,9 +137,12 @@ def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack)
                 stack,
             )
             jobs = {j["JobID"]: j for j in jobs_of(stack.diracx, cluster.name)}
-            assert jobs[victim]["Status"] == "Failed", jobs[victim]
-            # (the gateway's kill of the dead job then sets MinorStatus)
-            assert "exit code -9" in jobs[victim]["ApplicationStatus"], jobs[victim]
+            # The site reports Failed with the exit code. The gateway, seeing the
+            # worker gone, kills its job: on a loaded machine that kill can land
+            # first, while the site is still uploading the job's output.
+            assert jobs[victim]["Status"] in ("Failed", "Killed"), jobs[victim]
+            if jobs[victim]["Status"] == "Failed":
+                assert "exit code -9" in jobs[victim]["ApplicationStatus"], jobs[victim]
             assert len(jobs) == 3, f"not exactly one replacement: {jobs}\n{stack.logs()}"
             client.close()
         finally:
