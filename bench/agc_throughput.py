@@ -4,15 +4,17 @@ against the same selection run locally on one core with plain uproot + awkward.
     .venv/bin/python bench/agc_throughput.py [--files 16] [--events-per-file 100000] [--workers 2]
 
 Inputs: the shipped nano_tt_v12.root (200 ttbar NanoAOD events, fetched with
-gridhub-samples) replicated to a file of N events (Jet, Electron, Muon
-collections with all their branches) and copied --files times, so each run
-takes tens of seconds. All runs, in one process, on the same files:
+gridhub-samples) replicated to a TTree of N events (Jet, Electron, Muon
+collections with all their branches, NanoAOD's layout, 10k-event baskets) and
+copied --files times, so each run takes tens of seconds. All runs, in one
+process, on the same files:
 
   local-awkward  plain uproot.iterate + awkward + numpy histograms, 1 core
   local-coffea   notebooks/agc-ttbar/agc.py with coffea's IterativeExecutor, 1 core
   local-dask     the same with coffea's DaskExecutor on a dask LocalCluster of
                  one 1-thread worker process: what Dask itself costs, so that
-                 facility / local-dask is what GridHub adds
+                 facility / local-dask is what GridHub adds (the worker runs
+                 without the nanny's MALLOC_TRIM_THRESHOLD_, as the facility's)
   facility       the same coffea processor with DaskExecutor on a gateway cluster
                  whose workers are DIRAC jobs (embedded DiracX + local site,
                  Traefik and the reverse path), --workers workers of 1 core
@@ -62,6 +64,7 @@ import agc  # noqa: E402
 
 COLLECTIONS = ("Jet", "Electron", "Muon")
 XSEC = 729.84
+BASKET = 10_000  # events per TBasket, of the order NanoAOD files have
 
 
 # ------------------------------------------------------------------ inputs
@@ -79,16 +82,24 @@ def build_inputs(sample: Path, dest: Path, events_per_file: int, files: int) -> 
             arrays = tree.arrays(names)
         reps = -(-events_per_file // len(arrays))
         big = ak.concatenate([arrays] * reps)[:events_per_file]
-        # flat branches, each jagged one with its own counter plus nJet etc.,
-        # the layout of the shipped nano_tt_v12.root itself
-        out = {n: big[n] for n in names}
-        for coll in COLLECTIONS:
-            out[f"n{coll}"] = ak.to_numpy(ak.num(big[f"{coll}_pt"])).astype(np.int32)
+        # a TTree as NanoAOD has (since uproot 5.7 assigning a dict writes an
+        # RNTuple, whose reading is another code path): one record per
+        # collection, so its branches Jet_pt, ... share one counter nJet
+        out = {
+            coll: ak.zip({n.split("_", 1)[1]: big[n] for n in names if n.startswith(coll + "_")})
+            for coll in COLLECTIONS
+        }
         out["run"] = np.ones(events_per_file, dtype=np.uint32)
         out["luminosityBlock"] = (np.arange(events_per_file) // 1000).astype(np.uint32)
         out["event"] = np.arange(events_per_file, dtype=np.uint64)
         with uproot.recreate(first) as f:
-            f["Events"] = out
+            tree = None
+            for start in range(0, events_per_file, BASKET):  # one basket per branch each
+                part = {k: v[start : start + BASKET] for k, v in out.items()}
+                if tree is None:
+                    tree = f.mktree("Events", part)
+                else:
+                    tree.extend(part)
     for i in range(1, files):
         p = dest / f"ttbar_{i:03d}.root"
         if not p.exists():
@@ -196,11 +207,24 @@ def _process_cpu_seconds() -> float:
     return t.user + t.system
 
 
+def _malloc_trim_threshold() -> str | None:
+    """The worker's MALLOC_TRIM_THRESHOLD_ (glibc reads it at process start)."""
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
 def run_local_dask(fileset: dict, one: dict, chunksize: int):
+    import dask
     from coffea import processor
     from distributed import Client, LocalCluster
 
+    # Dask's nanny starts its workers with MALLOC_TRIM_THRESHOLD_=65536, which
+    # also pins glibc's mmap threshold: every large numpy buffer is unmapped
+    # when freed and page-faulted in again, about twice the CPU on this
+    # workload (docs/performance.md, section 5). The facility's workers run
+    # without a nanny, so without it: unset here to compare like with like.
+    no_trim = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
     with (
+        dask.config.set(no_trim),
         LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
@@ -209,7 +233,8 @@ def run_local_dask(fileset: dict, one: dict, chunksize: int):
         before = client.run(_process_cpu_seconds)
         elapsed, _, n, out = run_coffea(fileset, ex, chunksize)
         after = client.run(_process_cpu_seconds)
-    return elapsed, sum(after[w] - before[w] for w in before), n, out
+        trim = sorted(set(client.run(_malloc_trim_threshold).values()), key=str)
+    return elapsed, sum(after[w] - before[w] for w in before), n, out, trim
 
 
 def nominal_counts_coffea(out) -> dict:
@@ -252,11 +277,12 @@ def run_facility(fileset: dict, workers: int, chunksize: int, work: Path):
             elapsed, _, n, out = run_coffea(fileset, ex, chunksize)
             after = client.run(_process_cpu_seconds)
             cpu = sum(after[w] - before[w] for w in before)
+            trim = sorted(set(client.run(_malloc_trim_threshold).values()), key=str)
             client.close()
         finally:
             cluster.shutdown()
             gateway.close()
-        return elapsed, cpu, n, out, cores
+        return elapsed, cpu, n, out, cores, trim
     finally:
         facility.stop()
         site.stop()
@@ -272,6 +298,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="samples dir (gridhub-samples fetch)")
     ap.add_argument("--skip-facility", action="store_true")
     args = ap.parse_args()
+    load_before = os.getloadavg()
 
     work = Path(tempfile.mkdtemp(prefix="gridhub-agc-bench-"))
     data_dir = args.data or work / "samples"
@@ -303,7 +330,8 @@ def main() -> None:
     one = {
         "ttbar": {**fileset["ttbar"], "files": dict(list(fileset["ttbar"]["files"].items())[:1])}
     }
-    el, cpu, n, dout = run_local_dask(fileset, one, args.chunksize)
+    el, cpu, n, dout, trim = run_local_dask(fileset, one, args.chunksize)
+    malloc_trim = {"local-dask": trim}
     assert nominal_counts_coffea(dout) == ref_counts
     rows.append(("local-dask (LocalCluster, 1 worker)", n, el, cpu, 1))
     awk_sum = {r: float(hists[f"{r}/nominal"].sum()) for r in agc.REGIONS}
@@ -314,7 +342,9 @@ def main() -> None:
     for r in agc.REGIONS:
         assert np.isclose(awk_sum[r], coffea_sum[r], rtol=1e-5), (r, awk_sum, coffea_sum)
     if not args.skip_facility:
-        el, cpu, n, fout, cores = run_facility(fileset, args.workers, args.chunksize, work)
+        el, cpu, n, fout, cores, malloc_trim["facility"] = run_facility(
+            fileset, args.workers, args.chunksize, work
+        )
         assert nominal_counts_coffea(fout) == ref_counts
         rows.append((f"facility ({args.workers} DIRAC-job workers)", n, el, cpu, cores))
 
@@ -353,6 +383,7 @@ def main() -> None:
         for p in ("coffea", "uproot", "awkward", "dask", "distributed", "dask-gateway", "numpy")
     }
     print("selected (nominal):", ref_counts, "versions:", versions)
+    print("workers' MALLOC_TRIM_THRESHOLD_:", malloc_trim, "load average:", os.getloadavg())
     out_dir = ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -363,10 +394,12 @@ def main() -> None:
         "chunksize": args.chunksize,
         "results": results,
         "selected_nominal": ref_counts,
+        "workers_malloc_trim_threshold": malloc_trim,
         "versions": versions,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(),
         },
     }
