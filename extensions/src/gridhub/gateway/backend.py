@@ -407,6 +407,11 @@ class DiracBackend(UnsafeLocalBackend):
         env.update(self.worker_environment)
         env["GRIDHUB_CLUSTER_NAME"] = cluster.name
         env["GRIDHUB_FACILITY_DASK_ADDRESS"] = self.public_dask_address
+        tunnel = getattr(self, "tunnel", None)
+        if tunnel is not None:
+            # the pinned SSH host key lets gridhub-worker open its path with
+            # OpenSSH over plain SSH, where the node has ssh (docs/reverse-path.md)
+            env["GRIDHUB_TUNNEL_HOST_KEY"] = tunnel.host_public_key
         if cluster.config.worker_image:
             env["GRIDHUB_WORKER_IMAGE"] = cluster.config.worker_image
         return env
