@@ -4,14 +4,16 @@ Builds every image (layer cache allowed), `docker-compose up -d` with the
 embedded DiracX and local site, waits until every service is healthy, then,
 through Traefik on https://localhost:<free port> (self-signed):
 
-1. a browser logs in with the masterclass access code (`gridhub-access-code`),
-   JupyterLab opens, a notebook cell creates a dask-gateway cluster whose
+1. a browser logs in with the masterclass access code (`gridhub-access-code`)
+   and is seated on the warm pool's running server (seat-01), JupyterLab
+   opens, NEW in the Dask sidebar creates a dask-gateway cluster whose
    workers are DIRAC jobs run by the local site as containers on the `grid`
-   network only, computes and gathers a result;
+   network only, a cell scales it, computes and gathers a result;
 2. the hub container restarts while the server and cluster run: both
    survive, and so does the browser session;
 3. `down` then `up`: the user's files and the hub database are still there;
-4. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
+4. no generated secret, user token or JWT in any container's log or grid job's output;
+5. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
 
 Timings, image sizes and the build times (first build and cached rebuild)
 go to artifacts/compose-facility.json; screenshots to artifacts/screenshots/.
@@ -20,8 +22,10 @@ Compose: `docker compose` (v2) when present, else `docker-compose` (v1.29).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import socket
 import subprocess
 import time
@@ -36,6 +40,8 @@ IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik")
 SERVICES = ("traefik", "hub", "gateway", "dirac", "localsite")
 PROJECT = f"gridhubtest{RUN_ID}"
 USER = "alice"
+# the warm pool (GRIDHUB_MASTERCLASS_POOL_SIZE=1) seats her on a server started before she came
+SEAT = "seat-01"
 HEALTHY_TIMEOUT = 420
 CLUSTER_TIMEOUT = 600
 RESULTS: dict = {"project": PROJECT}
@@ -82,6 +88,7 @@ class Facility:
             "GRIDHUB_CPU_LIMIT": 2,
             "GRIDHUB_MEM_LIMIT": "3G",
             "GRIDHUB_WORKER_MEM_LIMIT": "3G",
+            "GRIDHUB_MASTERCLASS_POOL_SIZE": 1,
         }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         self.base = [*_compose_cmd(), "--env-file", str(self.env_file), "-p", PROJECT]
@@ -121,6 +128,16 @@ class Facility:
             set(self.containers(f"label=com.docker.compose.project={PROJECT}"))
             | set(self.containers(f"label=org.gridhub.facility={PROJECT}"))
         )
+
+    def server_of(self, user: str) -> list[str]:
+        """The running server container of a hub user (DockerSpawner escapes
+        names: seat-01's container is ...-jupyter-seat-2d01)."""
+        out = []
+        for cid in self.containers(f"label=org.gridhub.facility={PROJECT}", "status=running"):
+            env = docker("inspect", "-f", "{{json .Config.Env}}", cid, check=False).stdout
+            if f'"JUPYTERHUB_USER={user}"' in env:
+                out.append(cid)
+        return out
 
     def health(self) -> dict[str, str]:
         out = {}
@@ -285,6 +302,12 @@ STATE: dict = {}
 def test_login_lab_cluster_on_grid(facility, lab):
     code = facility.exec("hub", "gridhub-access-code").strip()
     assert len(code) >= 8
+    # the pool's seat server is up before the student comes (DockerSpawner)
+    t_seat = time.monotonic()
+    while f"User {SEAT} took" not in facility.compose("logs", "--no-color", "hub").stdout:
+        assert time.monotonic() - t_seat < 420, f"no {SEAT} from the pool:\n{facility.logs()}"
+        time.sleep(3)
+    RESULTS["up_to_seat_ready_seconds"] = round(time.monotonic() - t_seat, 1)
     pg = lab
     t0 = time.monotonic()
     pg.goto(facility.url + "/hub/login")
@@ -295,9 +318,9 @@ def test_login_lab_cluster_on_grid(facility, lab):
     wait_for_lab(pg)
     pg.wait_for_selector(".jp-LauncherCard", timeout=60_000)
     RESULTS["login_to_lab_seconds"] = round(time.monotonic() - t0, 1)
-    assert f"/user/{USER}/lab" in pg.url
+    assert f"/user/{SEAT}/lab" in pg.url
     screenshot(pg, "compose-02-lab")
-    STATE["server"] = facility.containers(f"name=jupyter-{USER}", "status=running")
+    STATE["server"] = facility.server_of(SEAT)
     assert STATE["server"], "no running server container"
     # NEW in the Dask sidebar: the server's dask-labextension creates a
     # dask-gateway cluster, listed in the sidebar
@@ -364,7 +387,7 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
     facility.wait_healthy(180)
     RESULTS["hub_restart_to_healthy_seconds"] = round(time.monotonic() - t0, 1)
     # the same server container still runs
-    assert facility.containers(f"name=jupyter-{USER}", "status=running") == STATE["server"]
+    assert facility.server_of(SEAT) == STATE["server"]
     # the kernel, its client and the cluster are alive
     text = run_cell(
         pg,
@@ -375,7 +398,7 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
     )
     assert "AGAIN 42" in text and STATE["cluster"] in text.split("AGAIN 42")[-1]
     # the browser session survives: reloading goes straight to JupyterLab
-    pg.goto(facility.url + f"/user/{USER}/lab")
+    pg.goto(facility.url + f"/user/{SEAT}/lab")
     wait_for_lab(pg)
     assert "/hub/login" not in pg.url
     screenshot(pg, "compose-05-after-hub-restart")
@@ -417,12 +440,12 @@ def test_down_up_keeps_files_and_hub_db(facility, lab):
         "import sqlite3; print([r[0] for r in sqlite3.connect("
         "'/srv/gridhub/state/jupyterhub.sqlite').execute('select name from users')])",
     )
-    assert USER in users
+    assert SEAT in users
     pg = lab
     pg.goto(facility.url + "/hub/spawn")
     wait_for_lab(pg)
     assert "/hub/login" not in pg.url  # the cookie secret survived too
-    r = pg.request.get(facility.url + f"/user/{USER}/api/contents/persist.txt?content=1")
+    r = pg.request.get(facility.url + f"/user/{SEAT}/api/contents/persist.txt?content=1")
     assert r.status == 200, r.text()
     assert r.json()["content"] == "kept"
     screenshot(pg, "compose-06-after-down-up")
@@ -433,3 +456,59 @@ def test_down_up_keeps_files_and_hub_db(facility, lab):
         if j["Status"] not in ("Done", "Failed", "Killed", "Deleted")
     ]
     assert not active, active
+
+
+# a JSON Web Token: DiracX access and refresh tokens
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{16,}")
+
+
+def _secret_files(facility: Facility, service: str, directory: str) -> dict[str, str]:
+    """name -> text of every file in a container's secrets directory."""
+    listing = facility.exec(
+        service,
+        "sh",
+        "-c",
+        f'for f in {directory}/*; do [ -f "$f" ] && printf "%s %s\\n" "${{f##*/}}" '
+        '"$(base64 -w0 < "$f")"; done',
+    )
+    out = {}
+    for line in listing.splitlines():
+        name, _, b64 = line.partition(" ")
+        value = base64.b64decode(b64).decode(errors="replace").strip()
+        if len(value) >= 8:  # a real secret, not an empty marker
+            out[f"{service}:{directory}/{name}"] = value
+    return out
+
+
+def test_no_secret_or_token_in_any_log(facility, lab):
+    """After the whole run: no generated secret, no user API token and no JWT
+    in any container's log (services, the user's server) or in the grid jobs'
+    stdout/stderr, including the logs saved before `down`."""
+    secrets_ = _secret_files(facility, "hub", "/srv/gridhub/state/secrets")
+    secrets_ |= _secret_files(facility, "dirac", "/srv/gridhub/dirac")
+    assert any("traefik_provider_token" in k for k in secrets_), sorted(secrets_)
+    (server,) = facility.server_of(SEAT)
+    token = docker("exec", server, "printenv", "JUPYTERHUB_API_TOKEN").stdout.strip()
+    assert len(token) >= 16
+    secrets_[f"{SEAT}'s JUPYTERHUB_API_TOKEN"] = token
+
+    logs = {}
+    for cid in facility.project_containers():
+        p = docker("logs", cid, check=False, timeout=60)
+        logs[f"docker logs {cid[:12]}"] = p.stdout + p.stderr
+    logs["compose logs before down"] = (ARTIFACTS / "compose" / "before-down.log").read_text()
+    logs["grid jobs' stdout/stderr"] = facility.exec(
+        "localsite",
+        "sh",
+        "-c",
+        "find /srv/gridhub/localsite -type f -name 'std.*' -exec cat {} +",
+    )
+    assert "distributed.worker" in logs["grid jobs' stdout/stderr"]  # the workers' logs are there
+    found = [
+        f"{what} in {where}"
+        for where, text in logs.items()
+        for what, value in secrets_.items()
+        if value in text
+    ]
+    found += [f"a JWT in {where}" for where, text in logs.items() if JWT.search(text)]
+    assert not found, found
