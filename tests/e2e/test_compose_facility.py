@@ -375,6 +375,16 @@ def test_login_lab_cluster_on_grid(facility, lab):
     for cid in job_ctrs:
         nets = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", cid).stdout)
         assert list(nets) == [f"{PROJECT}_grid"], nets
+    # each opened its reverse path with OpenSSH over plain SSH (the gateway
+    # pins its host key in the job; the image has ssh)
+    opened = facility.exec(
+        "localsite",
+        "sh",
+        "-c",
+        "find /srv/gridhub/localsite -type f -name 'std.*'"
+        " -exec grep -h 'reverse path' {} + || true",
+    )
+    assert opened.count("client openssh") >= 2, opened
     RESULTS["dirac_jobs"] = running
 
 
@@ -421,10 +431,16 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
 def test_down_up_keeps_files_and_hub_db(facility, lab):
     facility.save_logs("before-down")
     t0 = time.monotonic()
-    if facility.compose("down", "--remove-orphans", "--timeout", "30", check=False).returncode:
-        # a server container the hub was removing at the same time: once more
-        time.sleep(5)
-        facility.compose("down", "--remove-orphans", "--timeout", "30", timeout=300)
+    for _attempt in range(6):
+        down = facility.compose("down", "--remove-orphans", "--timeout", "30", check=False)
+        if down.returncode == 0:
+            break
+        # server containers run with auto-remove: docker may still be removing
+        # one that compose stopped ("removal ... already in progress")
+        assert "already in progress" in down.stderr, down.stderr
+        time.sleep(10)
+    else:
+        raise AssertionError(f"compose down kept failing:\n{down.stderr}")
     RESULTS["down_seconds"] = round(time.monotonic() - t0, 1)
     assert not facility.project_containers()
     assert not docker("network", "ls", "-q", "--filter", f"name={PROJECT}_").stdout.split()
@@ -469,7 +485,7 @@ def _secret_files(facility: Facility, service: str, directory: str) -> dict[str,
         "sh",
         "-c",
         f'for f in {directory}/*; do [ -f "$f" ] && printf "%s %s\\n" "${{f##*/}}" '
-        '"$(base64 -w0 < "$f")"; done',
+        '"$(base64 -w0 < "$f")"; done; exit 0',
     )
     out = {}
     for line in listing.splitlines():
