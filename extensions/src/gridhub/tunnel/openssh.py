@@ -214,18 +214,14 @@ async def open_openssh(
     try:
         async with asyncio.timeout(connect_timeout):
             await tunnel.wait_ready()
-    except TimeoutError:
+    except BaseException as exc:
         tunnel.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(tunnel.wait_closed(), 5)
         tunnel._cleanup()
-        raise OpenSSHError(
-            f"ssh: no forward after {connect_timeout:.0f} s; {tunnel.last()}"
-        ) from None
-    except BaseException:
-        tunnel.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(tunnel.wait_closed(), 5)
-        tunnel._cleanup()
+        if isinstance(exc, TimeoutError):
+            raise OpenSSHError(
+                f"ssh: no forward after {connect_timeout:.0f} s; {tunnel.last()}"
+            ) from None
         raise
     return tunnel
