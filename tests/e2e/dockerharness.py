@@ -39,6 +39,13 @@ SCREENSHOTS = ARTIFACTS / "screenshots"
 TEST_LABEL = "org.gridhub.test"
 # Containers of this test run carry TEST_LABEL=RUN_ID (parallel runs do not mix).
 RUN_ID = uuid.uuid4().hex[:12]
+# Tag of the images the tests build (gridhub/<name>:<TAG>); two checkouts
+# testing at once on one daemon set different tags.
+TAG = os.environ.get("GRIDHUB_IMAGE_TAG", "test")
+
+
+def image_tag(name: str) -> str:
+    return f"gridhub/{name}:{TAG}"
 
 
 def docker(
@@ -95,7 +102,7 @@ def build_image(name: str, tag: str | None = None, *, timeout: int = BUILD_TIMEO
     artifacts/build-times.json. Docker's layer cache makes a rebuild of an
     unchanged image take seconds; nothing depends on that cache.
     """
-    tag = tag or f"gridhub/{name}:test"
+    tag = tag or image_tag(name)
     dockerfile = ROOT / "images" / name / "Dockerfile"
     if not dockerfile.is_file():
         raise FileNotFoundError(dockerfile)

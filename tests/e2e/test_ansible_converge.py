@@ -33,7 +33,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dockerharness import ARTIFACTS, ROOT, build_args, build_image, docker, running_containers
+from dockerharness import (
+    ARTIFACTS,
+    ROOT,
+    TAG,
+    build_args,
+    build_image,
+    docker,
+    image_tag,
+    running_containers,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -232,7 +241,7 @@ def target(image_archive: Path, tmp_path_factory):
                                 "gridhub_facility_public_host": "gridhub.internal",
                                 "gridhub_facility_image_source": "archive",
                                 "gridhub_facility_image_archive": "/srv/images/gridhub-images.tar",
-                                "gridhub_facility_image_tag": "test",
+                                "gridhub_facility_image_tag": TAG,
                                 "gridhub_facility_settings": {
                                     "facility_name": FACILITY_NAME,
                                     "worker_mem_limit": "2G",
@@ -296,10 +305,10 @@ def test_upgrade_rolls_services_and_keeps_data(converged: Target):
     )
     # "new versions": the same builds under a new tag, as a release would bring
     t.sh(
-        "docker tag gridhub/hub:test gridhub/hub:next"
-        " && docker tag gridhub/gateway:test gridhub/gateway:next"
+        f"docker tag {image_tag('hub')} gridhub/hub:next"
+        f" && docker tag {image_tag('gateway')} gridhub/gateway:next"
     )
-    images = {n: f"gridhub/{n}:test" for n in IMAGES} | {
+    images = {n: image_tag(n) for n in IMAGES} | {
         "hub": "gridhub/hub:next",
         "gateway": "gridhub/gateway:next",
     }
@@ -311,7 +320,7 @@ def test_upgrade_rolls_services_and_keeps_data(converged: Target):
         new = t.container(service)
         assert new["Config"]["Image"] == f"gridhub/{service}:next"
         assert new["Id"] != old["Id"], f"{service} not recreated"
-    assert t.container("dirac")["Config"]["Image"] == "gridhub/dirac:test"  # untouched
+    assert t.container("dirac")["Config"]["Image"] == image_tag("dirac")  # untouched
     assert t.sh("cat /var/lib/docker/volumes/gridhub_hub-state/_data/upgrade-marker") == "kept\n"
     assert t.secrets_digest() == RESULTS["secrets_digest_after_converge"]
     assert FACILITY_NAME in t.login_page()

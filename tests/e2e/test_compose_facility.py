@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, screenshot
+from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, image_tag, screenshot
 
 pytestmark = pytest.mark.e2e
 
@@ -209,7 +209,7 @@ def tags(notebook_image: str) -> dict[str, str]:
     times_file = ARTIFACTS / "build-times.json"
     for name in IMAGES:
         if name != "notebook":
-            out[name] = build_image(name, f"gridhub/{name}:test")
+            out[name] = build_image(name, image_tag(name))
         first = json.loads(times_file.read_text()).get(name, {})
         t0 = time.monotonic()
         build_image(name, out[name])  # nothing changed: all layers cached
