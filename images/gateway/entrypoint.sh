@@ -10,7 +10,12 @@ until gridhub-init; do
   sleep 2
 done
 if [ -z "${GRIDHUB_DIRACX_URL:-}" ]; then
-  state="${FACILITY_DIRACX_STATE:-/srv/gridhub/dirac}"
+  if [ -z "${FACILITY_DIRACX_STATE:-}" ]; then
+    echo "gateway: no DiracX to submit jobs to: set GRIDHUB_DIRACX_URL, or run the" \
+      "embedded one (docker-compose.override.yml; COMPOSE_FILE must not leave it out)" >&2
+    exit 2
+  fi
+  state="$FACILITY_DIRACX_STATE"
   i=0
   until [ -r "$state/facility.json" ] && [ -r "$state/legacy-api-key" ]; do
     i=$((i + 1))

@@ -274,7 +274,8 @@ def test_converge_serves_the_login_page(converged: Target):
     assert 'id="password_input"' in html  # masterclass mode: the access code field
     # the deployment as documented: the repository's compose file, a private .env,
     # Debian's docker-compose 1.29, every service healthy
-    assert t.sh("cat /opt/gridhub/docker-compose.yml") == (ROOT / "docker-compose.yml").read_text()
+    for name in ("docker-compose.yml", "docker-compose.override.yml"):
+        assert t.sh(f"cat /opt/gridhub/{name}") == (ROOT / name).read_text()
     assert t.sh("stat -c '%a %U' /opt/gridhub/.env").split() == ["600", "root"]
     assert "docker-compose version 1.29" in t.sh("docker-compose version")
     for service in ("traefik", "hub", "gateway", "dirac", "localsite"):

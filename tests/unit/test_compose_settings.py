@@ -1,4 +1,4 @@
-"""docker-compose.yml and .env.example against the settings schema: every
+"""docker-compose.yml (+ .override.yml) and .env.example against the settings schema: every
 setting an operator can use in the compose facility reaches the containers and
 is documented, so a key set in .env is never silently dropped."""
 
@@ -28,8 +28,14 @@ NOT_FOR_COMPOSE = {
 
 
 def compose_environment() -> dict[str, dict[str, str]]:
-    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-    return {name: dict(svc.get("environment") or {}) for name, svc in services.items()}
+    """Each service's environment as compose merges docker-compose.yml and the
+    embedded DIRAC's docker-compose.override.yml."""
+    out: dict[str, dict[str, str]] = {}
+    for name in ("docker-compose.yml", "docker-compose.override.yml"):
+        services = yaml.safe_load((ROOT / name).read_text())["services"]
+        for service, svc in services.items():
+            out.setdefault(service, {}).update(svc.get("environment") or {})
+    return out
 
 
 def test_every_setting_reaches_a_container_and_only_settings_do():

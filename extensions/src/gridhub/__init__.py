@@ -1,3 +1,8 @@
 """GridHub: a JupyterHub analysis facility whose Dask workers are DIRAC grid jobs."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # the one place the version is written: extensions/pyproject.toml
+    __version__ = version("gridhub")
+except PackageNotFoundError:  # a source tree on sys.path without installing it
+    __version__ = "0+unknown"

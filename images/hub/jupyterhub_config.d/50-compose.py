@@ -11,7 +11,8 @@ deployer choice (those are settings):
   notebooks are mounted read-only from `<project>_certs` / `<project>_masterclass`
   (the hub's own paths mean nothing to the Docker daemon).
 - User containers carry the compose project label, so
-  `docker compose down --remove-orphans` removes them too.
+  `docker compose down --remove-orphans` removes them too (without Docker's
+  auto-remove, which would race it).
 """
 
 import os
@@ -61,4 +62,8 @@ if project and settings.spawner == "docker":
             "com.docker.compose.oneoff": "False",
         }
     }
-    d.extra_host_config = {"init": True}
+    # No Docker auto-remove: `compose down --remove-orphans` kills and removes
+    # these containers itself, and an auto-removal it set off would race its
+    # remove ("removal ... already in progress", "No such container"). A
+    # stopped server is still removed: DockerSpawner.stop removes it (remove=True).
+    d.extra_host_config = {"init": True, "auto_remove": False}
