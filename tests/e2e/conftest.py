@@ -37,11 +37,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """e2e fixtures build images and start services, each with its own bounded
     timeout (build_image: GRIDHUB_BUILD_TIMEOUT, docker/compose subprocess
     timeouts, health deadlines). pytest-timeout then bounds only the test
-    body, unless a test sets its own timeout marker."""
+    body, unless a test sets its own timeout marker. The cold builds
+    (test_cold_build.py) go first."""
     for item in items:
         in_e2e = Path(str(item.fspath)).is_relative_to(Path(__file__).parent)
         if in_e2e and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(600, func_only=True))
+    # the cold builds first: every later build in the session reuses them
+    items.sort(key=lambda item: Path(str(item.fspath)).name != "test_cold_build.py")
 
 
 @pytest.fixture(scope="session")
