@@ -417,17 +417,37 @@ def _wait_spawn(client: httpx.Client, page: httpx.Response, deadline: float) -> 
     raise RuntimeError("progress stream ended before the server was ready")
 
 
-def run_cell(client: httpx.Client, hub: Hub, name: str, code: str, timeout: float) -> str:
-    """Start a kernel (REST) and execute ``code`` over the kernel websocket,
-    as JupyterLab does; return the text/plain result."""
+def run_cell(
+    client: httpx.Client,
+    hub: Hub,
+    name: str,
+    code: str,
+    timeout: float,
+    notebook: str | None = None,
+) -> str:
+    """Execute ``code`` over the kernel websocket, as JupyterLab does; return the
+    text/plain result. With ``notebook`` (a path in the server) the kernel is the
+    notebook's session's, as when the student opens it in JupyterLab (the server
+    starts one if the notebook has none); without it a new kernel (REST)."""
     import websocket
 
     base = f"/user/{name}/api"
     cookies = _user_cookies(client, name)
     xsrf = {"X-XSRFToken": cookies.get("_xsrf", "")}
-    r = client.post(f"{base}/kernels", json={"name": "python3"}, headers=xsrf)
-    r.raise_for_status()
-    kernel = r.json()["id"]
+    if notebook:
+        session_model = {
+            "path": notebook,
+            "name": Path(notebook).name,
+            "type": "notebook",
+            "kernel": {"name": "python3"},
+        }
+        r = client.post(f"{base}/sessions", json=session_model, headers=xsrf)
+        r.raise_for_status()
+        kernel = r.json()["kernel"]["id"]
+    else:
+        r = client.post(f"{base}/kernels", json={"name": "python3"}, headers=xsrf)
+        r.raise_for_status()
+        kernel = r.json()["id"]
     session = uuid.uuid4().hex
     ws = websocket.create_connection(
         f"wss://127.0.0.1:{hub.port}{base}/kernels/{kernel}/channels?session_id={session}",
@@ -478,7 +498,9 @@ def run_cell(client: httpx.Client, hub: Hub, name: str, code: str, timeout: floa
         ws.close()
 
 
-def student(hub: HttpsHub, name: str, timeout: float, cell: str | None = None) -> dict:
+def student(
+    hub: HttpsHub, name: str, timeout: float, cell: str | None = None, notebook: str | None = None
+) -> dict:
     """One student: log in with the code, start the server, open JupyterLab,
     optionally run a cell. Seconds since the login POST at each step, or the error."""
     t0 = time.monotonic()
@@ -502,7 +524,8 @@ def student(hub: HttpsHub, name: str, timeout: float, cell: str | None = None) -
                 raise RuntimeError(f"JupyterLab answered {lab.status_code} at {lab.url}")
             out["server_ready"] = time.monotonic() - t0
             if cell is not None:
-                out["result"] = run_cell(c, hub, name, cell, deadline - time.monotonic())
+                left = deadline - time.monotonic()
+                out["result"] = run_cell(c, hub, name, cell, left, notebook=notebook)
                 out["cell_result"] = time.monotonic() - t0
     except Exception as exc:  # a failure is a result: record it, go on
         out["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -510,12 +533,18 @@ def student(hub: HttpsHub, name: str, timeout: float, cell: str | None = None) -
     return out
 
 
-def crowd(hub: HttpsHub, names: list[str], timeout: float, cell: str | None = None) -> list[dict]:
+def crowd(
+    hub: HttpsHub,
+    names: list[str],
+    timeout: float,
+    cell: str | None = None,
+    notebook: str | None = None,
+) -> list[dict]:
     """All students at once, each in its own thread (a browser each)."""
     results: list[dict] = [{}] * len(names)
 
     def one(i: int) -> None:
-        results[i] = student(hub, names[i], timeout, cell)
+        results[i] = student(hub, names[i], timeout, cell, notebook)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(names))]
     for t in threads:

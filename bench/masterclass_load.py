@@ -8,8 +8,10 @@ Real processes: GridHub (hub_config/jupyterhub_config.py, masterclass mode,
 the shipped start timeout unless --start-timeout) with the Traefik it starts
 terminating HTTPS; servers started on click by the SharedAccountSpawner as an
 unprivileged account. Each student is an httpx client (a thread): login form,
-/hub/spawn, the spawn-pending progress stream, /user/<name>/lab, then a kernel
-through the Jupyter server REST API and one execute_request on its websocket.
+/hub/spawn, the spawn-pending progress stream, /user/<name>/lab, then the class
+notebook's kernel as JupyterLab gets it when the student opens the notebook (a
+session on its path: the server starts a kernel unless the notebook has one;
+--notebook '' starts a bare kernel) and one execute_request on its websocket.
 CPU seconds and peak RSS come from psutil samples every 0.5 s: the hub
 process, its Traefik, and every process working in the run's homes (servers
 and kernels). With --prestart the servers are started through the admin API
@@ -28,6 +30,8 @@ from pathlib import Path
 import common
 from processes import kill_processes_in
 
+# the class notebook the student opens (notebooks/masterclass, copied into each home)
+NOTEBOOK = "01-dimuon.ipynb"
 CELL = "import numpy as np\nint((np.arange(1000) ** 2).sum())"
 EXPECTED = "332833500"
 
@@ -89,6 +93,12 @@ def main() -> None:
     ap.add_argument(
         "--cell", default=CELL, help="code to run (the default cell's result is checked)"
     )
+    ap.add_argument(
+        "--notebook",
+        default=NOTEBOOK,
+        help="run the cell in this notebook's kernel, opened as JupyterLab opens it"
+        " (a session on the path); '' starts a bare kernel instead",
+    )
     args = ap.parse_args()
     if args.users < 1:
         ap.error("--users must be at least 1")
@@ -123,7 +133,9 @@ def main() -> None:
             }
             t0 = time.monotonic()
             with common.Usage(groups) as usage:
-                students = common.crowd(hub, names, args.timeout, cell=args.cell)
+                students = common.crowd(
+                    hub, names, args.timeout, cell=args.cell, notebook=args.notebook or None
+                )
             wall = time.monotonic() - t0
             load_during = common.loadavg()
             hub.stop_servers([s.get("seat", s["user"]) for s in students])
