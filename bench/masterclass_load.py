@@ -118,6 +118,8 @@ def main() -> None:
                 python,
                 f"bench-masterclass-{args.users}",
                 GRIDHUB_START_TIMEOUT=str(args.start_timeout),
+                # the class is the bench's students: the pool stops at it
+                GRIDHUB_MASTERCLASS_CLASS_SIZE=str(args.users),
                 **({"GRIDHUB_MASTERCLASS_POOL_SIZE": str(args.users)} if args.pool else {}),
             )
             whatif(hub, args, runtime)

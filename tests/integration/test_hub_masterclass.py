@@ -47,7 +47,7 @@ def masterclass_hub(hub_factory, name: str, **env: str) -> Hub:
             **env,
         }
     )
-    return hub.start()
+    return hub.start(timeout=180)  # a bound, not a measure: the shared host may be loaded
 
 
 def browser(hub: Hub) -> httpx.Client:
@@ -231,3 +231,85 @@ def test_secrets_private_and_stable_across_restarts(hub_factory):
         # same cookie secret: the session survives the restart
         home = dave.get("/hub/home")
         assert home.status_code == 200 and "/hub/home" in str(home.url)
+
+
+# --- issue 15 point 5: names, class size, failed logins (each first seen failing) ---
+
+
+def test_a_second_login_under_a_name_does_not_get_that_students_server(hub_factory):
+    hub = masterclass_hub(hub_factory, "mc-names")
+    alice = browser(hub)
+    try:
+        assert login_form(alice, "alice", CODE).status_code == 302
+        start_server(hub, alice, "alice")
+        started = hub.user_model("alice")["servers"][""]["started"]
+
+        # someone else types her name with the right code: refused, never in her server
+        with browser(hub) as mallory:
+            r = login_form(mallory, "alice", CODE)
+            assert r.status_code == 403, (r.status_code, r.headers.get("location"))
+            assert "already taken" in r.text
+            lab = mallory.get("/user/alice/lab")
+            assert lab.status_code != 200 or "/hub/login" in str(lab.url), lab.url
+            assert "jupyter-config-data" not in lab.text
+            assert not mallory.get("/hub/api/user").is_success
+
+        # alice comes back (logged out, the same browser): her running server
+        alice.get("/hub/logout")
+        assert not alice.get("/hub/api/user").is_success
+        assert login_form(alice, "alice", CODE).status_code == 302
+        lab = alice.get("/hub/")
+        assert str(lab.url).startswith(f"{hub.public_url}/user/alice/lab"), lab.url
+        assert lab.status_code == 200 and "jupyter-config-data" in lab.text
+        assert hub.user_model("alice")["servers"][""]["started"] == started
+    finally:
+        alice.close()
+    # what the hub keeps: the name's hub user and a hash of its key, 0600
+    students = hub.state / "masterclass-seats.json"
+    assert stat.S_IMODE(students.stat().st_mode) == 0o600
+    entry = json.loads(students.read_text())["alice"]
+    assert entry["user"] == "alice" and len(entry["key"]) == 64
+
+
+def test_the_class_size_refuses_the_next_student(hub_factory):
+    hub = masterclass_hub(hub_factory, "mc-size", GRIDHUB_MASTERCLASS_CLASS_SIZE="2")
+    clients = {name: browser(hub) for name in ("alice", "bob", "carol")}
+    try:
+        for name in ("alice", "bob"):
+            assert login_form(clients[name], name, CODE).status_code == 302
+        r = login_form(clients["carol"], "carol", CODE)
+        assert r.status_code == 403, r.status_code
+        assert "This class is full: 2 students have joined" in r.text
+        with hub.admin() as admin:
+            assert "carol" not in {u["name"] for u in admin.get("/users").json()}
+        # who joined comes back; the teacher is no student
+        clients["bob"].get("/hub/logout")
+        assert login_form(clients["bob"], "bob", CODE).status_code == 302
+        with browser(hub) as teacher:
+            assert login_form(teacher, "teacher", TEACHER_CODE).status_code == 302
+    finally:
+        for c in clients.values():
+            c.close()
+
+
+def test_login_attempts_past_the_failure_limit_are_refused(hub_factory):
+    hub = masterclass_hub(
+        hub_factory,
+        "mc-failures",
+        GRIDHUB_MASTERCLASS_FAILED_LOGIN_LIMIT="3",
+        GRIDHUB_MASTERCLASS_FAILED_LOGIN_WINDOW="600",
+    )
+    with browser(hub) as alice:
+        assert login_form(alice, "alice", CODE).status_code == 302  # before: fine
+        alice.get("/hub/logout")
+        with browser(hub) as eve:
+            for guess in ("guess-0001", "guess-0002", "guess-0003"):
+                assert login_form(eve, "eve", guess).status_code == 403
+            # past the limit: refused, the right code too, and for everyone at the address
+            r = login_form(eve, "eve", CODE)
+            assert r.status_code == 429, r.status_code
+            assert "Too many failed logins" in r.text
+        r = login_form(alice, "alice", CODE)
+        assert r.status_code == 429
+        with hub.admin() as admin:
+            assert "eve" not in {u["name"] for u in admin.get("/users").json()}

@@ -65,16 +65,21 @@ def test_pool_seats_students_on_running_servers(hub_factory):
     who, alice = lands_on(hub, "alice")
     assert who in free
     lab = alice.get("/hub/")  # follows the redirects to her server
-    alice.close()
     assert lab.status_code == 200, lab.text[-500:]
     assert str(lab.url).startswith(f"{hub.public_url}/user/{who}/lab"), lab.url
     assert seats(hub)[who]["started"] == before[who]
-    assert json.loads(seats_file.read_text()) == {"alice": who, "carol": "carol"}
+    students = json.loads(seats_file.read_text())
+    assert {k: v["user"] for k, v in students.items()} == {"alice": who, "carol": "carol"}
 
-    # the same name again: the same seat, whatever the pool holds by now
-    again, alice2 = lands_on(hub, "alice")
-    alice2.close()
-    assert again == who
+    # the same student again (her browser, logged out): the same seat, whatever the
+    # pool holds by now; someone else typing her name: refused
+    alice.get("/hub/logout")
+    assert login_form(alice, "alice", CODE).status_code == 302
+    r = alice.get("/hub/api/user", headers={"X-XSRFToken": alice.cookies.get("_xsrf")})
+    assert r.json()["name"] == who
+    with browser(hub) as mallory:
+        assert login_form(mallory, "alice", CODE).status_code == 403
+    alice.close()
 
     # a student cannot take a seat by its name
     with browser(hub) as eve:

@@ -23,9 +23,9 @@ def build(env: dict[str, str], tmp_path) -> Config:
 
 def test_masterclass_docker(tmp_path):
     c = build({"GRIDHUB_MASTERCLASS_TEACHERS": "ms-frizzle"}, tmp_path)
-    assert c.JupyterHub.authenticator_class == "shared-password"
-    assert len(c.SharedPasswordAuthenticator.user_password) >= 8
-    assert len(c.SharedPasswordAuthenticator.admin_password) >= 32
+    assert c.JupyterHub.authenticator_class == "gridhub.hub.students.MasterclassAuthenticator"
+    assert len(c.MasterclassAuthenticator.user_password) >= 8
+    assert len(c.MasterclassAuthenticator.admin_password) >= 32
     assert c.Authenticator.admin_users == {"ms-frizzle"}
     assert c.JupyterHub.spawner_class == "dockerspawner.DockerSpawner"
     assert c.DockerSpawner.image == "gridhub/notebook:latest"
@@ -207,17 +207,37 @@ def test_long_runtime_root_is_refused_by_name(tmp_path):
 
 def test_masterclass_pool_is_a_seat_authenticator_and_a_service(tmp_path):
     c = build({"GRIDHUB_MASTERCLASS_POOL_SIZE": "30"}, tmp_path / "on")
-    assert c.JupyterHub.authenticator_class == "gridhub.hub.pool.SeatAuthenticator"
-    assert c.SeatAuthenticator.pool_size == 30
-    assert c.SeatAuthenticator.seats_file == str(tmp_path / "on/state/masterclass-seats.json")
+    assert c.JupyterHub.authenticator_class == "gridhub.hub.students.MasterclassAuthenticator"
+    a = c.MasterclassAuthenticator
+    assert a.pool_size == 30
+    assert a.students_file == str(tmp_path / "on/state/masterclass-seats.json")
     pool = {s["name"]: s for s in c.JupyterHub.services}["gridhub-pool"]
     assert "--size=30" in pool["command"] and "--concurrency=5" in pool["command"]
+    assert "--class-size=60" in pool["command"]
     role = {r["name"]: r for r in c.JupyterHub.load_roles}["gridhub-pool"]
     assert {"admin:users", "servers"} <= set(role["scopes"])
-    # off by default: today's authenticator, no service
+    # off by default: no service, the same authenticator without seats
     c = build({}, tmp_path / "off")
-    assert c.JupyterHub.authenticator_class == "shared-password"
+    assert c.JupyterHub.authenticator_class == "gridhub.hub.students.MasterclassAuthenticator"
+    assert c.MasterclassAuthenticator.pool_size == 0
     assert "gridhub-pool" not in {s["name"] for s in c.JupyterHub.services}
+
+
+def test_masterclass_limits(tmp_path):
+    c = build(
+        {
+            "GRIDHUB_MASTERCLASS_CLASS_SIZE": "25",
+            "GRIDHUB_MASTERCLASS_POOL_SIZE": "10",
+            "GRIDHUB_MASTERCLASS_TEACHERS": "teacher",
+            "GRIDHUB_MASTERCLASS_FAILED_LOGIN_LIMIT": "7",
+            "GRIDHUB_MASTERCLASS_FAILED_LOGIN_WINDOW": "120",
+        },
+        tmp_path,
+    )
+    a = c.MasterclassAuthenticator
+    assert (a.class_size, a.failed_login_limit, a.failed_login_window) == (25, 7, 120)
+    # JupyterHub's own limit behind it: students, free seats, teachers
+    assert c.JupyterHub.active_server_limit == 25 + 10 + 1
 
 
 def test_bad_pool_settings_are_named(tmp_path):
@@ -237,3 +257,5 @@ def test_bad_pool_settings_are_named(tmp_path):
             },
             tmp_path / "c",
         )
+    with pytest.raises(SettingsError, match="larger than masterclass_class_size"):
+        build({"GRIDHUB_MASTERCLASS_POOL_SIZE": "61"}, tmp_path / "d")

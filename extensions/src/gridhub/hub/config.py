@@ -20,7 +20,7 @@ from .settings import Settings
 TOKEN_SERVICE = "gridhub-tokens"  # noqa: S105  (a service name)
 GATEWAY_SERVICE = "dask-gateway"
 POOL_SERVICE = "gridhub-pool"
-SEATS_FILE = "masterclass-seats.json"  # student name -> hub user (gridhub.hub.pool)
+STUDENTS_FILE = "masterclass-seats.json"  # student name -> hub user, key (hub.students)
 BASE_SCOPES = ["openid", "profile", "email", "offline_access"]
 MASTERCLASS_USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
 # The server's $JUPYTERHUB_API_TOKEN: JupyterHub's `server` role, plus access to
@@ -226,16 +226,26 @@ def _list(value) -> list:
 
 
 def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
-    c.JupyterHub.authenticator_class = "shared-password"
-    a = c.SharedPasswordAuthenticator
+    # the shared code, plus: a name stays its first student's, a class size, a limit on
+    # failed logins (gridhub.hub.students says why)
+    c.JupyterHub.authenticator_class = "gridhub.hub.students.MasterclassAuthenticator"
+    a = c.MasterclassAuthenticator
     a.user_password = sec.masterclass_access_code
     a.admin_password = sec.masterclass_teacher_code
     a.allow_all = True
+    a.students_file = str(Path(s.state_dir) / STUDENTS_FILE)
+    a.class_size = s.masterclass_class_size
+    a.failed_login_limit = s.masterclass_failed_login_limit
+    a.failed_login_window = s.masterclass_failed_login_window
+    a.pool_size = s.masterclass_pool_size
     c.Authenticator.username_pattern = MASTERCLASS_USERNAME_PATTERN
-    if s.masterclass_pool_size:
-        c.JupyterHub.authenticator_class = "gridhub.hub.pool.SeatAuthenticator"
-        c.SeatAuthenticator.pool_size = s.masterclass_pool_size
-        c.SeatAuthenticator.seats_file = str(Path(s.state_dir) / SEATS_FILE)
+    # JupyterHub's own bound on running servers, behind the class size: every student,
+    # the pool's free seats and the teachers
+    c.JupyterHub.active_server_limit = (
+        s.masterclass_class_size
+        + s.masterclass_pool_size
+        + len(set(s.admin_users) | set(s.masterclass_teachers))
+    )
     notebooks = Path(s.masterclass_notebooks_dir)
     python = s.local_python or sys.executable
 
@@ -284,18 +294,8 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                 "display": False,
             }
         )
-        roles.append(
-            {
-                "name": "idle-culler",
-                "scopes": [
-                    "list:users",
-                    "read:users:activity",
-                    "read:servers",
-                    "delete:servers",
-                ],
-                "services": ["idle-culler"],
-            }
-        )
+        scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+        roles.append({"name": "idle-culler", "scopes": scopes, "services": ["idle-culler"]})
     if s.mode == "masterclass" and s.masterclass_pool_size:
         services.append(
             {
@@ -306,7 +306,8 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                     "gridhub.hub.pool",
                     f"--size={s.masterclass_pool_size}",
                     f"--concurrency={s.masterclass_pool_concurrency}",
-                    f"--seats-file={Path(s.state_dir) / SEATS_FILE}",
+                    f"--students-file={Path(s.state_dir) / STUDENTS_FILE}",
+                    f"--class-size={s.masterclass_class_size}",
                 ],
                 "display": False,
             }

@@ -3,84 +3,38 @@
 A Jupyter server cannot change owner (its OAuth client, token and JUPYTERHUB_USER are
 fixed at start), so the pool is of *seats*: hub users ``seat-01``, ``seat-02``... whose
 servers the ``gridhub-pool`` service (``python -m gridhub.hub.pool``) starts ahead, a few
-at a time, keeping ``pool_size`` free ones running. ``SeatAuthenticator`` hands a student
-with the access code a free seat with a running server and remembers the choice in a JSON
-file (``{student name: seat}``), so the same name gets the same seat again; with no free
-seat the student gets a hub user of their own name, whose server starts on click.
+at a time, keeping ``pool_size`` free ones running, and no more than the class can still
+take (``class_size`` less the students who joined). The authenticator
+(gridhub.hub.students) hands a new student with the access code a free seat with a
+running server and records it in the students file; with no free seat the student gets
+a hub user of their own name, whose server starts on click.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
-from jupyterhub.authenticators.shared import SharedPasswordAuthenticator
-from traitlets import Integer, Unicode
 
-SEAT_PREFIX = "seat-"
+from .students import SEAT_PREFIX, read_students, seat_name
+
 log = logging.getLogger("gridhub.pool")
 
 
-def seat_name(i: int) -> str:
-    return f"{SEAT_PREFIX}{i:02d}"
-
-
-def read_seats(path: str | Path) -> dict[str, str]:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        return {}
-
-
-def write_seats(path: str | Path, seats: dict[str, str]) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(seats, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)  # readers see the old or the new map, never half
-
-
-class SeatAuthenticator(SharedPasswordAuthenticator):
-    """SharedPasswordAuthenticator that seats students in the warm pool."""
-
-    pool_size = Integer(0, config=True, help="Free seats kept running (0: no pool).")
-    seats_file = Unicode(config=True, help="JSON map of student name to hub user.")
-
-    async def authenticate(self, handler, data):
-        model = await super().authenticate(handler, data)
-        if model is None or model.get("admin") or not self.pool_size:
-            return model
-        student = model["name"]
-        if student.startswith(SEAT_PREFIX):
-            handler.log.warning("Refused student name %r: seat names are the pool's", student)
-            return None
-        # no await from here to the write: two logins cannot take the same seat
-        seats = read_seats(self.seats_file)
-        if student not in seats:
-            seats[student] = self._free_seat(handler, set(seats.values())) or student
-            write_seats(self.seats_file, seats)
-            self.log.info("Student %r is hub user %r", student, seats[student])
-        return {**model, "name": seats[student]}
-
-    def _free_seat(self, handler, taken: set[str]) -> str | None:
-        i = 1
-        while (user := handler.find_user(seat_name(i))) is not None:
-            if user.name not in taken and user.spawner.ready:
-                return user.name
-            i += 1
-        return None
-
-
-def refill_once(api: httpx.Client, seats_file: str, size: int, concurrency: int) -> int:
-    """Start servers so that ``size`` untaken seats run or start; at most ``concurrency``
+def refill_once(
+    api: httpx.Client, students_file: str, size: int, concurrency: int, class_size: int = 0
+) -> int:
+    """Start servers so that ``size`` untaken seats run or start (no more than the
+    ``class_size`` less the students who joined, when set); at most ``concurrency``
     starting at once. Returns how many it started."""
-    taken = set(read_seats(seats_file).values())
+    students = read_students(students_file)
+    taken = {entry["user"] for entry in students.values()}
+    if class_size:
+        size = min(size, max(0, class_size - len(students)))
     users = {}
     r = api.get("/users", params={"name_filter": SEAT_PREFIX, "limit": 1000})
     r.raise_for_status()
@@ -118,7 +72,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description="Keep the masterclass pool's free seats running.")
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--concurrency", type=int, required=True)
-    p.add_argument("--seats-file", required=True)
+    p.add_argument("--students-file", required=True)
+    p.add_argument("--class-size", type=int, default=0, help="most students (0: no limit)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between rounds")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="[gridhub-pool %(asctime)s] %(message)s")
@@ -131,7 +86,7 @@ def main() -> None:
     hub = os.getppid()
     while os.getppid() == hub:  # the hub died without stopping us (SIGKILL): stop too
         try:
-            n = refill_once(api, args.seats_file, args.size, args.concurrency)
+            n = refill_once(api, args.students_file, args.size, args.concurrency, args.class_size)
             if n:
                 log.info("started %d seat server(s)", n)
         except httpx.HTTPError as exc:  # the hub restarting: try again next round

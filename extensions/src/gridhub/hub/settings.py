@@ -163,6 +163,25 @@ class Settings(BaseModel):
     masterclass_pool_concurrency: int = Field(
         5, ge=1, le=50, description="Warm pool: seat servers starting at once, at most."
     )
+    # (masterclass login limits: gridhub.hub.students)
+    masterclass_class_size: int = Field(
+        60,
+        ge=1,
+        le=1000,
+        description="Most students (names) who may join with the access code; the next new"
+        " name is told the class is full. Students who joined always come back.",
+    )
+    masterclass_failed_login_limit: int = Field(
+        30,
+        ge=0,
+        description="Failed logins from one client address within"
+        " masterclass_failed_login_window seconds, after which every login from it is"
+        " refused until the window passes (0: no limit). A class behind one school NAT"
+        " shares it.",
+    )
+    masterclass_failed_login_window: int = Field(
+        600, ge=1, description="Seconds over which failed logins are counted."
+    )
     masterclass_notebooks_dir: Path = Field(
         default_factory=_default_notebooks,
         description="Notebooks copied once into each new student's home.",
@@ -358,6 +377,11 @@ class Settings(BaseModel):
             raise ValueError("local_unix_user is set, so local_home_root is required")
         if self.masterclass_pool_size and self.iam_issuer:
             raise ValueError("masterclass_pool_size is for masterclass mode, but iam_issuer is set")
+        if self.masterclass_pool_size > self.masterclass_class_size:
+            raise ValueError(
+                f"masterclass_pool_size ({self.masterclass_pool_size}) is larger than"
+                f" masterclass_class_size ({self.masterclass_class_size}): seats nobody may take"
+            )
         return self
 
     @property
