@@ -326,7 +326,8 @@ def login_form(client: httpx.Client, username: str, password: str) -> httpx.Resp
     """Log in through the hub's HTML form like a browser (xsrf cookie + field)."""
     page = client.get("/hub/login")
     page.raise_for_status()
-    xsrf = client.cookies.get("_xsrf")
+    # the hub's (a browser that opened its server also holds the server's, at /user/...)
+    xsrf = client.cookies.get("_xsrf", path="/hub/")
     return client.post(
         "/hub/login",
         data={"username": username, "password": password, "_xsrf": xsrf},

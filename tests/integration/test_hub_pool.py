@@ -32,7 +32,9 @@ def lands_on(hub, name: str) -> tuple[str, httpx.Client]:
     client = browser(hub)
     r = login_form(client, name, CODE)
     assert r.status_code == 302, r.text[-500:]
-    r = client.get("/hub/api/user", headers={"X-XSRFToken": client.cookies.get("_xsrf")})
+    r = client.get(
+        "/hub/api/user", headers={"X-XSRFToken": client.cookies.get("_xsrf", path="/hub/")}
+    )
     r.raise_for_status()
     who = r.json()["name"]
     return who, client
@@ -75,7 +77,9 @@ def test_pool_seats_students_on_running_servers(hub_factory):
     # pool holds by now; someone else typing her name: refused
     alice.get("/hub/logout")
     assert login_form(alice, "alice", CODE).status_code == 302
-    r = alice.get("/hub/api/user", headers={"X-XSRFToken": alice.cookies.get("_xsrf")})
+    r = alice.get(
+        "/hub/api/user", headers={"X-XSRFToken": alice.cookies.get("_xsrf", path="/hub/")}
+    )
     assert r.json()["name"] == who
     with browser(hub) as mallory:
         assert login_form(mallory, "alice", CODE).status_code == 403
