@@ -277,3 +277,27 @@ def test_sandbox_members_without_extraction_filters(tmp_path: Path) -> None:
     for bad in (("../evil", b"x", 0o644), ("/etc/evil", b"x", 0o644), ("link", None, 0o777)):
         with pytest.raises(tarfile.TarError, match="not a plain file"):
             _plain_members(_tar(bad), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda dx: dx.submit_jdl(['[Executable = "/bin/true"]']),
+        lambda dx: dx.search([]),
+        lambda dx: dx.heartbeat(4, LoadAverage=1.0),
+        lambda dx: dx.job_jdl(4),
+        lambda dx: dx.job_sandboxes(4),
+        lambda dx: dx.download_sandbox(
+            "SB:SandboxSE|/S3/b/v/g/u/sha256:" + "0" * 64 + ".tar.bz2", Path("/nonexistent")
+        ),
+    ],
+)
+async def test_a_2xx_answer_that_is_not_json_is_a_diracx_error_naming_server_and_call(call):
+    # a proxy or captive portal answering for DiracX: 200 with an HTML page
+    page = httpx.Response(200, text="<html>Sign in to the network</html>")
+    async with client_with(lambda r: page) as dx:
+        with pytest.raises(DiracXError) as err:
+            await call(dx)
+    msg = str(err.value)
+    assert URL in msg and "not JSON" in msg, msg
+    assert " /api/" in msg, msg  # the call: method and path

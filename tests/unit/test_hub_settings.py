@@ -102,3 +102,15 @@ def test_docs_list_every_key():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "hub.md").read_text()
     missing = [n for n in Settings.model_fields if f"`GRIDHUB_{n.upper()}`" not in docs]
     assert not missing, f"docs/hub.md lacks {missing}: regenerate its table from describe()"
+
+
+@pytest.mark.parametrize("value", ["not-hex-at-all", "abc", "zz" * 32])
+def test_cookie_secret_must_be_hex(value):
+    with pytest.raises(SettingsError, match=r"GRIDHUB_COOKIE_SECRET.*hex") as err:
+        load_settings({"GRIDHUB_COOKIE_SECRET": value})
+    assert value not in str(err.value)  # a secret, even a bad one, is not echoed
+
+
+def test_a_hex_cookie_secret_is_accepted():
+    s = load_settings({"GRIDHUB_COOKIE_SECRET": "ab" * 32})
+    assert s.cookie_secret.get_secret_value() == "ab" * 32

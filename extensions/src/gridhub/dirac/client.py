@@ -228,6 +228,23 @@ class DiracXClient:
                 f"{method} {path} answered {r.status_code}: {_detail(r)}", self.url, job_id
             )
 
+    def _json(self, r: httpx.Response, job_id: int | None = None) -> Any:
+        """The body of a 2xx answer, which DiracX always sends as JSON.
+
+        Anything else (an HTML page from a proxy or captive portal in front of
+        DiracX, a truncated body) is a DiracXError naming the server and the
+        call, so callers that handle DiracX failures handle this one too."""
+        try:
+            return r.json()
+        except ValueError:
+            body = " ".join(r.text[:200].split())
+            raise DiracXError(
+                f"{r.request.method} {r.request.url.path} answered {r.status_code} with a body "
+                f"that is not JSON ({r.headers.get('content-type', 'no content type')}): {body!r}",
+                self.url,
+                job_id,
+            ) from None
+
     async def _backoff(self, attempt: int, method: str, path: str, why: str) -> None:
         delay = min(0.5 * 2**attempt, 4.0)
         log.debug("DiracX %s %s %s: retrying in %.1fs (%s)", method, path, why, delay, self.url)
@@ -246,7 +263,7 @@ class DiracXClient:
                     f"job submission refused: {exc.msg}", self.url, reason=exc.msg
                 ) from exc
             raise
-        body = r.json()
+        body = self._json(r)
         if not isinstance(body, list):
             raise DiracXJDLRejected(
                 f"job submission refused: {str(body)[:500]}", self.url, reason=str(body)[:500]
@@ -273,7 +290,7 @@ class DiracXClient:
             )
             if r.status_code == 416:
                 break
-            jobs = r.json()
+            jobs = self._json(r)
             out.extend(jobs)
             if r.status_code != 206 or not jobs:
                 break
@@ -374,7 +391,7 @@ class DiracXClient:
         r = await self._request(
             "PATCH", "/api/jobs/heartbeat", json={str(job_id): data}, job_id=job_id
         )
-        return [c["command"] for c in r.json() if int(c.get("job_id", job_id)) == job_id]
+        return [c["command"] for c in self._json(r, job_id) if int(c.get("job_id", job_id)) == job_id]
 
     # ------------------------------------------------------------------
     # sandboxes
@@ -394,7 +411,7 @@ class DiracXClient:
         # workers) race on that insert: all but one answer 500. Initiating the
         # upload of content-addressed bytes is idempotent, so ask again.
         r = await self._request("POST", "/api/jobs/sandbox", json=info, retry_on=frozenset({500}))
-        up = SandboxUpload.model_validate(r.json())
+        up = SandboxUpload.model_validate(self._json(r))
         if up.url:
             # A presigned S3 POST: no DiracX token goes to the object store.
             try:
@@ -414,7 +431,7 @@ class DiracXClient:
     async def download_sandbox(self, pfn: str, dest: Path, *, job_id: int | None = None) -> None:
         """Fetch one sandbox by PFN and unpack it into ``dest``."""
         r = await self._request("GET", "/api/jobs/sandbox", params={"pfn": pfn}, job_id=job_id)
-        url = r.json()["url"]
+        url = self._json(r, job_id)["url"]
         try:
             async with httpx.AsyncClient(timeout=self._timeout, verify=self._verify) as s3:
                 s3r = await s3.get(url)
@@ -431,14 +448,14 @@ class DiracXClient:
     async def job_sandboxes(self, job_id: int) -> dict[str, list[str]]:
         """Sandbox PFNs assigned to a job: ``{"Input": [...], "Output": [...]}``."""
         r = await self._request("GET", f"/api/jobs/{job_id}/sandbox", job_id=job_id)
-        return {k: [str(p) for p in v] for k, v in r.json().items()}
+        return {k: [str(p) for p in v] for k, v in self._json(r, job_id).items()}
 
     async def job_jdl(self, job_id: int) -> str:
         """The job's JDL.  DiracX 0.7 has no such endpoint (a real DIRAC site gets
         it from the matcher); only GridHub's embedded server serves it, at
         ``GET /api/gridhub/jobs/{job_id}/jdl``, for job administrators."""
         r = await self._request("GET", f"/api/gridhub/jobs/{job_id}/jdl", job_id=job_id)
-        return str(r.json()["jdl"])
+        return str(self._json(r, job_id)["jdl"])
 
     async def download_input_sandbox(
         self, job_id: int, dest: Path, pfns: list[str] | None = None

@@ -362,6 +362,17 @@ class Settings(BaseModel):
             raise ValueError("must be at least 8 characters")
         return value
 
+    @field_validator("cookie_secret")
+    @classmethod
+    def _cookie_secret_hex(cls, value: SecretStr | None) -> SecretStr | None:
+        # the hub reads it with bytes.fromhex: refuse here, naming the key, not at hub start
+        if value is not None:
+            try:
+                bytes.fromhex(value.get_secret_value())
+            except ValueError:
+                raise ValueError("must be hex (e.g. openssl rand -hex 32)") from None
+        return value
+
     @field_validator("masterclass_teacher_code")
     @classmethod
     def _teacher_code_length(cls, value: SecretStr | None) -> SecretStr | None:
