@@ -391,7 +391,9 @@ class DiracXClient:
         r = await self._request(
             "PATCH", "/api/jobs/heartbeat", json={str(job_id): data}, job_id=job_id
         )
-        return [c["command"] for c in self._json(r, job_id) if int(c.get("job_id", job_id)) == job_id]
+        return [
+            c["command"] for c in self._json(r, job_id) if int(c.get("job_id", job_id)) == job_id
+        ]
 
     # ------------------------------------------------------------------
     # sandboxes
