@@ -27,6 +27,21 @@ predecessor's leftovers.  While it runs it sends heartbeats and obeys
 a ``Kill`` command, and stops jobs whose status became Killed/Deleted.  At
 exit it uploads the OutputSandbox files that exist and reports Done (exit 0)
 or Failed ("exit code N").  One log line per job transition; never a token.
+
+What a job's owner controls (the JDL, the sandbox, the code) is kept in its
+place (docs/security.md):
+
+* an input sandbox whose SHA-256 is not the checksum DiracX recorded in its
+  PFN is refused unpacked, the job Failed with the reason;
+* StdOutput/StdError must be plain file names inside the job's directory;
+* a job's output is capped (``--max-output``): a file may not grow past it
+  (RLIMIT_FSIZE for processes, the streamed logs for containers); a job that
+  reaches it is stopped and Failed ("Output limit exceeded");
+* containers run with every capability dropped, no-new-privileges and a
+  pids limit (``--job-pids``);
+* a job's directory (its sandbox holds the cluster's key and token) is
+  removed once the job is final and its output uploaded, and a restarted
+  site removes what its predecessor left (``--keep-workdirs`` to debug).
 """
 
 from __future__ import annotations
@@ -36,6 +51,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -43,14 +59,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dirac import DiracXClient, DiracXError, TokenSource
-from .dirac.jdl import as_list, command, input_sandbox_pfns, parse_jdl
+from .dirac import DiracXClient, DiracXError, SandboxChecksumMismatch, TokenSource
+from .dirac.jdl import as_list, command, input_sandbox_pfns, output_file_name, parse_jdl
 
 log = logging.getLogger("gridhub.localsite")
 
 DEFAULT_SITE = "LCG.Local.gridhub"
 SOURCE = "LocalSite"
 KILL_GRACE = 5.0
+#: default cap of one job's output (StdOutput + StdError, each file it writes;
+#: DiracX keeps at most 100 MB per sandbox, the site uploads each file's last 10 MB)
+MAX_OUTPUT = 256 * 1024 * 1024
+#: default pids limit of a job container (a Dask worker runs ~50 threads)
+JOB_PIDS = 1024
+#: how often a running job's output size is looked at
+OUTPUT_CHECK = 1.0
 
 
 @dataclass
@@ -60,6 +83,7 @@ class RunningJob:
     proc: asyncio.subprocess.Process | None = None
     container: str | None = None
     killed: str | None = None  # why, once we decided to kill it
+    over_limit: str | None = None  # why, when its output passed the cap
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task | None = None
 
@@ -77,7 +101,9 @@ class LocalSite:
         image: str | None = None,
         poll_interval: float = 1.0,
         heartbeat_interval: float = 3.0,
-        keep_workdirs: bool = True,
+        keep_workdirs: bool = False,
+        max_output: int = MAX_OUTPUT,
+        job_pids: int = JOB_PIDS,
         job_memory: str | None = None,
         container_prefix: str = "gridhub-job",
         labels: dict[str, str] | None = None,
@@ -97,6 +123,8 @@ class LocalSite:
         # DiracX keys heartbeat records by (job, name, second): keep > 1 s.
         self.heartbeat_interval = max(heartbeat_interval, 1.5)
         self.keep_workdirs = keep_workdirs
+        self.max_output = max_output
+        self.job_pids = job_pids
         self.job_memory = job_memory
         self.container_prefix = container_prefix
         self.labels = {"org.gridhub.localsite": site, **(labels or {})}
@@ -109,6 +137,12 @@ class LocalSite:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         (self.state_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        if not self.keep_workdirs:
+            # a predecessor's jobs are not resumed: their directories (cluster
+            # keys and tokens among their files) have no further use
+            for leftover in (self.state_dir / "jobs").iterdir():
+                log.info("Removing leftover job directory %s", leftover.name)
+                shutil.rmtree(leftover, ignore_errors=True)
         if self.runner == "docker":
             await asyncio.to_thread(self._docker_remove_leftovers)
         log.info("Local site %s polling %s (max %d jobs)", self.site, self.dx.url, self.max_jobs)
@@ -199,9 +233,18 @@ class LocalSite:
                 shutil.rmtree(job.workdir, ignore_errors=True)  # not ours to run
                 return
             log.info("Job %d: %s -> Running at %s", jid, status, self.site)
+            if isinstance(fetched, SandboxChecksumMismatch):
+                # the store holds other bytes than DiracX recorded: never run them
+                log.warning("Job %d: input sandbox refused: %s", jid, fetched.msg)
+                shutil.rmtree(job.workdir, ignore_errors=True)
+                await self._final(
+                    jid, "Failed", "Input sandbox checksum mismatch", fetched.msg[-250:]
+                )
+                return
             if isinstance(fetched, BaseException):
                 if not isinstance(fetched, DiracXError | ValueError | OSError):
                     raise fetched
+                log.warning("Job %d: not run: %s", jid, fetched)
                 await self._final(jid, "Failed", f"Input sandbox/JDL: {fetched}"[:250])
                 return
             attrs, argv = fetched
@@ -225,6 +268,8 @@ class LocalSite:
     async def _fetch(self, job: RunningJob) -> tuple[dict, list[str]]:
         """The job's JDL attributes and command, its input sandbox unpacked."""
         attrs = parse_jdl(await self.dx.job_jdl(job.job_id))
+        for attr, default in (("StdOutput", "std.out"), ("StdError", "std.err")):
+            output_file_name(attrs, attr, default)  # refused before anything is fetched
         if job.workdir.exists():
             shutil.rmtree(job.workdir)
         job.workdir.mkdir(parents=True)
@@ -253,8 +298,8 @@ class LocalSite:
 
     async def _execute(self, job: RunningJob, attrs: dict, argv: list[str]) -> int:
         jid = job.job_id
-        out = job.workdir / str(attrs.get("StdOutput") or "std.out")
-        err = job.workdir / str(attrs.get("StdError") or "std.err")
+        out = job.workdir / output_file_name(attrs, "StdOutput", "std.out")
+        err = job.workdir / output_file_name(attrs, "StdError", "std.err")
         exe = argv[0]
         if "/" not in exe and (job.workdir / exe).is_file():
             (job.workdir / exe).chmod(0o755)
@@ -266,6 +311,13 @@ class LocalSite:
             done: asyncio.Future = asyncio.ensure_future(asyncio.to_thread(self._docker_wait, ctr))
             log.info("Job %d: started %s (container %s)", jid, argv[0], job.container)
         else:
+            cap = self.max_output
+
+            def limits() -> None:  # in the child, before exec
+                # no file the job writes (std.out included) grows past the cap:
+                # the kernel stops the write (SIGXFSZ), the site sees the size
+                resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
+
             with open(out, "wb") as fout, open(err, "wb") as ferr:  # noqa: ASYNC230
                 job.proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -275,6 +327,7 @@ class LocalSite:
                     stderr=ferr,
                     stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,  # its own process group, killed as one
+                    preexec_fn=limits,
                 )
             done = asyncio.ensure_future(job.proc.wait())
             log.info("Job %d: started %s (pid %d)", jid, argv[0], job.proc.pid)
@@ -283,13 +336,19 @@ class LocalSite:
         last_beat = 0.0
         while True:
             try:
-                rc = await asyncio.wait_for(asyncio.shield(done), self.heartbeat_interval)
+                rc = await asyncio.wait_for(
+                    asyncio.shield(done), min(self.heartbeat_interval, OUTPUT_CHECK)
+                )
+                self._check_output(job, out, err)
                 if self.runner == "docker":
                     await asyncio.to_thread(self._docker_collect, job, attrs)
                 return rc
             except TimeoutError:
                 pass
             if job.killed:
+                continue
+            if self._check_output(job, out, err):
+                await self._terminate(job, job.over_limit or "output limit")
                 continue
             now = time.monotonic()
             if now - last_beat < self.heartbeat_interval:
@@ -305,26 +364,46 @@ class LocalSite:
             if "Kill" in cmds:
                 await self._terminate(job, "Kill command")
 
+    def _check_output(self, job: RunningJob, *files: Path) -> bool:
+        """True (and job.over_limit set) once the job's output reached the cap."""
+        if job.over_limit is None:
+            sizes = [f.stat().st_size for f in files if f.exists()]
+            if sum(sizes) >= self.max_output:
+                job.over_limit = f"stdout+stderr reached the limit of {self.max_output} bytes"
+        return job.over_limit is not None
+
     async def _finish(self, job: RunningJob, attrs: dict, rc: int) -> None:
         jid = job.job_id
+        if job.over_limit:
+            log.warning("Job %d: output limit exceeded: %s", jid, job.over_limit)
+            await self._upload_outputs(job, attrs)
+            await self._final(jid, "Failed", "Output limit exceeded", job.over_limit)
+            return
         if job.killed:
             await self._final(jid, "Killed", f"Killed by the local site ({job.killed})")
             return
+        await self._upload_outputs(job, attrs)
+        if rc == 0:
+            await self._final(jid, "Done", "Execution Complete")
+        else:
+            await self._final(jid, "Failed", f"exit code {rc}", f"Failed with exit code {rc}")
+
+    async def _upload_outputs(self, job: RunningJob, attrs: dict) -> None:
+        """Upload the OutputSandbox files that exist (each its last 10 MB)."""
+        jid = job.job_id
         outputs = {}
         for name in as_list(attrs.get("OutputSandbox")):
             p = job.workdir / name
             if p.is_file() and p.resolve().is_relative_to(job.workdir.resolve()):
-                outputs[name] = p.read_bytes()[-10_000_000:]
+                with p.open("rb") as fh:
+                    fh.seek(max(0, p.stat().st_size - 10_000_000))
+                    outputs[name] = fh.read()
         if outputs:
             await self.dx.set_status(jid, "Completing", "Uploading Output Sandbox")
             try:
                 await self.dx.upload_output_sandbox(jid, outputs)
             except DiracXError as exc:
                 log.warning("Job %d: output sandbox upload failed: %s", jid, exc)
-        if rc == 0:
-            await self._final(jid, "Done", "Execution Complete")
-        else:
-            await self._final(jid, "Failed", f"exit code {rc}", f"Failed with exit code {rc}")
 
     async def _final(self, jid: int, status: str, minor: str, app: str = "") -> None:
         steps: list[tuple[str, str, str]] = []
@@ -404,6 +483,11 @@ class LocalSite:
             labels={**self.labels, "org.gridhub.job": str(job.job_id)},
             mem_limit=self.job_memory,
             nano_cpus=int(max(cpus, 0.1) * 1e9),
+            # the job needs no privilege: none to keep, none to gain (setuid
+            # binaries in the image), and no fork bomb takes the node
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            pids_limit=self.job_pids,
             detach=True,
         )
         job.container = name
@@ -419,10 +503,14 @@ class LocalSite:
         ctr.start()
 
         def pump(path: Path, stdout: bool) -> None:
+            # up to the output cap (the site's loop then stops the job)
             with path.open("ab") as fh:
                 for chunk in ctr.logs(stream=True, follow=True, stdout=stdout, stderr=not stdout):
-                    fh.write(chunk)
+                    room = self.max_output - fh.tell()
+                    fh.write(chunk[: max(room, 0)])
                     fh.flush()
+                    if room <= len(chunk):
+                        return
 
         ctr._gridhub_pumps = [
             threading.Thread(target=pump, args=(p, so), daemon=True)
@@ -461,8 +549,11 @@ class LocalSite:
             if name in streamed or "/" in name or name.startswith("."):
                 continue
             try:
-                stream, _ = ctr.get_archive(f"/job/{name}")
+                stream, stat = ctr.get_archive(f"/job/{name}")
             except Exception:  # noqa: S112  (not produced)
+                continue
+            if stat.get("size", 0) > self.max_output:
+                job.over_limit = f"{name} is larger than the limit of {self.max_output} bytes"
                 continue
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
                 member = tar.getmember(name)
@@ -528,6 +619,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--label", action="append", default=[], help="docker runner: KEY=VALUE on job containers"
     )
+    p.add_argument(
+        "--max-output",
+        type=int,
+        default=MAX_OUTPUT,
+        help="bytes a job's output may reach (stdout+stderr, each file it writes)",
+    )
+    p.add_argument("--job-pids", type=int, default=JOB_PIDS, help="docker runner: pids limit")
+    p.add_argument(
+        "--keep-workdirs",
+        action="store_true",
+        help="keep job directories after the job (debugging: they hold cluster keys)",
+    )
     p.add_argument("--poll-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-interval", type=float, default=3.0)
     p.add_argument("--log-level", default="INFO")
@@ -554,6 +657,9 @@ def main(argv: list[str] | None = None) -> None:
                 job_memory=args.job_memory,
                 container_prefix=args.container_prefix,
                 labels=_labels(args.label),
+                max_output=args.max_output,
+                job_pids=args.job_pids,
+                keep_workdirs=args.keep_workdirs,
                 poll_interval=args.poll_interval,
                 heartbeat_interval=args.heartbeat_interval,
             )

@@ -12,6 +12,7 @@ from .errors import (
     DiracXJDLRejected,
     DiracXTokenExpired,
     DiracXUnreachable,
+    SandboxChecksumMismatch,
 )
 from .models import FINAL_STATES, JobState
 from .tokens import (
@@ -33,6 +34,7 @@ __all__ = [
     "JobState",
     "LegacyExchangeToken",
     "RefreshingToken",
+    "SandboxChecksumMismatch",
     "StaticToken",
     "TokenSource",
     "extract_sandbox",

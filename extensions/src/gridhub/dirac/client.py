@@ -38,6 +38,7 @@ from .errors import (
     DiracXJDLRejected,
     DiracXTokenExpired,
     DiracXUnreachable,
+    SandboxChecksumMismatch,
 )
 from .models import JobState, SandboxUpload
 from .tokens import TokenSource
@@ -431,7 +432,23 @@ class DiracXClient:
         return up.pfn
 
     async def download_sandbox(self, pfn: str, dest: Path, *, job_id: int | None = None) -> None:
-        """Fetch one sandbox by PFN and unpack it into ``dest``."""
+        """Fetch one sandbox by PFN, check it, and unpack it into ``dest``.
+
+        DiracX names a sandbox by the checksum its uploader declared (and the
+        presigned upload is bound to it), so the PFN is DiracX's record of
+        what the sandbox must be.  Bytes whose SHA-256 differs (an object
+        overwritten in the store, a corrupted transfer) raise
+        SandboxChecksumMismatch before anything is unpacked."""
+        from .jdl import pfn_checksum
+
+        try:
+            algo, want = pfn_checksum(pfn)
+        except ValueError as exc:
+            raise SandboxChecksumMismatch(str(exc), self.url, job_id) from None
+        if algo != "sha256":  # the only algorithm DiracX 0.7 knows
+            raise SandboxChecksumMismatch(
+                f"sandbox {pfn} has a {algo} checksum; only sha256 is checked", self.url, job_id
+            )
         r = await self._request("GET", "/api/jobs/sandbox", params={"pfn": pfn}, job_id=job_id)
         url = self._json(r, job_id)["url"]
         try:
@@ -444,6 +461,13 @@ class DiracXClient:
         if not s3r.is_success:
             raise DiracXError(
                 f"sandbox {pfn} download answered {s3r.status_code}", self.url, job_id
+            )
+        got = hashlib.sha256(s3r.content).hexdigest()
+        if got != want:
+            raise SandboxChecksumMismatch(
+                f"sandbox {pfn} refused: its content has sha256 {got}, DiracX recorded {want}",
+                self.url,
+                job_id,
             )
         extract_sandbox(s3r.content, Path(dest))
 

@@ -39,3 +39,9 @@ class DiracXJDLRejected(DiracXError):
     def __init__(self, msg: str, server: str, job_id: int | None = None, *, reason: str = ""):
         self.reason = reason or msg
         super().__init__(msg, server, job_id)
+
+
+class SandboxChecksumMismatch(DiracXError):
+    """A downloaded sandbox is not what DiracX recorded: its SHA-256 differs
+    from the checksum in its PFN (or the PFN carries none).  The sandbox
+    store was tampered with, or the download was corrupted: never unpack it."""

@@ -77,3 +77,26 @@ def command(attrs: dict[str, str | list[str]]) -> list[str]:
     if isinstance(args, list):
         args = " ".join(args)
     return [exe, *shlex.split(args)]
+
+
+#: DiracX's sandbox PFNs end in ``/<algorithm>:<hex checksum>.<format>``
+#: (diracx.db.sql.SandboxMetadataDB.get_pfn): the checksum DiracX recorded.
+_PFN_CHECKSUM = re.compile(r"/(?P<algo>[a-z0-9]{3,10}):(?P<hex>[0-9a-f]{64})\.[a-z0-9.]+$")
+
+
+def pfn_checksum(pfn: str) -> tuple[str, str]:
+    """``(algorithm, hex digest)`` recorded in a sandbox PFN; ValueError if none."""
+    m = _PFN_CHECKSUM.search(pfn)
+    if m is None:
+        raise ValueError(f"sandbox PFN {pfn!r} carries no checksum")
+    return m.group("algo"), m.group("hex")
+
+
+def output_file_name(attrs: dict[str, str | list[str]], attr: str, default: str) -> str:
+    """The JDL's StdOutput/StdError: a plain file name inside the job's
+    directory.  The site opens it for writing, so an absolute path or a
+    ``..`` would let a job's JDL write anywhere the site may."""
+    value = attrs.get(attr) or default
+    if isinstance(value, list) or value in (".", "..") or "/" in value or "\x00" in value:
+        raise ValueError(f"JDL {attr} {value!r} must be a file name inside the job's directory")
+    return value

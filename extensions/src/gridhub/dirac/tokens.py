@@ -85,7 +85,15 @@ async def _token_request(
     except httpx.TransportError as exc:
         raise DiracXUnreachable(f"cannot get a token ({type(exc).__name__})", server) from exc
     if r.status_code == 200:
-        return TokenResponse.model_validate(r.json())
+        try:
+            return TokenResponse.model_validate(r.json())
+        except ValueError:  # not JSON, or not a token answer (pydantic's error is one)
+            body = " ".join(r.text[:200].split())
+            raise DiracXError(
+                f"{method} {path} answered 200 with a body that is not JSON (or not a token "
+                f"answer) ({r.headers.get('content-type', 'no content type')}): {body!r}",
+                server,
+            ) from None
     try:
         detail = r.json().get("detail") or r.json().get("error") or r.text
     except ValueError:

@@ -6,10 +6,12 @@
 with job parameters kept in sqlite instead of OpenSearch) under uvicorn, with:
 
 * sqlite databases on disk in ``DIR/db/`` (JobDB, JobLoggingDB, AuthDB, ...);
-* a sandbox store: moto's S3 server in-process on a loopback port; moto
-  keeps objects in memory, so its recorder logs every request to
-  ``DIR/sandboxes.moto`` (0600) and a restart replays it: sandboxes, like
-  jobs, their JDLs and statuses, survive a restart;
+* a sandbox store: moto's S3 server in-process, behind a gate that answers
+  only requests signed with the store's credential (``DIR/s3-credentials``,
+  0600: DiracX signs, and hands out presigned URLs) and refuses moto's
+  ``/moto-api/`` (see store.py); moto keeps objects in memory, so its
+  recorder logs every request to ``DIR/sandboxes.moto`` (0600) and a restart
+  replays it: sandboxes, like jobs, their JDLs and statuses, survive a restart;
 * a DIRAC configuration git repository in ``DIR/cs`` with one VO
   ``gridhub``, a group ``gridhub_user`` (NormalUser, JobAdministrator) and
   the facility user ``gridhub``.
@@ -51,6 +53,7 @@ CS_DIR = "cs"
 DB_DIR = "db"
 SERVER_INFO = "server.json"
 S3_RECORDING = "sandboxes.moto"
+S3_CREDENTIALS = "s3-credentials"
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,12 @@ def ensure_state(state_dir: str | Path) -> Path:
         _write_secret(d / STATE_KEY, Fernet.generate_key())
     if not (d / API_KEY).exists():
         _write_secret(d / API_KEY, base64.urlsafe_b64encode(secrets.token_bytes(32)))
+    if not (d / S3_CREDENTIALS).exists():
+        creds = {
+            "access_key_id": "GRIDHUB" + secrets.token_hex(8).upper(),
+            "secret_access_key": secrets.token_urlsafe(30),
+        }
+        _write_secret(d / S3_CREDENTIALS, json.dumps(creds).encode())
     if not (d / FACILITY).exists():
         fac = Facility(VO, GROUP, FACILITY_USER, str(uuid.uuid4()))
         (d / FACILITY).write_text(json.dumps(fac.__dict__, indent=1))
@@ -175,6 +184,12 @@ def facility_token_source(
     return LegacyExchangeToken(url, api_key(state_dir), fac.user, fac.scope, verify=verify)
 
 
+def store_credentials(state_dir: str | Path) -> tuple[str, str]:
+    """(access key id, secret) of the sandbox store: DiracX's, nobody else's."""
+    creds = json.loads((Path(state_dir) / S3_CREDENTIALS).read_text())
+    return creds["access_key_id"], creds["secret_access_key"]
+
+
 def server_info(state_dir: str | Path) -> dict:
     """What the running server wrote to DIR/server.json (url, s3_url, pid)."""
     return json.loads((Path(state_dir) / SERVER_INFO).read_text())
@@ -192,4 +207,5 @@ __all__ = [
     "hashed_api_key",
     "load_facility",
     "server_info",
+    "store_credentials",
 ]

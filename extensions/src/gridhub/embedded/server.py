@@ -21,6 +21,7 @@ from . import (
     STATE_KEY,
     ensure_state,
     hashed_api_key,
+    store_credentials,
 )
 
 log = logging.getLogger("gridhub.embedded")
@@ -47,8 +48,8 @@ def diracx_environment(state_dir: Path, url: str, s3_url: str) -> dict[str, str]
         "DIRACX_SANDBOX_STORE_S3_CLIENT_KWARGS": json.dumps(
             {
                 "endpoint_url": s3_url,
-                "aws_access_key_id": "gridhub",
-                "aws_secret_access_key": "gridhub",
+                "aws_access_key_id": store_credentials(state_dir)[0],
+                "aws_secret_access_key": store_credentials(state_dir)[1],
             }
         ),
         "DIRACX_LEGACY_EXCHANGE_HASHED_API_KEY": hashed_api_key(state_dir),
@@ -65,8 +66,9 @@ def diracx_environment(state_dir: Path, url: str, s3_url: str) -> dict[str, str]
     return env
 
 
-def start_sandbox_store(state_dir: Path, host: str, port: int):  # -> ThreadedMotoServer
-    """moto's S3 server, its content kept across restarts.
+def start_sandbox_store(state_dir: Path, host: str, port: int):  # -> SandboxStore
+    """moto's S3 server behind the signature gate (store.py), its content
+    kept across restarts.
 
     moto holds objects in memory only. Its recorder (a documented moto
     feature, configured by MOTO_ENABLE_RECORDING / MOTO_RECORDER_FILEPATH,
@@ -82,17 +84,16 @@ def start_sandbox_store(state_dir: Path, host: str, port: int):  # -> ThreadedMo
     os.chmod(recording, 0o600)
     os.environ["MOTO_ENABLE_RECORDING"] = "true"
     os.environ["MOTO_RECORDER_FILEPATH"] = str(recording)
-    from moto.moto_api import recorder
-    from moto.server import ThreadedMotoServer
+    from .store import SandboxStore
 
-    moto = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-    moto.start()
+    store = SandboxStore(host, port, *store_credentials(state_dir))
     if recording.stat().st_size:
-        local = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+        # before the store listens: nobody sees it half restored
         t0 = time.monotonic()
-        recorder.replay_recording(target_host=f"http://{local}:{port}")
-        log.info("Sandbox store restored in %.1f s", time.monotonic() - t0)
-    return moto
+        n = store.replay(recording)
+        log.info("Sandbox store restored (%d requests) in %.1f s", n, time.monotonic() - t0)
+    store.start()
+    return store
 
 
 def main(argv: list[str] | None = None) -> None:
