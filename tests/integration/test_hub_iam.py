@@ -316,6 +316,18 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     svc = f"http://127.0.0.1:{port}/services/gridhub-tokens/token"
     assert httpx.get(svc, timeout=10).status_code == 401
     assert httpx.get(svc, headers={"Authorization": "token nope"}, timeout=10).status_code == 403
+    # ... and only tokens holding its scope (alice's server token has it: the token
+    # file above was filled through it); another token of alice does not
+    with hub.admin() as admin:
+        r = admin.post(
+            "/users/alice/tokens",
+            json={"scopes": ["read:users:activity!user=alice"], "note": "a script's token"},
+        )
+        r.raise_for_status()
+        narrow = r.json()["token"]
+    r = httpx.get(svc, headers={"Authorization": f"token {narrow}"}, timeout=10)
+    assert r.status_code == 403, r.status_code
+    assert second not in r.text
 
     # a user outside the allowed groups gets a clear refusal page
     other = browser.new_context().new_page()

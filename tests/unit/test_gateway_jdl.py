@@ -27,9 +27,7 @@ def test_jdl_parses_with_dirac_classad():
     assert ad.getAttributeString("JobGroup") == "abc123"
     assert ad.getAttributeString("GridHubUser") == "eve__the___user"
     assert ad.getListFromExpression("Site") == ["LCG.A.ch", "LCG.B.uk"]
-    assert ad.getListFromExpression("InputSandbox") == [
-        "SB:SandboxSE|/S3/bucket/sha256:00.tar.zst"
-    ]
+    assert ad.getListFromExpression("InputSandbox") == ["SB:SandboxSE|/S3/bucket/sha256:00.tar.zst"]
     assert ad.getAttributeInt("NumberOfProcessors") == 2
     assert ad.getAttributeInt("CPUTime") == 1200
 

@@ -8,10 +8,24 @@ import stat
 from gridhub.hub.tokenfile import TokenFileRefresher, write_token_file
 from gridhub.hub.tokenservice import make_app
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
 
 SERVICE_TOKEN = "service-token"  # noqa: S105
-USERS = {"alice-server-token": "alice", "bob-server-token": "bob"}
+USERS = {
+    "alice-server-token": "alice",
+    "bob-server-token": "bob",
+    "alice-scopeless-token": "alice",
+    "alice-admin-token": "alice",
+}
+# what JupyterHub's /hub/api/user lists for each token (expanded scopes)
+SCOPES = {
+    "alice-server-token": ["access:servers!server=alice/", "custom:gridhub-tokens:read!user=alice"],
+    "bob-server-token": ["custom:gridhub-tokens:read!user=bob"],
+    "alice-scopeless-token": [],
+    # a filtered scope for another user does not do
+    "alice-admin-token": ["admin:users", "custom:gridhub-tokens:read!user=bob"],
+}
 STATE = {"alice": {"access_token": "alice-at-1", "expires_at": 1.0}, "bob": {}}
 
 
@@ -20,7 +34,7 @@ class FakeUser(web.RequestHandler):
         token = self.request.headers["Authorization"].split()[1]
         if token not in USERS:
             raise web.HTTPError(403)
-        self.finish({"kind": "user", "name": USERS[token]})
+        self.finish({"kind": "user", "name": USERS[token], "scopes": SCOPES[token]})
 
 
 class FakeUsers(web.RequestHandler):
@@ -64,6 +78,13 @@ async def test_token_service_and_refresher(tmp_path):
         eve = TokenFileRefresher(str(tmp_path / "eve"), url, "forged", interval=1)
         assert not await eve.refresh_once()
         assert not (tmp_path / "bob").exists() and not (tmp_path / "eve").exists()
+        # alice's tokens without the scope (for alice) get nothing
+        for other in ("alice-scopeless-token", "alice-admin-token"):
+            r = await AsyncHTTPClient().fetch(
+                url + "token", headers={"Authorization": f"token {other}"}, raise_error=False
+            )
+            assert r.code == 403, (other, r.code)
+            assert b"alice-at" not in (r.body or b"")
     finally:
         hub.stop()
         svc.stop()

@@ -336,10 +336,21 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                 "services": [TOKEN_SERVICE],
             }
         )
+    server_scopes = list(SERVER_TOKEN_SCOPES)
+    if s.mode == "iam":
+        # reading one's IAM token from the token service takes this scope: users
+        # hold it for themselves, their server token gets it (tokenservice.py)
+        from .tokenservice import READ_SCOPE
+
+        c.JupyterHub.custom_scopes = {
+            READ_SCOPE: {"description": "Read your IAM access token from the token service."}
+        }
+        next(r for r in roles if r["name"] == "user")["scopes"].append(f"{READ_SCOPE}!user")
+        server_scopes.append(f"{READ_SCOPE}!user")
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
     # (JupyterHub gives the token the subset the user holds: every user holds all)
-    c.Spawner.server_token_scopes = list(SERVER_TOKEN_SCOPES)
+    c.Spawner.server_token_scopes = server_scopes
     if s.gateway_stop_clusters_with_server:
         from .clusters import StopClustersWithServer
 

@@ -4,10 +4,14 @@
 
 1. asks the hub who the caller is (``/hub/api/user`` with the caller's token); the hub
    runs ``refresh_auth`` on such a request, so the IAM token is refreshed there when due;
-2. reads that user's auth_state with the service's own token (scope admin:auth_state);
-3. answers ``{"access_token": ..., "expires_at": ...}`` (Cache-Control: no-store).
+2. requires that token to hold the custom scope ``custom:gridhub-tokens:read`` for
+   its owner (JupyterHub gives it to the user's server token only: hub/config.py);
+3. reads that user's auth_state with the service's own token (scope admin:auth_state);
+4. answers ``{"access_token": ..., "expires_at": ...}`` (Cache-Control: no-store).
 
-Only a token owned by user X obtains X's token.  Tokens travel in headers and bodies
+Only a token of user X holding the scope obtains X's token: not every token of X (an
+OAuth token some other service got, a token made with a few scopes for a script), since
+the IAM token acts as X everywhere IAM is trusted.  Tokens travel in headers and bodies
 only, never in URLs, argv or logs.
 """
 
@@ -23,6 +27,15 @@ from tornado import ioloop, web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 log = logging.getLogger("gridhub.tokenservice")
+
+#: the JupyterHub custom scope a token needs to read its owner's IAM token
+READ_SCOPE = "custom:gridhub-tokens:read"
+
+
+def may_read(scopes: list[str], name: str) -> bool:
+    """Whether a token with these (expanded) scopes may read ``name``'s IAM token:
+    the scope itself, or filtered to that very user."""
+    return READ_SCOPE in scopes or f"{READ_SCOPE}!user={name}" in scopes
 
 
 class TokenHandler(web.RequestHandler):
@@ -54,6 +67,9 @@ class TokenHandler(web.RequestHandler):
         if who.get("kind") != "user":
             raise web.HTTPError(403, "only users have IAM tokens")
         name = who["name"]
+        if not may_read(who.get("scopes") or [], name):
+            log.warning("refused %s's token without %s", name, READ_SCOPE)
+            raise web.HTTPError(403, f"the token lacks the scope {READ_SCOPE}")
         try:
             model = await self._hub(f"/users/{quote(name, safe='')}", self.api_token)
         except HTTPClientError as exc:
