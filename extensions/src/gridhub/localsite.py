@@ -29,7 +29,7 @@ exit it uploads the OutputSandbox files that exist and reports Done (exit 0)
 or Failed ("exit code N").  One log line per job transition; never a token.
 
 What a job's owner controls (the JDL, the sandbox, the code) is kept in its
-place (docs/security.md):
+place (docs/dirac-backend.md, trust boundaries):
 
 * an input sandbox whose SHA-256 is not the checksum DiracX recorded in its
   PFN is refused unpacked, the job Failed with the reason;
