@@ -316,3 +316,51 @@ def test_the_store_credential_is_private_and_survives_a_restart(diracx_server, d
     # the recorded sandboxes came back (replayed past the store's checks)
     keys = [o["Key"] for o in s3(diracx_server, before).list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert keys
+
+
+JOB_IMAGE = "debian:bookworm-slim"  # the base image tests/e2e/prepare-host seeds
+
+
+@pytest.fixture
+def docker_site(diracx_server, tmp_path):
+    """A local site running its jobs as containers (the compose facility's runner)."""
+    docker = pytest.importorskip("docker")
+    try:
+        docker.from_env(timeout=10).images.get(JOB_IMAGE)
+    except Exception as exc:  # no daemon, or no image: nothing to test here
+        pytest.skip(f"docker runner needs {JOB_IMAGE}: {exc}")
+    site = LocalSiteProcess(
+        diracx_server,
+        tmp_path / "docker-site",
+        *("--site", "LCG.Docker.gridhub", "--runner", "docker", "--image", JOB_IMAGE),
+        *("--container-prefix", f"gridhub-test-{secrets.token_hex(3)}", "--job-memory", "256m"),
+    ).start()
+    yield site
+    site.stop()
+
+
+def test_job_containers_run_without_capabilities_new_privileges_or_unbounded_pids(
+    diracx_server, docker_site
+):
+    script = (
+        b"grep -E '^(CapEff|CapBnd|NoNewPrivs):' /proc/self/status\n"
+        b"echo pids.max $(cat /sys/fs/cgroup/pids.max 2>/dev/null"
+        b" || cat /sys/fs/cgroup/pids/pids.max)\n"
+    )
+    pfn = run(upload(diracx_server, {"job.sh": script}))
+    job_id = run(submit(diracx_server, job(pfn, "job.sh", 'Site = "LCG.Docker.gridhub";')))
+    st = run(wait_status(diracx_server, job_id, {"Done", "Failed"}, docker_site, 120))
+    assert st.status == "Done", (st, docker_site.log())
+
+    async def output() -> str:
+        async with diracx_server.client() as dx:
+            (out,) = (await dx.job_sandboxes(job_id))["Output"]
+            dest = docker_site.work_dir / f"out-{job_id}"
+            await dx.download_sandbox(out, dest)
+            return (dest / "std.out").read_text()
+
+    seen = dict(line.split(None, 1) for line in run(output()).splitlines())
+    assert seen["CapEff:"].strip() == "0000000000000000", seen
+    assert seen["CapBnd:"].strip() == "0000000000000000", seen
+    assert seen["NoNewPrivs:"].strip() == "1", seen
+    assert seen["pids.max"].strip() == "1024", seen
