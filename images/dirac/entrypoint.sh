@@ -1,6 +1,9 @@
 #!/bin/sh
 # Embedded DIRAC container entrypoint.
-#   diracx     the embedded DiracX server (state in /srv/gridhub/dirac)
+#   diracx     the embedded DiracX server (state in /srv/gridhub/dirac); its
+#              sandbox store on :8010 answers only requests signed with the
+#              credential in the state dir (DiracX's) or DiracX's presigned
+#              URLs, and refuses /moto-api/ (gridhub/embedded/store.py)
 #   localsite  the local site: runs the facility's jobs as containers of
 #              $FACILITY_JOB_IMAGE on the Docker network $FACILITY_GRID_NETWORK
 #   other      exec'd as is

@@ -114,6 +114,9 @@ def _secrets(stack, job_dirs: list[Path]) -> dict[str, bytes]:
         base64.urlsafe_b64decode(raw)
     ).rstrip(b"=")
     found["DiracX state key"] = (state / "state-key").read_bytes().strip()
+    from gridhub.embedded import store_credentials
+
+    found["sandbox store secret"] = store_credentials(state)[1].encode()
     hub_secrets = stack.jupyterhub.state / "secrets"
     for f in hub_secrets.iterdir():
         found[f"hub secret {f.name}"] = f.read_bytes().strip()
@@ -204,6 +207,7 @@ def test_facility_secret_files_are_private(stack):
     """Files the gateway and the embedded DiracX write for themselves."""
     private = [
         stack.diracx.state_dir / "sandboxes.moto",  # sandboxes hold cluster keys
+        stack.diracx.state_dir / "s3-credentials",  # the sandbox store's credential
         *(stack.work / "gateway-state" / "tunnel").glob("ssh_host_*_key"),
         *(stack.work / "clusters").glob("*/.certs/dask.pem"),
         stack.dynamic_dir / "rules.toml",  # the Traefik API's password hash
