@@ -260,3 +260,52 @@ def test_bad_pool_settings_are_named(tmp_path):
         )
     with pytest.raises(SettingsError, match="larger than masterclass_class_size"):
         build({"GRIDHUB_MASTERCLASS_POOL_SIZE": "61"}, tmp_path / "d")
+
+
+def test_masterclass_warm_kernel_teacher_view_and_culler(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    (nbs / "02-b.ipynb").write_text("{}")
+    (nbs / "01-a.ipynb").write_text("{}")
+    env = {"GRIDHUB_MASTERCLASS_NOTEBOOKS_DIR": str(nbs), "GRIDHUB_SPAWNER": "local"}
+    c = build({**env, "GRIDHUB_MASTERCLASS_POOL_SIZE": "3"}, tmp_path / "a")
+    # the first class notebook's kernel starts with every server
+    assert c.Spawner.environment["GRIDHUB_WARM_NOTEBOOK"] == "01-a.ipynb"
+    assert "--ServerApp.jpserver_extensions=gridhub.hub.warmkernel=True" in c.Spawner.args
+    # the culler sees only who logged in (group "class"), not the free seats
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert all(s.endswith("!group=class") for s in roles["idle-culler"]["scopes"])
+    assert c.MasterclassAuthenticator.manage_groups is True
+    # the teacher's view: a service whose token reads users, servers, routes and servers' API
+    teacher = {s["name"]: s for s in c.JupyterHub.services}["teacher"]
+    assert teacher["url"].endswith(":10102") and "gridhub.hub.teacher" in teacher["command"]
+    assert set(roles["teacher"]["scopes"]) == {
+        "list:users", "read:users", "read:servers", "proxy", "access:servers"
+    }  # fmt: skip
+    # students do not hold access to it (the default user role)
+    assert not any("service=teacher" in s for s in roles["user"]["scopes"])
+    # off: no warm kernel; without a pool the culler sees everyone
+    c = build({**env, "GRIDHUB_MASTERCLASS_WARM_NOTEBOOK": "none"}, tmp_path / "b")
+    assert "GRIDHUB_WARM_NOTEBOOK" not in c.Spawner.environment
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert "list:users" in roles["idle-culler"]["scopes"]
+
+
+def test_warm_kernel_imports():
+    from gridhub.hub.warmkernel import imported_modules, warm_code
+
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "source": "import nothing"},
+            {"cell_type": "code", "source": ["import os\n", "from gridhub import data\n",
+                                             "%matplotlib inline\n", "x = 1"]},
+            {"cell_type": "code", "source": "import numpy as np, awkward\nif x:\n    import no"},
+            {"cell_type": "code", "source": "from . import rel\nfrom os import *\nimport os"},
+            {"cell_type": "code", "source": "this is not python("},
+        ]
+    }  # fmt: skip
+    mods = imported_modules(nb)
+    assert mods == ["os", "gridhub", "gridhub.data", "numpy", "awkward"]
+    ns: dict = {}
+    exec(warm_code(["json", "no_such_module_here"]), ns)  # noqa: S102 (our own code)
+    assert set(ns) == {"__builtins__"}  # nothing bound in the user's namespace

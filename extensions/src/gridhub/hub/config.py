@@ -20,6 +20,8 @@ from .settings import Settings
 TOKEN_SERVICE = "gridhub-tokens"  # noqa: S105  (a service name)
 GATEWAY_SERVICE = "dask-gateway"
 POOL_SERVICE = "gridhub-pool"
+TEACHER_SERVICE = "teacher"
+CLASS_GROUP = "class"  # every user the masterclass login let in (not the free seats)
 STUDENTS_FILE = "masterclass-seats.json"  # student name -> hub user, key (hub.students)
 BASE_SCOPES = ["openid", "profile", "email", "offline_access"]
 MASTERCLASS_USERNAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,31}$"
@@ -238,6 +240,10 @@ def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
     a.failed_login_limit = s.masterclass_failed_login_limit
     a.failed_login_window = s.masterclass_failed_login_window
     a.pool_size = s.masterclass_pool_size
+    # whoever logs in joins the group CLASS_GROUP: the idle-culler sees only it, so
+    # the free seats' servers and warm kernels are never culled (_services)
+    a.manage_groups = True
+    a.class_group = CLASS_GROUP
     c.Authenticator.username_pattern = MASTERCLASS_USERNAME_PATTERN
     # JupyterHub's own bound on running servers, behind the class size: every student,
     # the pool's free seats and the teachers
@@ -248,6 +254,14 @@ def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
     )
     notebooks = Path(s.masterclass_notebooks_dir)
     python = s.local_python or sys.executable
+    warm = warm_notebook(s)
+    if warm:
+        # the class notebook's kernel starts with the server (gridhub.hub.warmkernel)
+        c.Spawner.args = [
+            *_list(c.Spawner.args),
+            "--ServerApp.jpserver_extensions=gridhub.hub.warmkernel=True",
+        ]
+        c.Spawner.environment = {**c.Spawner.environment, "GRIDHUB_WARM_NOTEBOOK": warm}
 
     async def copy_notebooks(spawner) -> None:
         import asyncio
@@ -262,6 +276,16 @@ def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
         await asyncio.to_thread(copy_as_user, notebooks, home, uid, gid, python=python)
 
     c.Spawner.pre_spawn_hook = copy_notebooks
+
+
+def warm_notebook(s: Settings) -> str | None:
+    """The notebook whose kernel masterclass servers start ahead (None: none)."""
+    if s.masterclass_warm_notebook is not None:
+        return (
+            None if s.masterclass_warm_notebook.lower() == "none" else s.masterclass_warm_notebook
+        )
+    found = sorted(Path(s.masterclass_notebooks_dir).glob("*.ipynb"))
+    return found[0].name if found else None
 
 
 def _services(c, s: Settings, sec: HubSecrets) -> None:
@@ -295,6 +319,9 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
             }
         )
         scopes = ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+        if s.mode == "masterclass" and s.masterclass_pool_size:
+            # the culler sees who logged in, not the free seats the pool keeps warm
+            scopes = [f"{scope}!group={CLASS_GROUP}" for scope in scopes]
         roles.append({"name": "idle-culler", "scopes": scopes, "services": ["idle-culler"]})
     if s.mode == "masterclass" and s.masterclass_pool_size:
         services.append(
@@ -318,6 +345,33 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                 # creates the seat users and starts their servers
                 "scopes": ["list:users", "read:users", "read:servers", "admin:users", "servers"],
                 "services": [POOL_SERVICE],
+            }
+        )
+    if s.mode == "masterclass":
+        state = Path(s.state_dir)
+        services.append(
+            {
+                "name": TEACHER_SERVICE,
+                "url": f"http://{s.connect_host}:{s.masterclass_teacher_port}",
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "gridhub.hub.teacher",
+                    f"--students-file={state / STUDENTS_FILE}",
+                    f"--notebooks-dir={s.masterclass_notebooks_dir}",
+                    f"--versions-dir={state / 'masterclass-pushed'}",
+                ],
+                "oauth_no_confirm": True,
+            }
+        )
+        roles.append(
+            {
+                "name": TEACHER_SERVICE,
+                # who is in (names, servers), where each server listens, and the servers'
+                # API (kernels, the notebooks it resets and pushes). Who may open the
+                # view: access:services!service=teacher, which admins (teachers) hold
+                "scopes": ["list:users", "read:users", "read:servers", "proxy", "access:servers"],
+                "services": [TEACHER_SERVICE],
             }
         )
     if s.mode == "iam":

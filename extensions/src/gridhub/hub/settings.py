@@ -38,6 +38,7 @@ NOT_SETTINGS = frozenset(
         "GRIDHUB_TOKEN_SERVICE_URL",
         "GRIDHUB_TOKEN_FILE_REFRESH_SECONDS",
         "GRIDHUB_MASTERCLASS_NOTEBOOKS",
+        "GRIDHUB_WARM_NOTEBOOK",
     }
 )
 
@@ -181,6 +182,16 @@ class Settings(BaseModel):
     )
     masterclass_failed_login_window: int = Field(
         600, ge=1, description="Seconds over which failed logins are counted."
+    )
+    masterclass_teacher_port: int = Field(
+        10102,
+        description="Port of the teacher's view (hub-managed service at /services/teacher/).",
+    )
+    masterclass_warm_notebook: str | None = Field(
+        None,
+        description="The class notebook (a path in the student's home) whose kernel every"
+        " masterclass server starts, its imports done, before the student opens it. Default:"
+        " the first notebook of masterclass_notebooks_dir; 'none': no warm kernel.",
     )
     masterclass_notebooks_dir: Path = Field(
         default_factory=_default_notebooks,

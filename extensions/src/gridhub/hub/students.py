@@ -133,6 +133,7 @@ class MasterclassAuthenticator(SharedPasswordAuthenticator):
     )
     failed_login_window = Integer(600, config=True, help="Seconds failed logins are counted.")
     pool_size = Integer(0, config=True, help="Free warm seats kept running (0: no pool).")
+    class_group = Unicode("class", config=True, help="Group of everyone who logged in.")
 
     _failures: FailedLogins | None = None
 
@@ -155,8 +156,8 @@ class MasterclassAuthenticator(SharedPasswordAuthenticator):
             self.failures.record(address)
             return None
         if model.get("admin"):
-            return model
-        return self.seat_student(handler, model, address)
+            return {**model, "groups": [self.class_group]}
+        return {**self.seat_student(handler, model, address), "groups": [self.class_group]}
 
     def seat_student(self, handler, model: dict, address: str) -> dict:
         """The hub user for the student ``model["name"]``; raises 403 for a taken name
