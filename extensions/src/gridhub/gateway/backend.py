@@ -400,10 +400,19 @@ class DiracBackend(UnsafeLocalBackend):
     # ------------------------------------------------------------------
     # Workers: DIRAC jobs
 
+    # dask-gateway's worker environment that a grid worker has no use for:
+    # the cluster's API token (it lets its holder stop the cluster and post
+    # heartbeats: only the scheduler talks to the gateway) and the API's
+    # internal URL (unreachable from the grid anyway).
+    WORKER_ENV_DROPPED = ("DASK_GATEWAY_API_TOKEN", "DASK_GATEWAY_API_URL")
+
     def worker_env(self, cluster: Cluster) -> dict[str, str]:
-        """What the job exports: dask-gateway's worker environment, without
-        the facility's paths (the job script sets the TLS paths on the node)."""
+        """What the job exports: dask-gateway's worker environment without
+        what only the scheduler uses, and without the facility's paths (the
+        job script sets the TLS paths on the node)."""
         env = DBBackendBase.get_env(self, cluster)
+        for key in self.WORKER_ENV_DROPPED:
+            env.pop(key, None)
         env.update(self.worker_environment)
         env["GRIDHUB_CLUSTER_NAME"] = cluster.name
         env["GRIDHUB_FACILITY_DASK_ADDRESS"] = self.public_dask_address
