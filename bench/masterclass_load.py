@@ -40,6 +40,7 @@ def variant(args: argparse.Namespace) -> str:
     parts = [
         "servers prestarted" if args.prestart else "",
         "GridHub's warm pool" if args.pool else "",
+        "no warm kernels" if args.no_warm else "",
         f"http_timeout {args.http_timeout} s" if args.http_timeout else "",
         "kernels over ipc" if args.kernel_ipc else "",
     ]
@@ -62,6 +63,31 @@ def whatif(hub: common.HttpsHub, args: argparse.Namespace, runtime: Path) -> Non
     (hub.extra / "70-bench-whatif.py").write_text("\n".join(lines) + "\n")
 
 
+def wait_warm(hub: common.HttpsHub, notebook: str, n: int, timeout: float) -> float:
+    """Seconds until ``n`` seats have a session on ``notebook`` (or ``timeout``)."""
+    t0 = time.monotonic()
+    with hub.admin() as admin:
+        seats = [u["name"] for u in admin.get("/users").json() if u["name"].startswith("seat-")]
+        tokens = {}
+        for seat in seats:
+            r = admin.post(f"/users/{seat}/tokens", json={"expires_in": 3600})
+            tokens[seat] = r.json()["token"]
+    warm: set[str] = set()
+    while len(warm) < n and time.monotonic() - t0 < timeout:
+        for seat in set(seats) - warm:
+            r = common.httpx.get(
+                f"{hub.public_url}/user/{seat}/api/sessions",
+                headers={"Authorization": f"token {tokens[seat]}"},
+                verify=str(common.TLS.cert),
+                timeout=30,
+            )
+            if r.status_code == 200 and any(x["path"] == notebook for x in r.json()):
+                warm.add(seat)
+        time.sleep(1)
+    print(f"{len(warm)} of {n} seats warm after {time.monotonic() - t0:.0f} s")
+    return time.monotonic() - t0
+
+
 def main() -> None:
     common.on_sigterm_unwind()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -79,6 +105,18 @@ def main() -> None:
         "--pool",
         action="store_true",
         help="GridHub's warm pool of --users seats, filled before the students log in",
+    )
+    ap.add_argument(
+        "--no-warm",
+        action="store_true",
+        help="no warm kernels (GRIDHUB_MASTERCLASS_WARM_NOTEBOOK=none): the cell's kernel"
+        " starts when the student opens the notebook",
+    )
+    ap.add_argument(
+        "--warm-timeout",
+        type=float,
+        default=300,
+        help="--pool: wait this long at most for the seats' warm kernels (0: do not wait)",
     )
     ap.add_argument(
         "--http-timeout",
@@ -121,12 +159,17 @@ def main() -> None:
                 # the class is the bench's students: the pool stops at it
                 GRIDHUB_MASTERCLASS_CLASS_SIZE=str(args.users),
                 **({"GRIDHUB_MASTERCLASS_POOL_SIZE": str(args.users)} if args.pool else {}),
+                **({"GRIDHUB_MASTERCLASS_WARM_NOTEBOOK": "none"} if args.no_warm else {}),
             )
             whatif(hub, args, runtime)
             hub.start(timeout=120)
             prestart = hub.prestart(names, args.timeout) if args.prestart else None
             if args.pool:
                 prestart = hub.wait_ready(args.users, args.timeout * 2)
+                if args.notebook and not args.no_warm:
+                    # and their class notebook's kernel warm (a session on it: see
+                    # gridhub.hub.warmkernel); none appears where warm kernels are off
+                    prestart += wait_warm(hub, args.notebook, args.users, args.warm_timeout)
             groups = {
                 "hub": hub.hub_only,
                 "traefik": hub.traefik,

@@ -203,6 +203,8 @@ class Hub:
             "GRIDHUB_HUB_BIND_URL": f"http://127.0.0.1:{free_port()}",
             "GRIDHUB_PROXY_API_URL": f"http://127.0.0.1:{free_port()}",
             "GRIDHUB_TOKEN_SERVICE_PORT": str(free_port()),
+            # (hubs of other test sessions on this machine run one too)
+            "GRIDHUB_MASTERCLASS_TEACHER_PORT": str(free_port()),
             "GRIDHUB_GATEWAY_URL": f"http://127.0.0.1:{free_port()}",
             "GRIDHUB_SPAWNER": "local",
             "GRIDHUB_LOCAL_UNIX_USER": TEST_UNIX_USER,

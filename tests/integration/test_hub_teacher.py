@@ -17,11 +17,11 @@ import pytest
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import login_form, wait_for
+    from .hub_fixtures import SCREENSHOTS, login_form, wait_for
     from .test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub, user_token
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import login_form, wait_for
+    from hub_fixtures import SCREENSHOTS, login_form, wait_for
     from test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub, user_token
 
 CLASS_NB = "class.ipynb"
@@ -289,6 +289,38 @@ def test_seated_students_compute_at_once_and_the_teacher_sees_the_class(hub_fact
     assert r.status_code == 403
     for c in (alice, bob, teacher, api):
         c.close()
+    teacher_in_a_browser(hub)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def teacher_in_a_browser(hub) -> None:
+    """The teacher logs in with the teacher code in chromium and sees the class by name;
+    screenshot in artifacts/screenshots/masterclass-teacher-view.png."""
+    if not Path(CHROMIUM).exists():
+        return  # (the e2e machine has it; the checks above hold without a browser)
+    from playwright.sync_api import expect, sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True
+        )
+        try:
+            page = b.new_page()
+            page.goto(hub.public_url + "/hub/login")
+            page.fill("#username_input", "teacher")
+            page.fill("#password_input", TEACHER_CODE)
+            page.click("#login_submit")
+            page.wait_for_url("**/hub/**")
+            page.goto(hub.public_url + "/services/teacher/")
+            expect(page.locator("#teacher-view")).to_contain_text("2 students")
+            names = page.locator("#class td.name").all_inner_texts()
+            assert sorted(names) == ["alice", "bob"], names
+            page.screenshot(path=str(SCREENSHOTS / "masterclass-teacher-view.png"), full_page=True)
+        finally:
+            b.close()
 
 
 def test_free_seats_keep_warm_kernels_a_claimed_idle_seat_is_culled(hub_factory):
