@@ -337,6 +337,43 @@ def login_form(client: httpx.Client, username: str, password: str) -> httpx.Resp
     )
 
 
+def execute(ws_url: str, token: str, user: str, code: str, timeout: float = 120) -> str:
+    """Run ``code`` on a kernel over its websocket channels (as JupyterLab
+    does); return its text/plain result, fail on a traceback."""
+    import uuid
+
+    import websocket  # websocket-client
+
+    session = uuid.uuid4().hex
+    ws = websocket.create_connection(
+        f"{ws_url}?session_id={session}", header=[f"Authorization: token {token}"], timeout=timeout
+    )
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": user,
+              "session": session, "version": "5.3", "date": "2026-01-01T00:00:00Z"}  # fmt: skip
+    ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "buffers": [],
+                        "content": {"code": code, "silent": False, "store_history": True},
+                        "channel": "shell"}))  # fmt: skip
+    try:
+        result = None
+        while True:
+            msg = json.loads(ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "execute_result":
+                result = msg["content"]["data"]["text/plain"]
+            elif msg["msg_type"] == "error":
+                raise AssertionError(f"the cell raised: {msg['content']['traceback']}")
+            elif msg["msg_type"] == "execute_reply":
+                assert msg["content"]["status"] == "ok", msg["content"]
+                if result is not None:
+                    return result
+            elif msg["msg_type"] == "status" and result is not None:
+                return result
+    finally:
+        ws.close()
+
+
 class OIDCMock:
     """oidc-provider-mock (a stand-in for INDIGO IAM) as a subprocess on loopback."""
 

@@ -7,17 +7,16 @@ import json
 import pwd
 import stat
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import TEST_UNIX_USER, Hub, login_form, wait_for
+    from .hub_fixtures import TEST_UNIX_USER, Hub, execute, login_form, wait_for
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import TEST_UNIX_USER, Hub, login_form, wait_for
+    from hub_fixtures import TEST_UNIX_USER, Hub, execute, login_form, wait_for
 
 CODE = "open-sesame-2026"
 TEACHER_CODE = "teacher-" + "x" * 40
@@ -66,43 +65,15 @@ def start_server(hub: Hub, client: httpx.Client, name: str) -> None:
 def run_cell(hub: Hub, name: str, token: str, code: str, timeout: float = 90) -> str:
     """Start a kernel in the user's server (REST) and run ``code`` over the kernel
     websocket, as JupyterLab does; return the text/plain result."""
-    import websocket  # websocket-client
-
     auth = {"Authorization": f"token {token}"}
     base = f"{hub.public_url}/user/{name}/api"
     r = httpx.post(f"{base}/kernels", json={"name": "python3"}, headers=auth, timeout=60)
     r.raise_for_status()
     kernel = r.json()["id"]
-    session = uuid.uuid4().hex
-    ws = websocket.create_connection(
-        f"{base.replace('http', 'ws', 1)}/kernels/{kernel}/channels?session_id={session}",
-        header=[f"Authorization: token {token}"],
-        timeout=timeout,
-    )
-    msg_id = uuid.uuid4().hex
-    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": name}
-    header.update(session=session, version="5.3", date="2026-01-01T00:00:00Z")
-    content = {"code": code, "silent": False, "store_history": False}
-    ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {},
-                        "content": content, "channel": "shell", "buffers": []}))  # fmt: skip
     try:
-        result = None
-        while True:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "execute_result":
-                result = msg["content"]["data"]["text/plain"]
-            elif msg["msg_type"] == "error":
-                raise AssertionError(f"the cell raised: {msg['content']['traceback']}")
-            elif msg["msg_type"] == "execute_reply":
-                assert msg["content"]["status"] == "ok", msg["content"]
-                if result is not None:
-                    return result
-            elif msg["msg_type"] == "status" and result is not None:
-                return result
+        ws_url = f"{base.replace('http', 'ws', 1)}/kernels/{kernel}/channels"
+        return execute(ws_url, token, name, code, timeout)
     finally:
-        ws.close()
         httpx.delete(f"{base}/kernels/{kernel}", headers=auth, timeout=30)
 
 

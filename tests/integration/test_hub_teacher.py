@@ -9,7 +9,6 @@ import re
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -17,11 +16,11 @@ import pytest
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import SCREENSHOTS, login_form, wait_for
+    from .hub_fixtures import SCREENSHOTS, execute, login_form, wait_for
     from .test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub, user_token
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import SCREENSHOTS, login_form, wait_for
+    from hub_fixtures import SCREENSHOTS, execute, login_form, wait_for
     from test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub, user_token
 
 CLASS_NB = "class.ipynb"
@@ -91,39 +90,8 @@ def warm_session(hub, user: str, token: str) -> dict | None:
 
 def run_in_kernel(hub, user: str, token: str, kernel: str, code: str, timeout=120) -> str:
     """Execute ``code`` on an existing kernel over its websocket (as JupyterLab does)."""
-    import websocket
-
     base = f"{hub.public_url}/user/{user}/api".replace("http", "ws", 1)
-    session = uuid.uuid4().hex
-    ws = websocket.create_connection(
-        f"{base}/kernels/{kernel}/channels?session_id={session}",
-        header=[f"Authorization: token {token}"],
-        timeout=timeout,
-    )
-    msg_id = uuid.uuid4().hex
-    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": user,
-              "session": session, "version": "5.3", "date": "2026-01-01T00:00:00Z"}  # fmt: skip
-    ws.send(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "buffers": [],
-                        "content": {"code": code, "silent": False, "store_history": True},
-                        "channel": "shell"}))  # fmt: skip
-    try:
-        result = None
-        while True:
-            msg = json.loads(ws.recv())
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "execute_result":
-                result = msg["content"]["data"]["text/plain"]
-            elif msg["msg_type"] == "error":
-                raise AssertionError(f"the cell raised: {msg['content']['traceback']}")
-            elif msg["msg_type"] == "execute_reply":
-                assert msg["content"]["status"] == "ok", msg["content"]
-                if result is not None:
-                    return result
-            elif msg["msg_type"] == "status" and result is not None:
-                return result
-    finally:
-        ws.close()
+    return execute(f"{base}/kernels/{kernel}/channels", token, user, code, timeout)
 
 
 def whoami(client: httpx.Client) -> str:
