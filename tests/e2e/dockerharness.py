@@ -119,8 +119,9 @@ def build_image(name: str, tag: str | None = None, *, timeout: int = BUILD_TIMEO
     cold = COLD and name not in COLD_BUILT
     if cold and not COLD_BUILT:
         # the images the previous run's tags pointed at, dangling since: the
-        # only clean-up a cold build needs (this run's cache stays for reuse)
-        docker("image", "prune", "-f", timeout=600)
+        # only clean-up a cold build needs. Old ones only: a build running
+        # now (another checkout's) has dangling stage images of its own.
+        docker("image", "prune", "-f", "--filter", "until=6h", timeout=600)
     log = ARTIFACTS / f"build-{name}{'-cold' if cold else ''}.log"
     cmd = [
         "docker",
