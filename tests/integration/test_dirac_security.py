@@ -69,6 +69,19 @@ def job(pfn: str, script: str, extra: str = "") -> str:
     )
 
 
+def job_stdout(diracx, site, job_id: int) -> str:
+    """The job's std.out from its output sandbox, downloaded as a user would."""
+
+    async def download() -> str:
+        async with diracx.client() as dx:
+            (out,) = (await dx.job_sandboxes(job_id))["Output"]
+            dest = site.work_dir / f"out-{job_id}"
+            await dx.download_sandbox(out, dest)
+            return (dest / "std.out").read_text()
+
+    return run(download())
+
+
 def test_a_tampered_sandbox_is_refused_with_the_reason_and_the_job_fails(
     diracx_server, diracx_local_site, tmp_path
 ):
@@ -124,15 +137,7 @@ def test_a_job_directory_is_removed_once_the_job_is_final_and_its_output_uploade
     assert st.status == "Done", (st, diracx_local_site.log())
     workdir = diracx_local_site.jobs_dir / str(job_id)
     wait_for(lambda: not workdir.exists(), 15, f"{workdir} removed", diracx_local_site.logfile)
-
-    async def output():
-        async with diracx_server.client() as dx:
-            (pfn,) = (await dx.job_sandboxes(job_id))["Output"]
-            dest = workdir.parent.parent / f"out-{job_id}"
-            await dx.download_sandbox(pfn, dest)
-            return (dest / "std.out").read_text()
-
-    assert run(output()) == "out\n"
+    assert job_stdout(diracx_server, diracx_local_site, job_id) == "out\n"
 
 
 @pytest.fixture
@@ -292,15 +297,7 @@ def test_the_sandbox_store_refuses_anonymous_access_and_its_reset_api_while_jobs
     job_id = run(submit(diracx_server, job(pfn, "job.sh")))
     st = run(wait_status(diracx_server, job_id, {"Done", "Failed"}, diracx_local_site))
     assert st.status == "Done", (st, diracx_local_site.log())
-
-    async def output() -> str:
-        async with diracx_server.client() as dx:
-            (out,) = (await dx.job_sandboxes(job_id))["Output"]
-            dest = diracx_local_site.work_dir / f"out-{job_id}"
-            await dx.download_sandbox(out, dest)
-            return (dest / "std.out").read_text()
-
-    assert run(output()) == secret.decode() + "\n"
+    assert job_stdout(diracx_server, diracx_local_site, job_id) == secret.decode() + "\n"
 
 
 def test_the_store_credential_is_private_and_survives_a_restart(diracx_server, diracx_local_site):
@@ -351,15 +348,9 @@ def test_job_containers_run_without_capabilities_new_privileges_or_unbounded_pid
     job_id = run(submit(diracx_server, job(pfn, "job.sh", 'Site = "LCG.Docker.gridhub";')))
     st = run(wait_status(diracx_server, job_id, {"Done", "Failed"}, docker_site, 120))
     assert st.status == "Done", (st, docker_site.log())
-
-    async def output() -> str:
-        async with diracx_server.client() as dx:
-            (out,) = (await dx.job_sandboxes(job_id))["Output"]
-            dest = docker_site.work_dir / f"out-{job_id}"
-            await dx.download_sandbox(out, dest)
-            return (dest / "std.out").read_text()
-
-    seen = dict(line.split(None, 1) for line in run(output()).splitlines())
+    seen = dict(
+        line.split(None, 1) for line in job_stdout(diracx_server, docker_site, job_id).splitlines()
+    )
     assert seen["CapEff:"].strip() == "0000000000000000", seen
     assert seen["CapBnd:"].strip() == "0000000000000000", seen
     assert seen["NoNewPrivs:"].strip() == "1", seen
