@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,6 +82,12 @@ def _pip_settings() -> dict[str, str]:
     return out
 
 
+def package_version() -> str:
+    """GridHub's version: extensions/pyproject.toml is its one place."""
+    with (ROOT / "extensions" / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
 def build_args() -> list[str]:
     """The machine-specific `docker build` flags (see the module docstring)."""
     args = ["--network", "host"]
@@ -128,6 +135,8 @@ def build_image(name: str, tag: str | None = None, *, timeout: int = BUILD_TIMEO
         "build",
         *(["--no-cache"] if cold else []),
         *build_args(),
+        # the image's version label, as a release build gives it
+        *("--build-arg", f"VERSION={package_version()}"),
         "-f",
         str(dockerfile),
         "-t",

@@ -175,6 +175,20 @@ class Facility:
         p = self.compose("logs", "--no-color", "--timestamps", check=False, timeout=120)
         (ARTIFACTS / "compose" / f"{name}.log").write_text(p.stdout + p.stderr)
 
+    def job_logs(self) -> str:
+        """The running grid jobs' stdout/stderr. Only while they run: the site
+        removes a job's directory (it holds the cluster's key) when the job
+        ends, and a killed job uploads no output sandbox."""
+        return self.exec(
+            "localsite",
+            "sh",
+            "-c",
+            "find /srv/gridhub/localsite -type f -name 'std.*' -exec cat {} + || true",
+        )
+
+    def save_job_logs(self, name: str) -> None:
+        (ARTIFACTS / "compose" / f"grid-jobs-{name}.log").write_text(self.job_logs())
+
     def dirac_jobs(self) -> list[dict]:
         code = (
             "import asyncio, json\n"
@@ -399,14 +413,8 @@ def test_login_lab_cluster_on_grid(facility, lab):
         assert list(nets) == [f"{PROJECT}_grid"], nets
     # each opened its reverse path with OpenSSH over plain SSH (the gateway
     # pins its host key in the job; the image has ssh)
-    opened = facility.exec(
-        "localsite",
-        "sh",
-        "-c",
-        "find /srv/gridhub/localsite -type f -name 'std.*'"
-        " -exec grep -h 'reverse path' {} + || true",
-    )
-    assert opened.count("client openssh") >= 2, opened
+    opened = [line for line in facility.job_logs().splitlines() if "reverse path" in line]
+    assert sum("client openssh" in line for line in opened) >= 2, opened
     RESULTS["dirac_jobs"] = running
 
 
@@ -436,6 +444,7 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
     screenshot(pg, "compose-05-after-hub-restart")
 
     # stop the cluster: its DIRAC jobs end, its containers go
+    facility.save_job_logs("cluster")
     pg.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=120_000)
     run_cell(pg, "cluster.shutdown()\nprint('STOPPED')\n", "STOPPED", 180)
     deadline = time.monotonic() + 120
@@ -465,6 +474,7 @@ def test_down_up_keeps_files_and_hub_db(facility, lab):
     )
     assert jobs and facility.server_of(SEAT)
     facility.save_logs("before-down")
+    facility.save_job_logs("before-down")
     t0 = time.monotonic()
     facility.down()  # once, no retry
     RESULTS["down_seconds"] = round(time.monotonic() - t0, 1)
@@ -538,13 +548,10 @@ def test_no_secret_or_token_in_any_log(facility, lab):
         p = docker("logs", cid, check=False, timeout=60)
         logs[f"docker logs {cid[:12]}"] = p.stdout + p.stderr
     logs["compose logs before down"] = (ARTIFACTS / "compose" / "before-down.log").read_text()
-    logs["grid jobs' stdout/stderr"] = facility.exec(
-        "localsite",
-        "sh",
-        "-c",
-        "find /srv/gridhub/localsite -type f -name 'std.*' -exec cat {} +",
-    )
-    assert "distributed.worker" in logs["grid jobs' stdout/stderr"]  # the workers' logs are there
+    for name in ("cluster", "before-down"):
+        path = ARTIFACTS / "compose" / f"grid-jobs-{name}.log"
+        logs[f"grid jobs' stdout/stderr ({name})"] = path.read_text()
+        assert "distributed.worker" in logs[f"grid jobs' stdout/stderr ({name})"]  # they are there
     found = [
         f"{what} in {where}"
         for where, text in logs.items()

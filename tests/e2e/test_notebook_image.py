@@ -12,13 +12,20 @@ import json
 import re
 import secrets
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
-from dockerharness import ROOT, RUN_ID, TEST_LABEL, Containers, docker, screenshot
+from dockerharness import (
+    ROOT,
+    RUN_ID,
+    TEST_LABEL,
+    Containers,
+    docker,
+    package_version,
+    screenshot,
+)
 
 # The image build and server start-up are fixtures with their own bounded
 # timeouts; pytest-timeout bounds only the test bodies.
@@ -82,8 +89,7 @@ print(json.dumps({{
     lock = locked_versions()
     for dist, version in out["versions"].items():
         assert version == lock[dist], f"{dist} {version} in the image, {lock[dist]} locked"
-    project = tomllib.loads((ROOT / "extensions" / "pyproject.toml").read_text())["project"]
-    assert out["gridhub"] == [project["version"]] * 2
+    assert out["gridhub"] == [package_version()] * 2
 
 
 def test_image_metadata_and_no_build_secrets(notebook_image: str) -> None:
@@ -91,8 +97,9 @@ def test_image_metadata_and_no_build_secrets(notebook_image: str) -> None:
     assert cfg["User"] == "1000:100"
     assert cfg["Healthcheck"]["Test"][0] == "CMD"
     labels = cfg["Labels"]
-    for key in ("title", "version", "source", "licenses", "description", "base.name"):
+    for key in ("title", "source", "licenses", "description", "base.name"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert labels["org.opencontainers.image.version"] == package_version()
     # The CA passed to the build stage must not reach the final image.
     history = docker("history", "--no-trunc", notebook_image).stdout
     assert "EXTRA_CA_CERTS" not in history and "BEGIN CERTIFICATE" not in history
