@@ -50,8 +50,19 @@ def variations() -> list[str]:
     return [*out, "scale_var_up", "scale_var_down"]
 
 
-def new_histograms() -> dict[str, hist.Hist]:
-    """Weighted histograms and unweighted entry counts, same axes."""
+def is_dask(events) -> bool:
+    """True for coffea's dask mode (dask-awkward arrays), False for eager
+    or virtual arrays (processor.Runner)."""
+    return type(events).__module__.startswith("dask_awkward")
+
+
+def new_histograms(dask: bool = False) -> dict[str, hist.Hist]:
+    """Weighted histograms and unweighted entry counts, same axes; with
+    dask=True lazy hist.dask histograms that dask.compute turns into hist.Hist."""
+    if dask:
+        import hist.dask as hist_module
+    else:
+        hist_module = hist
     axes = (
         hist.axis.Regular(*BINS, name="observable", label="observable [GeV]"),
         hist.axis.StrCategory(list(REGIONS), name="region", label="region"),
@@ -59,15 +70,15 @@ def new_histograms() -> dict[str, hist.Hist]:
         hist.axis.StrCategory([], name="variation", label="variation", growth=True),
     )
     return {
-        "hist": hist.Hist(*axes, storage=hist.storage.Weight()),
-        "entries": hist.Hist(*axes, storage=hist.storage.Int64()),
+        "hist": hist_module.Hist(*axes, storage=hist.storage.Weight()),
+        "entries": hist_module.Hist(*axes, storage=hist.storage.Int64()),
     }
 
 
-def btag_weight_variation(i_jet: int, jet_pt) -> np.ndarray:
+def btag_weight_variation(i_jet: int, jet_pt) -> tuple:
     """(up, down) weights from the pT of the i-th jet: 1 +- 7.5% * pT / 50 GeV."""
-    pt = ak.to_numpy(jet_pt[:, i_jet])
-    return 1.0 + np.array([BTAG_VARIATION, -BTAG_VARIATION])[None, :] * (pt[:, None] / 50.0)
+    r = BTAG_VARIATION * jet_pt[:, i_jet] / 50.0
+    return 1.0 + r, 1.0 - r
 
 
 def lepton_count(events) -> ak.Array:
@@ -89,7 +100,8 @@ def select(events, n_lep, jes: float = 1.0):
     """Selected jets per region and the observable, for one jet-energy scale.
 
     n_lep: lepton_count(events). Returns {region: (jets_in_region, observable)}
-    with plain awkward/numpy.
+    as one-dimensional awkward arrays (dask-awkward in dask mode: the awkward
+    functions below dispatch to dask-awkward).
     """
     jet = events.Jet
     btag = BTAG_BRANCH if BTAG_BRANCH in jet.fields else BTAG_FALLBACK
@@ -107,7 +119,7 @@ def select(events, n_lep, jes: float = 1.0):
 
     out = {}
     jets_1b = jets[base & (n_b == 1)]
-    out["4j1b"] = (jets_1b, ak.to_numpy(ak.sum(jets_1b.pt, axis=-1)))
+    out["4j1b"] = (jets_1b, ak.sum(jets_1b.pt, axis=1))
 
     # to_packed: a compact copy of the few 4j2b events' jets, so that the
     # trijet combinatorics below do not go through views of all the jets
@@ -119,23 +131,45 @@ def select(events, n_lep, jes: float = 1.0):
     max_btag = np.maximum(trijet.j1.btag, np.maximum(trijet.j2.btag, trijet.j3.btag))
     p4 = p4[max_btag >= B_TAG_THRESHOLD]
     best = ak.argmax(p4.pt, axis=1, keepdims=True)
-    out["4j2b"] = (jets_2b, ak.to_numpy(ak.flatten(p4[best].mass)))
+    out["4j2b"] = (jets_2b, ak.flatten(p4[best].mass))
     return out
 
 
+def event_count(events):
+    """len(events); in dask mode a lazy one-bin histogram of the events
+    (dask-awkward 2025.3 with awkward 2.14 cannot build ak.num(..., axis=0):
+    'scalar conversion/promotion is disabled'), which run_dask turns into an int."""
+    if not is_dask(events):
+        return len(events)
+    import hist.dask
+
+    counter = hist.dask.Hist(hist.axis.Integer(0, 1, name="n", flow=False))
+    counter.fill(n=ak.zeros_like(events.run))
+    return counter
+
+
 class TtbarAnalysis(processor.ProcessorABC):
-    """One histogram set per chunk; coffea adds them up."""
+    """One histogram set per chunk (processor.Runner adds them up), or per
+    dataset in dask mode (lazy; dask.compute, then accumulate)."""
 
     def process(self, events):
-        out = new_histograms()
+        dask = is_dask(events)
+        out = new_histograms(dask)
         h, entries = out["hist"], out["entries"]
         meta = events.metadata
         process_name = meta.get("process", meta["dataset"])
-        nevts = meta.get("nevts") or len(events)
+        n_events = event_count(events)
+        if not meta.get("nevts") and dask:
+            raise ValueError(
+                f"dask mode: the fileset's metadata of {process_name!r} needs 'nevts' "
+                "(the weight xsec * lumi / nevts is fixed before anything is read)"
+            )
+        nevts = meta.get("nevts") or n_events
         weight = float(meta.get("xsec", 1.0)) * LUMI / float(nevts)
 
         def fill(region, process_name, variation, observable, w):
-            w = np.broadcast_to(np.asarray(w, dtype=np.float64), observable.shape)
+            # the weight as an array like the observable (scalar or per event)
+            w = ak.ones_like(observable, dtype=np.float64) * w
             kw = dict(region=region, process=process_name, variation=variation)
             h.fill(observable=observable, weight=w, **kw)
             entries.fill(observable=observable, **kw)
@@ -147,17 +181,53 @@ class TtbarAnalysis(processor.ProcessorABC):
                 if jes_name != "nominal":
                     continue
                 for i in range(N_BTAG_VARS):
-                    w = btag_weight_variation(i, jets.pt) if len(observable) else np.ones((0, 2))
-                    fill(region, process_name, f"btag_var_{i}_up", observable, weight * w[:, 0])
-                    fill(region, process_name, f"btag_var_{i}_down", observable, weight * w[:, 1])
+                    up, down = btag_weight_variation(i, jets.pt)
+                    fill(region, process_name, f"btag_var_{i}_up", observable, weight * up)
+                    fill(region, process_name, f"btag_var_{i}_down", observable, weight * down)
                 if process_name != SIGNAL:
                     for d, s in (("up", 1.0), ("down", -1.0)):
                         flat = weight * (1.0 + s * FLAT_VARIATION)
                         fill(region, process_name, f"scale_var_{d}", observable, flat)
-        return {"hist": h, "entries": entries, "nevents": {process_name: len(events)}}
+        return {"hist": h, "entries": entries, "nevents": {process_name: n_events}}
 
     def postprocess(self, accumulator):
         return accumulator
+
+
+def dask_events(fileset: dict, uproot_options: dict | None = None) -> dict:
+    """coffea's dask mode: one lazy NanoEvents array per process of the fileset
+    (NanoEventsFactory.from_root(..., mode="dask").events()), with the
+    fileset's metadata as events.metadata."""
+    from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
+
+    events = {}
+    for process_name, spec in fileset.items():
+        events[process_name] = NanoEventsFactory.from_root(
+            dict(spec["files"]),
+            mode="dask",
+            schemaclass=NanoAODSchema,
+            metadata={"dataset": process_name, **spec.get("metadata", {})},
+            uproot_options=dict(uproot_options or {}),
+        ).events()
+    return events
+
+
+def run_dask(fileset: dict, uproot_options: dict | None = None) -> dict:
+    """The analysis in dask mode: build the task graph of every process, one
+    dask.compute on the current scheduler (the cluster's client when one is
+    open), then add the per-process outputs up as processor.Runner does."""
+    import dask
+
+    analysis = TtbarAnalysis()
+    lazy = [analysis.process(ev) for ev in dask_events(fileset, uproot_options).values()]
+    # optimize_graph=False: dask-awkward 2025.3's graph optimisation (column
+    # projection, layer fusion) fails on dask >= 2025.4 ("Cannot fuse tasks
+    # with multiple outputs", coffea issue #1343), and no dask-awkward release
+    # supports the facility's dask 2026.8. Unoptimised, every branch is read.
+    (computed,) = dask.compute(lazy, optimize_graph=False)
+    for out in computed:
+        out["nevents"] = {p: int(n.sum()) for p, n in out["nevents"].items()}
+    return processor.accumulate(computed)
 
 
 @contextmanager

@@ -148,20 +148,32 @@ def test_masterclass(dirac_facility, sidebar_cluster, sample_data, tmp_path, nam
     assert elapsed < 240
 
 
+@pytest.fixture(scope="module")
+def agc_reference(sample_data):
+    return reference_compute(reference_fileset(sample_data / "fileset.json"))
+
+
+# processor.Runner, and coffea's dask mode (NanoEventsFactory(...).events() +
+# dask.compute), on the same sidebar cluster: the same histograms
+@pytest.mark.parametrize("mode", ["processor", "dask"])
 def test_agc_ttbar_matches_an_independent_computation(
-    dirac_facility, sidebar_cluster, sample_data, tmp_path
+    dirac_facility, sidebar_cluster, sample_data, agc_reference, tmp_path, mode
 ):
     out_dir = tmp_path / "agc-output"
-    env = kernel_env(dirac_facility, "nb-alice", sample_data, AGC_OUTPUT_DIR=str(out_dir))
+    env = kernel_env(
+        dirac_facility, "nb-alice", sample_data, AGC_OUTPUT_DIR=str(out_dir), AGC_MODE=mode
+    )
     nb, elapsed = run_notebook(NOTEBOOKS / "agc-ttbar" / "ttbar_analysis.ipynb", env, tmp_path)
     out = text_of(nb)
     assert "using shipped samples" in out
+    assert f"{mode} mode: 240 events" in out
+    assert f"{sidebar_cluster.name} -" in out  # computed on the sidebar's cluster
     assert "mu = 1.000" in out
     assert images_of(nb) >= 3
 
     got = json.loads((out_dir / "histograms.json").read_text())
     assert got["nevents"] == {"ttbar": 200, "dy": 40}
-    ref = reference_compute(reference_fileset(sample_data / "fileset.json"))
+    ref = agc_reference
     empty = {"sumw": [0.0] * 27, "entries": [0] * 27}
     keys = set(got["histograms"]) | set(ref)
     assert {"4j1b/ttbar/nominal", "4j2b/ttbar/nominal", "4j2b/ttbar/pt_scale_up"} <= keys
@@ -174,4 +186,4 @@ def test_agc_ttbar_matches_an_independent_computation(
     for region in ("4j1b", "4j2b"):
         for var in ("nominal", "pt_scale_up", "pt_scale_down", "btag_var_3_down"):
             assert f"{region}/ttbar/{var}" in got["histograms"]
-    print(f"AGC notebook {elapsed:.1f} s")
+    print(f"AGC notebook, {mode} mode: {elapsed:.1f} s")
