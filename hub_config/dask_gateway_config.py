@@ -111,6 +111,7 @@ b.cluster_options = default_cluster_options(
     max_cores=s.gateway_max_cores,
     max_memory_gib=s.gateway_max_memory,
     max_workers=s.gateway_max_workers,
+    sites=s.grid_sites,
     images=[s.gateway_worker_image or ""],
 )
 c.DiracClusterConfig.idle_timeout = s.gateway_idle_timeout

@@ -43,6 +43,7 @@ case "${1:-diracx}" in
       --docker-network "${FACILITY_GRID_NETWORK:?set FACILITY_GRID_NETWORK}" \
       --job-memory "${GRIDHUB_WORKER_MEM_LIMIT:-3G}" \
       --max-jobs "${GRIDHUB_LOCALSITE_MAX_JOBS:-4}" \
+      --site-catalogue "${GRIDHUB_GRID_SITES:-}" \
       --container-prefix "${FACILITY_PROJECT:-gridhub}-job" \
       --label "org.gridhub.facility=${FACILITY_PROJECT:-gridhub}" \
       --heartbeat-interval 3 "$@"

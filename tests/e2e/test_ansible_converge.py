@@ -278,7 +278,7 @@ def test_converge_serves_the_login_page(converged: Target):
         assert t.sh(f"cat /opt/gridhub/{name}") == (ROOT / name).read_text()
     assert t.sh("stat -c '%a %U' /opt/gridhub/.env").split() == ["600", "root"]
     assert "docker-compose version 1.29" in t.sh("docker-compose version")
-    for service in ("traefik", "hub", "gateway", "dirac", "localsite"):
+    for service in ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu"):
         assert t.container(service)["State"]["Health"]["Status"] == "healthy", service
     # the host firewall: a service on a port not in gridhub_firewall_tcp_ports
     # answers on the host's loopback but not from outside

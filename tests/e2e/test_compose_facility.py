@@ -37,7 +37,8 @@ from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, image_ta
 pytestmark = pytest.mark.e2e
 
 IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik")
-SERVICES = ("traefik", "hub", "gateway", "dirac", "localsite")
+SERVICES = ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu")
+SITES = {"LCG.Local.gridhub": "localsite", "LCG.GPU.gridhub": "localsite-gpu"}  # stand-ins
 PROJECT = f"gridhubtest{RUN_ID}"
 USER = "alice"
 # the warm pool (GRIDHUB_MASTERCLASS_POOL_SIZE=1) seats her on a server started before she came
@@ -179,11 +180,14 @@ class Facility:
         """The running grid jobs' stdout/stderr. Only while they run: the site
         removes a job's directory (it holds the cluster's key) when the job
         ends, and a killed job uploads no output sandbox."""
-        return self.exec(
-            "localsite",
-            "sh",
-            "-c",
-            "find /srv/gridhub/localsite -type f -name 'std.*' -exec cat {} + || true",
+        return "".join(
+            self.exec(
+                site,
+                "sh",
+                "-c",
+                "find /srv/gridhub/localsite -type f -name 'std.*' -exec cat {} + || true",
+            )
+            for site in SITES.values()
         )
 
     def save_job_logs(self, name: str) -> None:
@@ -402,7 +406,7 @@ def test_login_lab_cluster_on_grid(facility, lab):
     jobs = [j for j in facility.dirac_jobs() if j.get("JobGroup") == cluster]
     running = [j for j in jobs if j["Status"] == "Running"]
     assert len(running) >= 2, jobs
-    assert all(j["Site"] == "LCG.Local.gridhub" for j in running), running
+    assert all(j["Site"] in SITES for j in running), running
     # ... as containers on the grid network only
     job_ctrs = facility.containers(
         f"label=org.gridhub.facility={PROJECT}", "label=org.gridhub.job", "status=running"
@@ -460,15 +464,19 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
 
 
 def test_down_up_keeps_files_and_hub_db(facility, lab):
-    # a user's grid job runs while the facility goes down
+    # a user's grid job runs while the facility goes down; it asks for the GPU
+    # tag, which only the GPU stand-in site offers
     pg = lab
-    run_cell(
+    text = run_cell(
         pg,
-        "c2 = gateway.new_cluster(); c2.scale(1)\n"
+        "c2 = gateway.new_cluster(tags='GPU'); c2.scale(1)\n"
         "c2.get_client().wait_for_workers(1, timeout=540)\nprint('GRIDJOB', c2.name)\n",
         "GRIDJOB",
         CLUSTER_TIMEOUT,
     )
+    c2 = text.split("GRIDJOB", 1)[1].split()[0]
+    (job,) = [j for j in facility.dirac_jobs() if j.get("JobGroup") == c2]
+    assert (job["Status"], job["Site"]) == ("Running", "LCG.GPU.gridhub"), job
     jobs = facility.containers(
         f"label=org.gridhub.facility={PROJECT}", "label=org.gridhub.job", "status=running"
     )

@@ -32,6 +32,14 @@ def test_jdl_parses_with_dirac_classad():
     assert ad.getAttributeInt("CPUTime") == 1200
 
 
+def test_requirements_parse_as_dirac_reads_them():
+    jdl = make_job(banned_sites=["LCG.Bad.fr"], tags=["GPU"], memory_mb=4096).jdl()
+    ad = ClassAd(jdl)
+    assert ad.getListFromExpression("BannedSites") == ["LCG.Bad.fr"]
+    assert ad.getListFromExpression("Tags") == ["GPU"]
+    assert ad.getAttributeInt("MinRAM") == ad.getAttributeInt("MaxRAM") == 4096
+
+
 def test_no_site_means_any_site():
     ad = ClassAd(make_job().jdl())
     assert not ad.lookupAttribute("Site")

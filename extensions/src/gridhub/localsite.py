@@ -10,8 +10,8 @@ jobs through their pilots).
         [--max-jobs N] [--runner process|docker] [--docker-network grid] [--image IMAGE]
         [--job-memory 3G] [--container-prefix gridhub-job] [--label KEY=VALUE ...]
 
-Every ~1 s it searches DiracX for jobs in Received/Waiting whose Site is
-unset/ANY or this site, walks each through valid states to Running
+Every ~1 s it searches DiracX for jobs in Received/Waiting that this site
+matches (see ``SiteCatalogue``), walks each through valid states to Running
 (Received -> Checking -> Waiting -> Matched -> Running), fetches its JDL
 (from the embedded server's ``/api/gridhub/jobs/{id}/jdl``, standing in for
 the matcher) and input sandbox into ``DIR/jobs/<id>``, and runs the JDL's
@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import resource
@@ -74,6 +75,62 @@ MAX_OUTPUT = 256 * 1024 * 1024
 JOB_PIDS = 1024
 #: how often a running job's output size is looked at
 OUTPUT_CHECK = 1.0
+
+
+def megabytes(size: str) -> int:
+    """A docker-style size ("3G", "512m", "1024") in MB."""
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+    text = size.strip().lower().removesuffix("b")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text) / 2**20)  # plain bytes
+
+
+@dataclass(frozen=True)
+class Requirements:
+    """What a job's JDL asks of a site, in DIRAC's attribute names."""
+
+    sites: frozenset[str] = frozenset()  # Site: empty means any site
+    banned: frozenset[str] = frozenset()  # BannedSites
+    tags: frozenset[str] = frozenset()  # Tags the site must offer
+    ram_mb: int = 0  # MinRAM
+
+    @classmethod
+    def of(cls, attrs: dict) -> Requirements:
+        sites = {s for s in as_list(attrs.get("Site")) if s not in ("", "ANY", "Any", "Multiple")}
+        return cls(
+            frozenset(sites),
+            frozenset(as_list(attrs.get("BannedSites"))),
+            frozenset(as_list(attrs.get("Tags"))),
+            int(str(attrs.get("MinRAM") or 0)),
+        )
+
+
+class SiteCatalogue:
+    """The stand-in sites of one facility and the tags each offers.
+
+    DiracX 0.7 has no matcher, so several stand-in sites polling one DiracX
+    must not take the same job: each computes, from the same catalogue, the
+    sites a job may run at, and only the one the job's ID points to among
+    them takes it (the workers of a cluster spread over the sites that fit).
+    With no catalogue a site takes every job that names it or any site.
+    """
+
+    def __init__(self, sites: dict[str, list[str]] | None = None) -> None:
+        self.sites = {name: frozenset(tags) for name, tags in sorted((sites or {}).items())}
+
+    def eligible(self, req: Requirements) -> list[str]:
+        return [
+            name
+            for name, tags in self.sites.items()
+            if (not req.sites or name in req.sites) and name not in req.banned and req.tags <= tags
+        ]
+
+    def takes(self, site: str, job_id: int, req: Requirements) -> bool:
+        if not self.sites:  # a lone site offering no tags
+            return (not req.sites or site in req.sites) and site not in req.banned and not req.tags
+        eligible = self.eligible(req)
+        return bool(eligible) and eligible[job_id % len(eligible)] == site
 
 
 @dataclass
@@ -107,6 +164,7 @@ class LocalSite:
         job_memory: str | None = None,
         container_prefix: str = "gridhub-job",
         labels: dict[str, str] | None = None,
+        catalogue: SiteCatalogue | None = None,
     ) -> None:
         if runner not in ("process", "docker"):
             raise ValueError(f"unknown runner {runner!r}")
@@ -129,8 +187,16 @@ class LocalSite:
         self.container_prefix = container_prefix
         self.labels = {"org.gridhub.localsite": site, **(labels or {})}
         self._docker = None
+        self.catalogue = catalogue or SiteCatalogue()
+        if self.catalogue.sites and site not in self.catalogue.sites:
+            raise ValueError(
+                f"site {site!r} is not in the site catalogue {sorted(self.catalogue.sites)}"
+            )
+        # the memory of one job slot (DIRAC's queue MaxRAM): jobs asking more wait
+        self.max_ram_mb = megabytes(job_memory) if job_memory else 0
         self.jobs: dict[int, RunningJob] = {}
         self._refused: set[int] = set()
+        self._ours: dict[int, bool] = {}  # job -> does this site match it (from its JDL)
 
     # ------------------------------------------------------------------
 
@@ -187,19 +253,43 @@ class LocalSite:
             ["JobID", "Status", "Site"],
             sort=[{"parameter": "JobID", "direction": "asc"}],
         )
+        waiting = {int(j["JobID"]) for j in found}
+        self._ours = {k: v for k, v in self._ours.items() if k in waiting}
         for j in found:
             job_id = int(j["JobID"])
             if job_id in self.jobs or job_id in self._refused:
                 continue
-            sites = [s.strip() for s in str(j.get("Site") or "ANY").split(",")]
-            if not ({"", "ANY", "Any", "Multiple", self.site} & set(sites)):
-                continue
             if free <= 0:
                 break
+            if not await self._matches(job_id):
+                continue
             free -= 1
             job = RunningJob(job_id, self.state_dir / "jobs" / str(job_id))
             self.jobs[job_id] = job
             job.task = asyncio.create_task(self._run_job(job, str(j["Status"])))
+
+    async def _matches(self, job_id: int) -> bool:
+        """Whether this site takes the job, from its JDL (read once per job)."""
+        if job_id not in self._ours:
+            try:
+                req = Requirements.of(parse_jdl(await self.dx.job_jdl(job_id)))
+            except DiracXError as exc:  # looked at again at the next poll
+                log.info("Job %d: JDL not read for matching (%s)", job_id, exc)
+                return False
+            except ValueError as exc:  # unparsable: the run path fails it with the reason
+                log.info("Job %d: JDL not parsed for matching (%s)", job_id, exc)
+                req = Requirements()
+            ours = self.catalogue.takes(self.site, job_id, req)
+            if ours and self.max_ram_mb and req.ram_mb > self.max_ram_mb:
+                log.info(
+                    "Job %d: needs %d MB, this site's slots have %d MB: left waiting",
+                    job_id,
+                    req.ram_mb,
+                    self.max_ram_mb,
+                )
+                ours = False
+            self._ours[job_id] = ours
+        return self._ours[job_id]
 
     # ------------------------------------------------------------------
 
@@ -590,6 +680,18 @@ def token_source(args: argparse.Namespace) -> TokenSource:
     raise SystemExit("gridhub-local-site: give --embedded-state-dir or --token-file")
 
 
+def _catalogue(text: str) -> SiteCatalogue:
+    try:
+        sites = json.loads(text) if text.strip() else {}
+        if not isinstance(sites, dict) or not all(
+            isinstance(v, list) and all(isinstance(t, str) for t in v) for v in sites.values()
+        ):
+            raise ValueError("not an object of site name -> list of tags")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--site-catalogue: {exc}") from None
+    return SiteCatalogue(sites)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(
         prog="gridhub-local-site",
@@ -610,6 +712,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--token-file", type=Path, help="DiracX credentials JSON (refreshed)")
     p.add_argument("--site", default=DEFAULT_SITE)
+    p.add_argument(
+        "--site-catalogue",
+        type=_catalogue,
+        default=SiteCatalogue(),
+        help='JSON {"<site>": ["<tag>", ...]}: every stand-in site of the facility and the '
+        "tags it offers (the same for all of them); unset: this site takes any job",
+    )
     p.add_argument("--max-jobs", type=int, default=4)
     p.add_argument("--runner", choices=["process", "docker"], default="process")
     p.add_argument("--docker-network")
@@ -662,6 +771,7 @@ def main(argv: list[str] | None = None) -> None:
                 keep_workdirs=args.keep_workdirs,
                 poll_interval=args.poll_interval,
                 heartbeat_interval=args.heartbeat_interval,
+                catalogue=args.site_catalogue,
             )
             await site.run(stop)
 

@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,14 @@ class DiracClusterConfig(LocalClusterConfig):
         help="Maximum wall time of one worker job, in seconds.",
         config=True,
     )
+    banned_sites = List(
+        Unicode(),
+        help="DIRAC sites the workers must not run at (the JDL's BannedSites).",
+        config=True,
+    )
     job_tags = List(
         Unicode(),
-        help="Extra DIRAC job Tags (e.g. site capabilities).",
+        help="DIRAC job Tags: capabilities the site must offer (e.g. GPU).",
         config=True,
     )
 
@@ -471,7 +476,9 @@ class DiracBackend(UnsafeLocalBackend):
             cores=cluster.config.worker_cores,
             wall_time=cluster.config.max_wall_time,
             sites=tuple(cluster.config.sites),
+            banned_sites=tuple(cluster.config.banned_sites),
             tags=tuple(cluster.config.job_tags),
+            memory_mb=cluster.config.worker_memory // 2**20,
         )
         (job_id,) = await self.dirac.submit_jdl([job.jdl()])
         self.log.info(
@@ -571,11 +578,35 @@ def default_cluster_options(
     max_cores: int = 8,
     max_memory_gib: float = 32,
     max_workers: int = 50,
-    sites: Sequence[str] = (),
+    sites: Mapping[str, Sequence[str]] | Sequence[str] = (),
     images: Sequence[str] = ("",),
     max_wall_hours: float = 24,
 ) -> opts.Options:
-    """The options users see in dask-gateway's dialog and the labextension."""
+    """The options users see in dask-gateway's dialog and the labextension.
+
+    ``sites`` are the DIRAC sites a user may pick, as a mapping to the tags
+    each offers (``{"LCG.GPU.gridhub": ["GPU"]}``) or a plain list. With tags
+    known, a request no site can run is refused when the cluster is created,
+    naming the tag, rather than left waiting at DIRAC.
+    """
+    catalogue = {s: set(t) for s, t in sites.items()} if isinstance(sites, Mapping) else {}
+    names = list(sites)
+
+    def split(text: str) -> list[str]:
+        return sorted({t.strip() for t in text.split(",") if t.strip()})
+
+    def job_tags(options: Any) -> list[str]:
+        tags = split(options.tags)
+        if not catalogue or not tags:
+            return tags  # DIRAC decides
+        allowed = [options.site] if options.site != "ANY" else names
+        allowed = [s for s in allowed if s not in split(options.banned_sites)]
+        if not any(set(tags) <= catalogue[s] for s in allowed):
+            offered = {s: sorted(t) for s, t in catalogue.items() if t}
+            raise ValueError(
+                f"no site you allowed offers the tags {tags} (sites with tags: {offered or 'none'})"
+            )
+        return tags
 
     def handler(options: Any, user: Any) -> dict[str, Any]:
         config: dict[str, Any] = {
@@ -584,9 +615,12 @@ def default_cluster_options(
             "worker_memory": int(options.worker_memory * 2**30),
             "cluster_max_workers": options.max_workers,
             "max_wall_time": int(options.max_wall_hours * 3600),
+            "job_tags": job_tags(options),
         }
         if options.site != "ANY":
             config["sites"] = [options.site]
+        if split(options.banned_sites):
+            config["banned_sites"] = split(options.banned_sites)
         if options.worker_image:
             config["worker_image"] = options.worker_image
         return config
@@ -595,7 +629,9 @@ def default_cluster_options(
         opts.Integer("worker_cores", 1, min=1, max=max_cores, label="Worker cores"),
         opts.Float("worker_memory", 2, min=0.5, max=max_memory_gib, label="Worker memory (GiB)"),
         opts.Integer("max_workers", max_workers, min=1, max=max_workers, label="Maximum workers"),
-        opts.Select("site", ["ANY", *sites], default="ANY", label="DIRAC site"),
+        opts.Select("site", ["ANY", *names], default="ANY", label="DIRAC site"),
+        opts.String("tags", "", label="Job tags (comma-separated, e.g. GPU)"),
+        opts.String("banned_sites", "", label="Banned sites (comma-separated)"),
         opts.Select("worker_image", list(images), default=images[0], label="Worker image")
         if len(images) > 1
         else opts.String("worker_image", images[0], label="Worker image (empty: site default)"),

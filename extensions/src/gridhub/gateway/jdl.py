@@ -50,7 +50,9 @@ class WorkerJob:
     cores: int = 1
     wall_time: int = 3600  # seconds
     sites: Sequence[str] = ()
+    banned_sites: Sequence[str] = ()
     tags: Sequence[str] = field(default_factory=tuple)
+    memory_mb: int = 0  # what the worker needs and may use (0: the site's default)
 
     def jdl(self) -> str:
         user = safe_label(self.username)
@@ -74,8 +76,15 @@ class WorkerJob:
         }
         if self.sites:
             attrs["Site"] = _string_list(list(self.sites))
+        if self.banned_sites:
+            attrs["BannedSites"] = _string_list(list(self.banned_sites))
         if self.tags:
             attrs["Tags"] = _string_list(list(self.tags))
+        if self.memory_mb:
+            # DIRAC's RAM requirement (MB): matched against a queue's MaxRAM;
+            # the limit is the worker's own (dask's --memory-limit) too
+            attrs["MinRAM"] = str(int(self.memory_mb))
+            attrs["MaxRAM"] = str(int(self.memory_mb))
         body = ";\n  ".join(f"{k} = {v}" for k, v in attrs.items())
         return f"[\n  {body};\n]"
 

@@ -13,6 +13,7 @@ valid one.  The facility's mode is derived: ``iam`` when ``iam_issuer`` is set, 
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -308,6 +309,13 @@ class Settings(BaseModel):
     localsite_max_jobs: int = Field(
         4, ge=1, description="Local site (embedded mode): jobs it runs at the same time."
     )
+    grid_sites: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="DIRAC sites users may pick for their workers, each with the tags it offers"
+        ' (JSON, e.g. {"LCG.GPU.gridhub": ["GPU"]}); a cluster asking for tags no allowed'
+        " site offers is refused when created. Embedded mode: also the stand-in sites that"
+        " run (docker-compose.override.yml). Empty: any site, tags unchecked.",
+    )
     gateway_worker_image: str | None = Field(
         None,
         description="Image grid workers run in (apptainer/singularity at the site; the local"
@@ -344,6 +352,16 @@ class Settings(BaseModel):
         "masterclass_teachers",
         mode="before",
     )(_split_list)
+
+    @field_validator("grid_sites", mode="before")
+    @classmethod
+    def _json_object(cls, value: Any) -> Any:
+        if isinstance(value, str):  # from the environment
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+        return value
 
     @field_validator("public_url", "hub_bind_url", "proxy_api_url", "gateway_url", "iam_issuer")
     @classmethod
