@@ -1,0 +1,132 @@
+"""Per-user DIRAC identity in the embedded default (issue 16, first point).
+
+Real parts: the embedded DiracX server, dask-gateway-server with the gridhub
+DIRAC backend, Traefik, the local site (the one stand-in). Two hub users
+each start a cluster; DiracX itself must record each user's jobs as owned by
+that user, in a group without JobAdministrator, and each user's token must
+neither see nor kill the other's jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from gridhub.dirac import DiracXClient, DiracXForbidden
+from test_gateway_dirac import FINAL, jobs_of, wait_until
+
+pytestmark = pytest.mark.timeout(300)
+
+# a plain name, and one DIRAC does not allow as a user name (mapped)
+ALICE, BOB = "alice", "Bob.Smith@example.org"
+
+
+def user_search(diracx, hub_user: str, conditions: list[dict]) -> list[dict]:
+    from gridhub.embedded import user_token_source
+
+    async def go():
+        tokens = user_token_source(diracx.state_dir, diracx.url, hub_user)
+        async with DiracXClient(diracx.url, tokens) as c:
+            return await c.search(conditions, ["JobID", "Owner", "OwnerGroup", "JobGroup"])
+
+    return asyncio.run(go())
+
+
+def user_kill(diracx, hub_user: str, job_id: int) -> None:
+    from gridhub.embedded import user_token_source
+
+    async def go():
+        tokens = user_token_source(diracx.state_dir, diracx.url, hub_user)
+        async with DiracXClient(diracx.url, tokens) as c:
+            await c.kill([job_id])
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def clusters(dirac_facility):
+    """One cluster of one worker for each user, with its DIRAC job submitted."""
+    facility = dirac_facility
+    made = {}
+    try:
+        for user in (ALICE, BOB):
+            cluster = facility.client(user).new_cluster()
+            made[user] = cluster
+            cluster.scale(1)
+        for user, cluster in made.items():
+            wait_until(
+                lambda c=cluster: jobs_of(facility.diracx, c.name),
+                60,
+                f"{user}'s cluster's job submitted",
+                facility,
+            )
+        yield made
+    finally:
+        for cluster in made.values():
+            cluster.shutdown()
+    for user, cluster in made.items():
+        final = wait_until(
+            lambda c=cluster: (
+                (js := jobs_of(facility.diracx, c.name)) and all(j["Status"] in FINAL for j in js)
+            )
+            and js,
+            60,
+            f"{user}'s jobs ended with the cluster",
+            facility,
+        )
+        assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
+
+
+def owners(diracx, cluster_name: str) -> set[tuple[str, str]]:
+    async def go():
+        async with diracx.client() as c:  # the facility: sees every job
+            return await c.search(
+                [{"parameter": "JobGroup", "operator": "eq", "value": cluster_name}],
+                ["JobID", "Owner", "OwnerGroup"],
+            )
+
+    return {(j["Owner"], j["OwnerGroup"]) for j in asyncio.run(go())}
+
+
+def test_each_users_jobs_are_owned_by_that_user_in_dirac(dirac_facility, clusters):
+    diracx = dirac_facility.diracx
+    alice_owners = owners(diracx, clusters[ALICE].name)
+    # a DIRAC-safe hub name is the DIRAC user name; the group has no
+    # JobAdministrator property
+    assert alice_owners == {("alice", "gridhub_analysis")}, alice_owners
+
+    from gridhub.embedded import USER_GROUP, dirac_user_name, load_facility
+
+    bob = dirac_user_name(BOB)
+    assert bob != BOB and bob.startswith("bob_smith_example_org-"), bob
+    assert owners(diracx, clusters[BOB].name) == {(bob, USER_GROUP)}
+    assert load_facility(diracx.state_dir).user not in {"alice", bob}
+
+
+def test_a_users_token_sees_only_that_users_jobs(dirac_facility, clusters):
+    diracx = dirac_facility.diracx
+    both = [clusters[ALICE].name, clusters[BOB].name]
+    in_both = [{"parameter": "JobGroup", "operator": "in", "values": both}]
+    everything = {j["JobID"] for j in jobs_of(diracx, both[0]) + jobs_of(diracx, both[1])}
+    from gridhub.embedded import dirac_user_name
+
+    for user, other in ((ALICE, BOB), (BOB, ALICE)):
+        seen = user_search(diracx, user, in_both)
+        assert seen, f"{user} sees none of their own jobs"
+        assert {j["Owner"] for j in seen} == {dirac_user_name(user)}, seen
+        assert {j["JobGroup"] for j in seen} == {clusters[user].name}, seen
+        others = {j["JobID"] for j in jobs_of(diracx, clusters[other].name)}
+        assert others and others <= everything
+        assert not others & {j["JobID"] for j in seen}
+        # and with no condition at all
+        assert not others & {j["JobID"] for j in user_search(diracx, user, [])}
+
+
+def test_a_users_token_cannot_kill_another_users_job(dirac_facility, clusters):
+    diracx = dirac_facility.diracx
+    victim = jobs_of(diracx, clusters[BOB].name)[0]
+    assert victim["Status"] not in FINAL, victim
+    with pytest.raises(DiracXForbidden):
+        user_kill(diracx, ALICE, victim["JobID"])
+    after = {j["JobID"]: j["Status"] for j in jobs_of(diracx, clusters[BOB].name)}
+    assert after[victim["JobID"]] != "Killed", after
