@@ -67,14 +67,18 @@ def clusters(dirac_facility):
     for user, cluster in made.items():
         final = wait_until(
             lambda c=cluster: (
-                (js := jobs_of(facility.diracx, c.name)) and all(j["Status"] in FINAL for j in js)
-            )
-            and js,
+                ((js := jobs_of(facility.diracx, c.name)) and all(j["Status"] in FINAL for j in js))
+                and js
+            ),
             60,
             f"{user}'s jobs ended with the cluster",
             facility,
         )
         assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
+    # the gateway holds a user's DIRAC token only while their clusters live
+    log = facility.gateway.log()
+    for user in (ALICE, BOB):
+        assert f"Dropped the DIRAC token of user {user} " in log, log[-3000:]
 
 
 def owners(diracx, cluster_name: str) -> set[tuple[str, str]]:

@@ -251,6 +251,12 @@ class DiracXClient:
         log.debug("DiracX %s %s %s: retrying in %.1fs (%s)", method, path, why, delay, self.url)
         await asyncio.sleep(delay)
 
+    async def call(self, method: str, path: str, *, idempotent: bool = True, **kwargs: Any) -> Any:
+        """One call of an API this client does not wrap (e.g. the embedded
+        server's own routes), with auth, retries and errors as the others;
+        returns the JSON body."""
+        return self._json(await self._request(method, path, idempotent=idempotent, **kwargs))
+
     # ------------------------------------------------------------------
     # jobs
 

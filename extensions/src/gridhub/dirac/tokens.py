@@ -275,6 +275,25 @@ class LegacyExchangeToken(_CachedToken):
         self._refresh_token = tok.refresh_token
         return tok
 
+    async def revoke(self) -> None:
+        """Forget the tokens and revoke the refresh token at DiracX
+        (``POST /api/auth/revoke``, RFC 7009). Best effort: a failure is
+        logged (without the token) and the tokens are forgotten anyway."""
+        refresh, self._refresh_token = self._refresh_token, None
+        self._access, self._expires_at = None, 0.0
+        if not refresh:
+            return
+        try:
+            async with httpx.AsyncClient(verify=self.verify, timeout=self.timeout) as http:
+                r = await http.post(
+                    self.url + "/api/auth/revoke",
+                    data={"token": refresh, "client_id": self.client_id},
+                )
+            if r.status_code != 200:
+                log.info("Revoking a refresh token at %s answered %d", self.url, r.status_code)
+        except httpx.HTTPError as exc:
+            log.info("Revoking a refresh token at %s failed: %s", self.url, type(exc).__name__)
+
 
 def write_credentials(path: str | Path, tok: TokenResponse) -> None:
     """Write tokens in ``dirac login``'s credentials format, mode 0600, atomically."""

@@ -14,13 +14,16 @@ with job parameters kept in sqlite instead of OpenSearch) under uvicorn, with:
   replays it: sandboxes, like jobs, their JDLs and statuses, survive a restart;
 * a DIRAC configuration git repository in ``DIR/cs`` with one VO
   ``gridhub``, a group ``gridhub_user`` (NormalUser, JobAdministrator) and
-  the facility user ``gridhub``.
+  the facility user ``gridhub``; hub users are added on the facility's
+  request to the group ``gridhub_analysis`` (NormalUser only; users.py).
 
 The facility's identity: DiracX 0.7's ``GET /api/auth/legacy-exchange``
 turns an API key into access+refresh tokens for any user of the CS (the
 server knows only the key's SHA-256, ``DIRACX_LEGACY_EXCHANGE_HASHED_API_KEY``).
 The key is generated once into ``DIR/legacy-api-key`` (0600) and
-``facility_token_source(DIR, url)`` uses it.  No token is minted locally.
+``facility_token_source(DIR, url)`` uses it; ``register_user`` and
+``user_token_source`` give each hub user their own DIRAC identity and token
+the same way.  No token is minted locally.
 
 Everything in DIR is generated on first start only (DIR 0700, secrets 0600)
 and reused on every restart.
@@ -36,8 +39,13 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..dirac.tokens import LegacyExchangeToken
+from .users import USER_GROUP, DiracUser, UserNameError, dirac_user_name
+
+if TYPE_CHECKING:
+    from ..dirac import DiracXClient
 
 VO = "gridhub"
 GROUP = "gridhub_user"
@@ -95,7 +103,8 @@ def _config(facility: Facility) -> dict:
                 },
             }
         },
-        "Operations": {},
+        # a user's job search shows only their jobs (users.py)
+        "Operations": {facility.vo: {"Services": {"JobMonitoring": {"GlobalJobsInfo": False}}}},
         "Systems": {
             "WorkloadManagement": {
                 "Databases": {
@@ -184,6 +193,32 @@ def facility_token_source(
     return LegacyExchangeToken(url, api_key(state_dir), fac.user, fac.scope, verify=verify)
 
 
+def user_token_source(
+    state_dir: str | Path, url: str, hub_user: str, *, verify: bool | str = True
+) -> LegacyExchangeToken:
+    """Tokens of a hub user (registered by ``register_user``) in the group
+    ``USER_GROUP``, from the same API key as the facility's."""
+    fac = load_facility(state_dir)
+    user = DiracUser(hub_user, dirac_user_name(hub_user, reserved=(fac.user,)), USER_GROUP, fac.vo)
+    return LegacyExchangeToken(url, api_key(state_dir), user.username, user.scope, verify=verify)
+
+
+async def register_user(facility: DiracXClient, hub_user: str) -> DiracUser:
+    """Make ``hub_user`` a DIRAC user of the embedded DiracX (idempotent),
+    ``facility`` being a client with the facility's identity. UserNameError
+    for a name that cannot be registered."""
+    from ..dirac import DiracXError
+
+    dirac_user_name(hub_user)  # refuse an empty or over-long name here
+    try:
+        got = await facility.call("POST", "/api/gridhub/users", json={"hub_user": hub_user})
+    except DiracXError as exc:
+        if "answered 422" in exc.msg:
+            raise UserNameError(exc.msg) from None
+        raise
+    return DiracUser(hub_user, str(got["username"]), str(got["group"]), str(got["vo"]))
+
+
 def store_credentials(state_dir: str | Path) -> tuple[str, str]:
     """(access key id, secret) of the sandbox store: DiracX's, nobody else's."""
     creds = json.loads((Path(state_dir) / S3_CREDENTIALS).read_text())
@@ -199,13 +234,19 @@ __all__ = [
     "API_KEY",
     "FACILITY_USER",
     "GROUP",
+    "USER_GROUP",
     "VO",
+    "DiracUser",
     "Facility",
+    "UserNameError",
     "api_key",
+    "dirac_user_name",
     "ensure_state",
     "facility_token_source",
     "hashed_api_key",
     "load_facility",
+    "register_user",
     "server_info",
     "store_credentials",
+    "user_token_source",
 ]

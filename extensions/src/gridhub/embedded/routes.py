@@ -4,6 +4,9 @@ No ``from __future__ import annotations`` here: FastAPI reads these
 annotations at runtime.
 """
 
+import asyncio
+import logging
+from pathlib import Path
 from typing import Annotated, Any
 
 from DIRACCommon.WorkloadManagementSystem.DB.JobDBUtils import extractJDL
@@ -13,6 +16,9 @@ from diracx.routers.utils.users import AuthorizedUserInfo, verify_dirac_access_t
 from diracx.tasks.plumbing.depends import auto_inject
 from fastapi import Depends, HTTPException
 from fastapi.responses import RedirectResponse
+from pydantic import BaseModel
+
+log = logging.getLogger("gridhub.embedded")
 
 
 async def job_jdl(
@@ -32,14 +38,62 @@ async def well_known_alias() -> RedirectResponse:
     return RedirectResponse("/.well-known/openid-configuration")
 
 
-def add_gridhub_routes(app: Any) -> None:
+class UserRegistration(BaseModel):
+    hub_user: str
+
+
+def user_registration(state_dir: Path, config_source: Any) -> Any:
+    """``POST /api/gridhub/users`` (see users.py): the facility registers a
+    hub user in the CS; answers once DiracX reads the new CS."""
+    from diracx.core.config.schema import Config
+
+    from . import CS_DIR, load_facility
+    from .users import USER_GROUP, UserNameError, register_in_cs
+
+    facility = load_facility(state_dir)
+    lock = asyncio.Lock()
+
+    async def register(
+        body: UserRegistration,
+        user: Annotated[AuthorizedUserInfo, Depends(verify_dirac_access_token)],
+    ) -> dict[str, str]:
+        # the facility's own identity only, not any job administrator
+        if user.sub != f"{facility.vo}:{facility.sub}" or JOB_ADMINISTRATOR not in user.properties:
+            raise HTTPException(403, "only the facility registers users")
+        async with lock:
+            try:
+                name, changed = await asyncio.to_thread(
+                    register_in_cs, state_dir / CS_DIR, facility.vo, facility.user, body.hub_user
+                )
+            except UserNameError as exc:
+                raise HTTPException(422, str(exc)) from None
+            if changed:
+                log.info("Registered a hub user as DIRAC user %s", name)
+                # DiracX caches the CS revision (5 s): read the new one now,
+                # so the user's token can be had as soon as we answer
+                for _ in range(20):
+                    config_source.clear_caches()
+                    cs: Config = await asyncio.to_thread(config_source.read)
+                    users = cs.registry[facility.vo].users
+                    if any(u.prefered_username == name for u in users.values()):
+                        break
+                    await asyncio.sleep(0.25)
+                else:
+                    raise HTTPException(503, f"the CS does not show DIRAC user {name} yet")
+        return {"username": name, "group": USER_GROUP, "vo": facility.vo}
+
+    return register
+
+
+def add_gridhub_routes(app: Any, state_dir: Path | None = None) -> None:
     """``GET /api/gridhub/jobs/{job_id}/jdl`` for job administrators.
 
     DiracX 0.7 has no job-matching endpoint (which, in DIRAC, hands a pilot
     its job's JDL), so the local site, our stand-in for a grid site, reads
     the JDL here.  Only in the embedded server.  Also
     ``/api/.well-known/openid-configuration``, redirecting to DiracX's
-    ``/.well-known/openid-configuration``.
+    ``/.well-known/openid-configuration``. With ``state_dir``, also
+    ``POST /api/gridhub/users`` (users.py).
     """
     app.add_api_route(
         "/api/.well-known/openid-configuration",
@@ -55,3 +109,16 @@ def add_gridhub_routes(app: Any) -> None:
         include_in_schema=False,
         tags=["gridhub"],
     )
+    if state_dir is not None:
+        from diracx.core.config import ConfigSource
+
+        source = getattr(app.dependency_overrides.get(ConfigSource.create), "__self__", None)
+        if source is None:
+            raise RuntimeError("DiracX's configuration source is not where it was expected")
+        app.add_api_route(
+            "/api/gridhub/users",
+            user_registration(Path(state_dir), source),
+            methods=["POST"],
+            include_in_schema=False,
+            tags=["gridhub"],
+        )

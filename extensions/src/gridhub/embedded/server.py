@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     from .routes import add_gridhub_routes
 
     app = create_app()
-    add_gridhub_routes(app)
+    add_gridhub_routes(app, state_dir)
     # Read the CS now rather than answer 503 until the first background read.
     from diracx.core.config import ConfigSource
 

@@ -32,7 +32,15 @@ from dask_gateway_server.models import ClusterStatus
 from dask_gateway_server.traitlets import Type
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
-from ..dirac import FINAL_STATES, DiracXClient, DiracXError, DiracXUnreachable, TokenSource
+from ..dirac import (
+    FINAL_STATES,
+    DiracXClient,
+    DiracXError,
+    DiracXForbidden,
+    DiracXUnreachable,
+    TokenSource,
+)
+from ..embedded.users import UserNameError
 from ..tunnel.server import TunnelServer
 from ..tunnel.traefik import dynamic_config, make_traefik_handler
 from .jdl import WorkerJob, job_sandbox
@@ -109,15 +117,18 @@ class DiracBackend(UnsafeLocalBackend):
     )
     diracx_embedded_state_dir = Unicode(
         "",
-        help="""State directory of the embedded DiracX server. When set, jobs are
-        submitted with the facility's own DIRAC identity from that state (the
-        one-machine default and masterclass mode).""",
+        help="""State directory of the embedded DiracX server (the one-machine
+        default and masterclass mode). When set, each user's jobs are submitted
+        with that user's own DIRAC identity: the gateway registers the user in
+        the embedded DiracX's CS and obtains the user's tokens with the
+        facility's API key from that state (docs/dirac-backend.md, Identity).""",
         config=True,
     )
     diracx_token_file = Unicode(
         "",
         help="""File holding a DiracX refresh token for the facility's robot
-        identity (production without per-user identities).""",
+        identity: every user's jobs are submitted under it (the deployer's
+        explicit choice for an external DiracX, until per-user logins exist).""",
         config=True,
     )
     diracx_timeout = Float(10.0, help="Seconds for one DiracX request.", config=True)
@@ -219,7 +230,8 @@ class DiracBackend(UnsafeLocalBackend):
     # DiracX access
 
     def token_source(self) -> TokenSource:
-        """The identity jobs are submitted with."""
+        """The facility's identity: the robot's, which submits every job, or
+        (embedded) the one that registers users."""
         if self.diracx_embedded_state_dir:
             from ..embedded import facility_token_source
 
@@ -311,6 +323,9 @@ class DiracBackend(UnsafeLocalBackend):
         # the latest jobs of each cluster that ended before their worker ran,
         # to tell the user why the cluster failed
         self._site_failures: dict[str, deque[str]] = {}
+        # embedded DiracX: each user's own DIRAC identity, while their clusters live
+        self._user_dirac: dict[str, DiracXClient] = {}
+        self._user_locks: dict[str, asyncio.Lock] = {}
 
     async def do_setup(self) -> None:
         await super().do_setup()
@@ -343,13 +358,58 @@ class DiracBackend(UnsafeLocalBackend):
         await super().do_cleanup()
         if hasattr(self, "tunnel"):
             await self.tunnel.stop()
+        for username in list(self._user_dirac):
+            await self._drop_user(username, revoke=False)
         if hasattr(self, "dirac"):
             await self.dirac.aclose()
+
+    async def dirac_for(self, username: str) -> DiracXClient:
+        """The DiracX client with ``username``'s identity: with the embedded
+        DiracX, the user's own (registered on first use, idempotent, so it is
+        found again after a gateway restart); else the facility's robot."""
+        if not self.diracx_embedded_state_dir:
+            return self.dirac
+        client = self._user_dirac.get(username)
+        if client is not None:
+            return client
+        async with self._user_locks.setdefault(username, asyncio.Lock()):
+            client = self._user_dirac.get(username)
+            if client is None:
+                from ..embedded import register_user, user_token_source
+
+                user = await register_user(self.dirac, username)
+                tokens = user_token_source(
+                    self.diracx_embedded_state_dir, self.diracx_url, username, verify=self._verify()
+                )
+                client = DiracXClient(
+                    self.diracx_url, tokens, timeout=self.diracx_timeout, verify=self._verify()
+                )
+                self._user_dirac[username] = client
+                self.log.info("User %s submits as DIRAC user %s", username, user.username)
+            return client
+
+    async def _drop_user(self, username: str, *, revoke: bool = True) -> None:
+        """Forget a user's DIRAC token (revoking its refresh token)."""
+        client = self._user_dirac.pop(username, None)
+        self._user_locks.pop(username, None)
+        if client is None:
+            return
+        tokens = client.tokens
+        if revoke and hasattr(tokens, "revoke"):
+            await tokens.revoke()
+        await client.aclose()
+        self.log.info("Dropped the DIRAC token of user %s (no cluster left)", username)
 
     async def start_cluster(self, user: Any, cluster_options: dict[str, Any]) -> str:
         # Refuse up front, with the reason, rather than fail after a timeout.
         try:
-            await asyncio.wait_for(self._probe_dirac(), self.diracx_probe_timeout)
+            await asyncio.wait_for(self._probe_dirac(user.name), self.diracx_probe_timeout)
+        except UserNameError as exc:
+            raise PublicException(f"Cannot create a cluster: {exc}") from exc
+        except DiracXForbidden as exc:
+            raise PublicException(
+                f"Cannot create a cluster: DIRAC refused your identity ({exc})."
+            ) from exc
         except (DiracXError, TimeoutError, OSError) as exc:
             reason = (
                 exc
@@ -364,10 +424,11 @@ class DiracBackend(UnsafeLocalBackend):
             ) from exc
         return await super().start_cluster(user, cluster_options)
 
-    async def _probe_dirac(self) -> None:
+    async def _probe_dirac(self, username: str) -> None:
         # An authenticated search matching nothing: proves both reachability
-        # and that our identity is accepted.
-        await self.dirac.search([{"parameter": "JobID", "operator": "eq", "value": 0}], ["JobID"])
+        # and that the user's identity is accepted.
+        dirac = await self.dirac_for(username)
+        await dirac.search([{"parameter": "JobID", "operator": "eq", "value": 0}], ["JobID"])
 
     # ------------------------------------------------------------------
     # Schedulers: local processes at the facility (LocalBackend's code)
@@ -462,7 +523,8 @@ class DiracBackend(UnsafeLocalBackend):
             tls_key=cluster.tls_key,
             facility_ca=self._facility_ca,
         )
-        pfn = await self.dirac.upload_sandbox(files)
+        dirac = await self.dirac_for(cluster.username)
+        pfn = await dirac.upload_sandbox(files)
         self.db.update_cluster(cluster, state={**cluster.state, "sandbox": pfn})
         return pfn
 
@@ -480,7 +542,8 @@ class DiracBackend(UnsafeLocalBackend):
             tags=tuple(cluster.config.job_tags),
             memory_mb=cluster.config.worker_memory // 2**20,
         )
-        (job_id,) = await self.dirac.submit_jdl([job.jdl()])
+        dirac = await self.dirac_for(cluster.username)
+        (job_id,) = await dirac.submit_jdl([job.jdl()])
         self.log.info(
             "Worker %s of cluster %s (user %s) is DIRAC job %d",
             worker.name,
@@ -493,7 +556,8 @@ class DiracBackend(UnsafeLocalBackend):
     async def do_stop_worker(self, worker: Worker) -> None:
         job_id = worker.state.get("job_id")
         if job_id is not None:
-            await self.dirac.kill([int(job_id)])
+            dirac = await self.dirac_for(worker.cluster.username)
+            await dirac.kill([int(job_id)])
 
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict[str, Any]) -> None:
         # A worker whose DIRAC job ended before the gateway saw it running is
@@ -520,8 +584,13 @@ class DiracBackend(UnsafeLocalBackend):
 
     async def do_check_workers(self, workers: Sequence[Worker]) -> list[bool]:
         ids = [w.state.get("job_id") for w in workers]
-        known = [int(i) for i in ids if i is not None]
-        states = await self.dirac.statuses(known) if known else {}
+        by_user: dict[str, list[int]] = {}
+        for w, i in zip(workers, ids, strict=True):
+            if i is not None:
+                by_user.setdefault(w.cluster.username, []).append(int(i))
+        states = {}
+        for username, known in by_user.items():  # each user sees only their jobs
+            states.update(await (await self.dirac_for(username)).statuses(known))
         out = []
         for worker, job_id in zip(workers, ids, strict=True):
             state = states.get(int(job_id)) if job_id is not None else None
@@ -561,16 +630,25 @@ class DiracBackend(UnsafeLocalBackend):
         # Workers are stopped one by one by the reconcile loop; this catches
         # any job of the cluster that the DB lost track of (zero orphans).
         try:
-            jobs = await self.dirac.search(
+            dirac = await self.dirac_for(cluster.username)
+            jobs = await dirac.search(
                 [{"parameter": "JobGroup", "operator": "eq", "value": cluster.name}],
                 ["JobID", "Status"],
             )
             alive = [int(j["JobID"]) for j in jobs if j["Status"] not in FINAL_STATES]
             if alive:
                 self.log.info("Killing %d leftover jobs of cluster %s", len(alive), cluster.name)
-                await self.dirac.kill(alive)
+                await dirac.kill(alive)
         finally:
-            await super().do_stop_cluster(cluster)
+            try:
+                await super().do_stop_cluster(cluster)
+            finally:
+                if not self._live_clusters_of(cluster.username, but=cluster.name):
+                    await self._drop_user(cluster.username)
+
+    def _live_clusters_of(self, username: str, *, but: str) -> list[str]:
+        # active: not (being) stopped
+        return [c.name for c in self.db.list_clusters(username=username) if c.name != but]
 
 
 def default_cluster_options(
