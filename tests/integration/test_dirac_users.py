@@ -76,9 +76,13 @@ def clusters(dirac_facility):
         )
         assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
     # the gateway holds a user's DIRAC token only while their clusters live
-    log = facility.gateway.log()
     for user in (ALICE, BOB):
-        assert f"Dropped the DIRAC token of user {user} " in log, log[-3000:]
+        wait_until(
+            lambda u=user: f"Dropped the DIRAC token of user {u} " in facility.gateway.log(),
+            30,
+            f"the gateway dropped {user}'s token",
+            facility,
+        )
 
 
 def owners(diracx, cluster_name: str) -> set[tuple[str, str]]:
