@@ -32,7 +32,9 @@ def test_sandbox_uploaded_once_and_kept_in_state(monkeypatch, scheduler_seconds)
     b.public_dask_address = "facility:8786"
     b.worker_env = lambda cluster: {}
     b.job_worker_command = lambda cluster: ["gridhub-worker"]
-    cluster = SimpleNamespace(name="c1", state={}, tls_cert=b"cert", tls_key=b"key")
+    cluster = SimpleNamespace(
+        name="c1", username="alice", state={}, tls_cert=b"cert", tls_key=b"key"
+    )
 
     def update_cluster(c, state):  # what dask-gateway's DB does with each yield
         c.state = state
