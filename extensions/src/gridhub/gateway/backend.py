@@ -24,11 +24,13 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from dask_gateway_server import options as opts
 from dask_gateway_server.backends.base import PublicException
 from dask_gateway_server.backends.db_base import Cluster, DBBackendBase, JobStatus, Worker
 from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBackend
 from dask_gateway_server.models import ClusterStatus
+from dask_gateway_server.routes import api_handler
 from dask_gateway_server.traitlets import Type
 from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
 
@@ -261,7 +263,53 @@ class DiracBackend(UnsafeLocalBackend):
         app.router.add_get(
             "/api/v1/traefik", make_traefik_handler(self.traefik_config, self.traefik_token)
         )
+        # GridHub's one API extension: what the worker jobs of a cluster are
+        # doing in DIRAC, for gridhub.cluster's progress while workers start.
+        # Authenticated as dask-gateway's own routes (the cluster's owner).
+        app.router.add_get(
+            "/api/v1/clusters/{cluster_name}/jobs",
+            api_handler(self._handle_jobs, user_authenticated=True),
+        )
         await super().setup(app)
+
+    async def _handle_jobs(self, request: web.Request) -> web.Response:
+        name = request.match_info["cluster_name"]
+        user = request["user"]
+        cluster = self.db.get_cluster(name)
+        if cluster is None or not user.has_permissions(cluster):
+            # another user's cluster is as unknown as a missing one
+            raise web.HTTPNotFound(reason=f"Cluster {name} not found")
+        return web.json_response(await self.worker_jobs(cluster))
+
+    async def worker_jobs(self, cluster: Cluster) -> dict[str, Any]:
+        """The cluster's current worker jobs with their DIRAC status, minor
+        and application status, and why its latest failed jobs failed."""
+        workers = [
+            w
+            for w in cluster.workers.values()
+            if w.status < JobStatus.STOPPED and w.target <= JobStatus.RUNNING
+        ]
+        ids = [w.state.get("job_id") for w in workers]
+        states = await self.dirac.statuses([int(i) for i in ids if i is not None])
+        jobs = []
+        for worker, job_id in zip(workers, ids, strict=True):
+            state = states.get(int(job_id)) if job_id is not None else None
+            jobs.append(
+                {
+                    "worker": worker.name,
+                    "job_id": int(job_id) if job_id is not None else None,
+                    # not yet a DIRAC job: the gateway is submitting it
+                    "status": state.status if state else "Submitting",
+                    "minor_status": state.minor_status if state else "",
+                    "application_status": state.application_status if state else "",
+                }
+            )
+        return {
+            "cluster": cluster.name,
+            "status": cluster.status.name,
+            "jobs": sorted(jobs, key=lambda j: j["worker"]),
+            "failures": list(self._site_failures.get(cluster.name, ())),
+        }
 
     def traefik_config(self) -> dict[str, Any]:
         """Routes for Traefik's HTTP provider, from dask-gateway's own route
