@@ -309,3 +309,23 @@ def test_warm_kernel_imports():
     ns: dict = {}
     exec(warm_code(["json", "no_such_module_here"]), ns)  # noqa: S102 (our own code)
     assert set(ns) == {"__builtins__"}  # nothing bound in the user's namespace
+
+
+def test_local_cluster_dashboards_go_through_the_users_server(tmp_path, monkeypatch):
+    """Every user server (docker or local) gets the jupyter-server-proxy link,
+    and Dask's own formatting turns it into the server's proxy path."""
+    import dask
+    from distributed.utils import format_dashboard_link
+
+    for env in ({}, {"GRIDHUB_SPAWNER": "local"}):
+        link = build(env, tmp_path).Spawner.environment["DASK_DISTRIBUTED__DASHBOARD__LINK"]
+        assert link == "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status"
+    # as the server's kernel sees it: the variable in its environment, read by Dask's config
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/alice/")
+    monkeypatch.setenv("DASK_DISTRIBUTED__DASHBOARD__LINK", link)
+    dask.config.refresh()
+    try:
+        assert format_dashboard_link("127.0.0.1", 8787) == "/user/alice/proxy/8787/status"
+    finally:
+        monkeypatch.delenv("DASK_DISTRIBUTED__DASHBOARD__LINK")
+        dask.config.refresh()

@@ -103,6 +103,10 @@ def _dask_env(s: Settings) -> dict[str, str]:
         "DASK_GATEWAY__ADDRESS": f"{s.public_url}/services/{GATEWAY_SERVICE}",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
         "GRIDHUB_FACILITY_NAME": s.facility_name,
+        # A LocalCluster's dashboard through the user's own server
+        # (jupyter-server-proxy), not 127.0.0.1 which the browser cannot
+        # reach; Dask fills the fields from the server's environment.
+        "DASK_DISTRIBUTED__DASHBOARD__LINK": "{JUPYTERHUB_SERVICE_PREFIX}proxy/{port}/status",
     }
     if s.gateway_proxy_address:
         env["DASK_GATEWAY__PROXY_ADDRESS"] = s.gateway_proxy_address
