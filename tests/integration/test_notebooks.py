@@ -127,6 +127,9 @@ def test_getting_started_makes_its_own_cluster_and_stops_it(dirac_facility, samp
     assert "started " in out and "worker(s) connected" in out
     assert "200 events" in out  # the ttbar sample opened through gridhub.data
     assert "dashboard" in out.lower()
+    # the plot of what the workers computed (all 16M numbers fall in the range)
+    assert "16000000 entries histogrammed on the cluster" in out
+    assert images_of(nb) == 1
     deadline = time.monotonic() + 60
     while user_clusters(dirac_facility, "nb-bob") and time.monotonic() < deadline:
         time.sleep(1)
