@@ -289,8 +289,31 @@ def to_json(output: dict) -> dict:
     return data
 
 
+def root_name(region: str, process_name: str, variation: str) -> str:
+    """The AGC reference's histogram names: 4j1b_ttbar, 4j1b_ttbar_pt_scale_up."""
+    name = f"{region}_{process_name}"
+    return name if variation == "nominal" else f"{name}_{variation}"
+
+
+def save_root(output: dict, path: str | Path) -> Path:
+    """One TH1D per region, process and variation (sumw and sumw2, flow bins
+    included), written with uproot under the AGC reference's names."""
+    import uproot
+
+    h = output["hist"]
+    path = Path(path)
+    with uproot.recreate(path) as f:
+        for region in h.axes["region"]:
+            for process_name in h.axes["process"]:
+                for variation in h.axes["variation"]:
+                    key = dict(region=region, process=process_name, variation=variation)
+                    f[root_name(region, process_name, variation)] = h[key]
+    return path
+
+
 def save(output: dict, directory: str | Path) -> Path:
-    """Write histograms.json (contents) and histograms.pkl (the hist objects)."""
+    """Write histograms.json (contents), histograms.pkl (the hist objects) and
+    histograms.root (ROOT histograms, see save_root)."""
     import pickle
 
     directory = Path(directory)
@@ -298,6 +321,7 @@ def save(output: dict, directory: str | Path) -> Path:
     (directory / "histograms.json").write_text(json.dumps(to_json(output), indent=1))
     with open(directory / "histograms.pkl", "wb") as f:
         pickle.dump({k: output[k] for k in ("hist", "entries")}, f)
+    save_root(output, directory / "histograms.root")
     return directory / "histograms.json"
 
 

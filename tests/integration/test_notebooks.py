@@ -19,6 +19,7 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
+import uproot
 from agc_reference import compute as reference_compute
 from agc_reference import load_fileset as reference_fileset
 from gateway_fixtures import PASSWORD
@@ -185,6 +186,18 @@ def test_agc_ttbar_matches_an_independent_computation(
         g, r = got["histograms"].get(key, empty), ref.get(key, empty)
         assert g["entries"] == r["entries"], key
         np.testing.assert_allclose(g["sumw"], r["sumw"], rtol=1e-5, atol=1e-6, err_msg=key)
+    # the ROOT file (uproot) holds the same histograms, under the AGC reference's names
+    with uproot.open(out_dir / "histograms.root") as f:
+        names = {k.partition(";")[0] for k in f.keys()}
+        assert len(names) == len(got["histograms"]), sorted(names)
+        for key, g in got["histograms"].items():
+            region, process, variation = key.split("/")
+            name = f"{region}_{process}" + ("" if variation == "nominal" else f"_{variation}")
+            h = f[name]
+            assert h.classname == "TH1D", name
+            np.testing.assert_allclose(h.values(flow=True), g["sumw"], rtol=1e-12, err_msg=name)
+            np.testing.assert_allclose(h.variances(flow=True), g["sumw2"], rtol=1e-12, err_msg=name)
+            np.testing.assert_allclose(h.axis().edges(), got["bins"], rtol=1e-12, err_msg=name)
     # every variation the analysis defines was filled for ttbar in both regions
     for region in ("4j1b", "4j2b"):
         for var in ("nominal", "pt_scale_up", "pt_scale_down", "btag_var_3_down"):
