@@ -290,7 +290,9 @@ class DiracBackend(UnsafeLocalBackend):
             if w.status < JobStatus.STOPPED and w.target <= JobStatus.RUNNING
         ]
         ids = [w.state.get("job_id") for w in workers]
-        states = await self.dirac.statuses([int(i) for i in ids if i is not None])
+        # with the cluster owner's DIRAC identity: each user sees only their jobs
+        dirac = await self.dirac_for(cluster.username)
+        states = await dirac.statuses([int(i) for i in ids if i is not None])
         jobs = []
         for worker, job_id in zip(workers, ids, strict=True):
             state = states.get(int(job_id)) if job_id is not None else None
