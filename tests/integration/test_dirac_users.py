@@ -138,3 +138,22 @@ def test_a_users_token_cannot_kill_another_users_job(dirac_facility, clusters):
         user_kill(diracx, ALICE, victim["JobID"])
     after = {j["JobID"]: j["Status"] for j in jobs_of(diracx, clusters[BOB].name)}
     assert after[victim["JobID"]] != "Killed", after
+
+
+def test_only_the_facility_registers_users(dirac_facility, clusters):
+    from gridhub.embedded import user_token_source
+
+    diracx = dirac_facility.diracx
+
+    async def go():
+        tokens = user_token_source(diracx.state_dir, diracx.url, ALICE)
+        async with DiracXClient(diracx.url, tokens) as c:
+            with pytest.raises(DiracXForbidden, match="only the facility registers users"):
+                await c.call("POST", "/api/gridhub/users", json={"hub_user": "mallory"})
+        async with diracx.client() as c:  # the facility: a clear refusal of a bad name
+            with pytest.raises(Exception, match="hub user name is empty"):
+                await c.call("POST", "/api/gridhub/users", json={"hub_user": ""})
+
+    asyncio.run(go())
+    cs = (diracx.state_dir / "cs" / "default.yml").read_text()
+    assert "mallory" not in cs
