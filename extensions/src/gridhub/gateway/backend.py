@@ -46,6 +46,7 @@ from ..embedded.users import UserNameError
 from ..tunnel.server import TunnelServer
 from ..tunnel.traefik import dynamic_config, make_traefik_handler
 from .jdl import WorkerJob, job_sandbox
+from .submission import BulkSubmitter
 
 
 class DiracClusterConfig(LocalClusterConfig):
@@ -376,6 +377,8 @@ class DiracBackend(UnsafeLocalBackend):
         # embedded DiracX: each user's own DIRAC identity, while their clusters live
         self._user_dirac: dict[str, DiracXClient] = {}
         self._user_locks: dict[str, asyncio.Lock] = {}
+        # each user's worker jobs go to DiracX in bulk (scale(N): N/20 calls)
+        self._submitters: dict[str, BulkSubmitter] = {}
 
     async def do_setup(self) -> None:
         await super().do_setup()
@@ -408,6 +411,8 @@ class DiracBackend(UnsafeLocalBackend):
         await super().do_cleanup()
         if hasattr(self, "tunnel"):
             await self.tunnel.stop()
+        for submitter in self._submitters.values():
+            await submitter.close()
         for username in list(self._user_dirac):
             await self._drop_user(username, revoke=False)
         if hasattr(self, "dirac"):
@@ -592,8 +597,7 @@ class DiracBackend(UnsafeLocalBackend):
             tags=tuple(cluster.config.job_tags),
             memory_mb=cluster.config.worker_memory // 2**20,
         )
-        dirac = await self.dirac_for(cluster.username)
-        (job_id,) = await dirac.submit_jdl([job.jdl()])
+        job_id = await self._submitter(cluster.username).submit(job.jdl())
         self.log.info(
             "Worker %s of cluster %s (user %s) is DIRAC job %d",
             worker.name,
@@ -602,6 +606,29 @@ class DiracBackend(UnsafeLocalBackend):
             job_id,
         )
         yield {"job_id": job_id}
+
+    def _submitter(self, username: str) -> BulkSubmitter:
+        submitter = self._submitters.get(username)
+        if submitter is None:
+
+            async def submit(jdls: list[str]) -> list[int]:
+                job_ids = await (await self.dirac_for(username)).submit_jdl(jdls)
+                self.log.info(
+                    "Submitted %d worker job(s) of user %s in one call", len(job_ids), username
+                )
+                return job_ids
+
+            async def kill(job_ids: list[int]) -> None:
+                self.log.info(
+                    "Killing jobs %s of user %s (their workers gave up)", job_ids, username
+                )
+                try:
+                    await (await self.dirac_for(username)).kill(job_ids)
+                except DiracXError as exc:  # the cluster's stop sweeps its JobGroup
+                    self.log.warning("Could not kill jobs %s: %s", job_ids, exc)
+
+            submitter = self._submitters[username] = BulkSubmitter(submit, kill)
+        return submitter
 
     async def do_stop_worker(self, worker: Worker) -> None:
         job_id = worker.state.get("job_id")

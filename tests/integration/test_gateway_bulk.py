@@ -1,0 +1,63 @@
+"""scale(25) goes to DiracX in bulk, and stopping leaves no job behind (issue 16).
+
+Real parts: DiracX, dask-gateway with the DIRAC backend, Traefik. The jobs are
+bound to a site no stand-in serves, so they stay queued: what is measured is
+the submission, not the workers.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from gateway_fixtures import Facility
+from stack import jobs_of
+
+pytestmark = pytest.mark.timeout(300)
+
+HELD_SITE = "LCG.Held.gridhub"
+USER = "bulk"
+N = 25
+
+
+class HeldFacility(Facility):
+    def config(self, **overrides: object) -> str:
+        return super().config(DiracClusterConfig__sites=[HELD_SITE], **overrides)
+
+
+@pytest.fixture(scope="module")
+def held_facility(tmp_path_factory, diracx_server, diracx_local_site):
+    f = HeldFacility(tmp_path_factory.mktemp("bulk-facility"), diracx_server, diracx_local_site)
+    yield f
+    f.stop()
+
+
+def submission_calls(facility: Facility) -> list[int]:
+    """The size of each submission call the gateway logged for USER."""
+    log = facility.gateway.logfile.read_text(errors="replace")
+    return [int(n) for n in re.findall(rf"Submitted (\d+) worker job\(s\) of user {USER}\b", log)]
+
+
+def test_scale_25_is_two_submission_calls_and_stop_kills_all(held_facility, diracx_server):
+    with held_facility.client(USER) as gateway:
+        cluster = gateway.new_cluster()
+        cluster.scale(N)
+        deadline = time.monotonic() + 120
+        while sum(submission_calls(held_facility)) < N and time.monotonic() < deadline:
+            time.sleep(1)
+        calls = submission_calls(held_facility)
+        assert sum(calls) == N, calls
+        assert len(calls) <= 2, calls  # DiracX takes at most 20 per call
+        jobs = jobs_of(diracx_server, cluster.name)
+        assert len(jobs) == N, jobs
+        assert {j["Status"] for j in jobs} <= {"Received", "Checking", "Waiting"}, jobs
+        name = cluster.name
+        cluster.shutdown()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        jobs = jobs_of(diracx_server, name)
+        if all(j["Status"] == "Killed" for j in jobs):
+            break
+        time.sleep(1)
+    assert len(jobs) == N and all(j["Status"] == "Killed" for j in jobs), jobs
