@@ -114,5 +114,6 @@ b.cluster_options = default_cluster_options(
     sites=s.grid_sites,
     images=[s.gateway_worker_image or ""],
 )
+b.group_limits = s.gateway_group_limits
 c.DiracClusterConfig.idle_timeout = s.gateway_idle_timeout
 c.DiracClusterConfig.cluster_max_workers = s.gateway_max_workers

@@ -32,7 +32,7 @@ from dask_gateway_server.backends.local import LocalClusterConfig, UnsafeLocalBa
 from dask_gateway_server.models import ClusterStatus
 from dask_gateway_server.routes import api_handler
 from dask_gateway_server.traitlets import Type
-from traitlets import Bool, Dict, Float, Integer, List, Unicode, default
+from traitlets import Bool, Dict, Float, Integer, List, TraitError, Unicode, default, validate
 
 from ..dirac import (
     FINAL_STATES,
@@ -46,6 +46,7 @@ from ..embedded.users import UserNameError
 from ..tunnel.server import TunnelServer
 from ..tunnel.traefik import dynamic_config, make_traefik_handler
 from .jdl import WorkerJob, job_sandbox
+from .limits import Limits, allowed_workers, check_table, limits_for
 from .submission import BulkSubmitter
 
 
@@ -85,6 +86,11 @@ class DiracClusterConfig(LocalClusterConfig):
     banned_sites = List(
         Unicode(),
         help="DIRAC sites the workers must not run at (the JDL's BannedSites).",
+        config=True,
+    )
+    user_limits = Dict(
+        help="""Set by the gateway when the cluster is created: its owner's limits
+        (DiracBackend.group_limits resolved for the owner's groups).""",
         config=True,
     )
     job_tags = List(
@@ -135,6 +141,14 @@ class DiracBackend(UnsafeLocalBackend):
         config=True,
     )
     diracx_timeout = Float(10.0, help="Seconds for one DiracX request.", config=True)
+    group_limits = Dict(
+        help="""Per JupyterHub group, what one user of the group may hold at once
+        over all their clusters: {"class": {"clusters": 1, "workers": 2, "cores": 2},
+        "default": {"clusters": 3, "cores": 32}}. "default" is for users in none of
+        the listed groups; a user in several gets the most generous of each; a
+        kind left out is not limited (gridhub.gateway.limits).""",
+        config=True,
+    )
     diracx_probe_timeout = Float(
         5.0,
         help="Seconds to wait for DiracX before refusing to create a cluster.",
@@ -380,6 +394,14 @@ class DiracBackend(UnsafeLocalBackend):
         # each user's worker jobs go to DiracX in bulk (scale(N): N/20 calls)
         self._submitters: dict[str, BulkSubmitter] = {}
 
+    @validate("group_limits")
+    def _check_group_limits(self, proposal: Any) -> dict:
+        try:
+            check_table(proposal.value)
+        except ValueError as exc:
+            raise TraitError(f"DiracBackend.group_limits: {exc}") from None
+        return proposal.value
+
     async def do_setup(self) -> None:
         await super().do_setup()
         if not self.diracx_url:
@@ -456,6 +478,15 @@ class DiracBackend(UnsafeLocalBackend):
         self.log.info("Dropped the DIRAC token of user %s (no cluster left)", username)
 
     async def start_cluster(self, user: Any, cluster_options: dict[str, Any]) -> str:
+        limits = limits_for(user.groups, self.group_limits)
+        if limits.clusters is not None:
+            mine = [c.name for c in self.db.list_clusters(username=user.name)]
+            if len(mine) >= limits.clusters:
+                raise PublicException(
+                    f"Cannot create a cluster: the limit for {limits.source} is"
+                    f" {limits.clusters} cluster(s) at a time and you have {len(mine)}"
+                    f" ({', '.join(mine)}). Stop one first."
+                )
         # Refuse up front, with the reason, rather than fail after a timeout.
         try:
             await asyncio.wait_for(self._probe_dirac(user.name), self.diracx_probe_timeout)
@@ -636,6 +667,30 @@ class DiracBackend(UnsafeLocalBackend):
             dirac = await self.dirac_for(worker.cluster.username)
             await dirac.kill([int(job_id)])
 
+    async def process_cluster_options(self, user: Any, request: dict[str, Any]) -> Any:
+        options, config = await super().process_cluster_options(user, request)
+        # the owner's limits as they are now, kept with the cluster (its groups
+        # are not known later, e.g. after a gateway restart)
+        config.user_limits = limits_for(user.groups, self.group_limits).as_dict()
+        return options, config
+
+    def _worker_allowance(self, cluster: Cluster) -> tuple[int | None, str]:
+        """Most workers ``cluster`` may have beside its owner's other clusters,
+        and the limit and use that bound it, for messages."""
+        limits = Limits(**cluster.config.get("user_limits", {}))
+        others = [
+            c for c in self.db.list_clusters(username=cluster.username) if c.name != cluster.name
+        ]
+        workers = sum(c.count for c in others)
+        cores = sum(c.count * c.config.worker_cores for c in others)
+        allowed = allowed_workers(limits, cluster.config.worker_cores, workers, cores)
+        why = (
+            f"the limit for {limits.source} is {limits.workers} workers and"
+            f" {limits.cores} cores at a time over all your clusters; your other"
+            f" clusters hold {workers} workers ({cores:g} cores)"
+        )
+        return allowed, why
+
     async def on_cluster_heartbeat(self, cluster_name: str, msg: dict[str, Any]) -> None:
         # A worker whose DIRAC job ended before the gateway saw it running is
         # still listed as active by the scheduler for a few seconds. Counted
@@ -655,6 +710,18 @@ class DiracBackend(UnsafeLocalBackend):
                     "active_workers": [w for w in msg["active_workers"] if w not in gone],
                     "closed_workers": [*msg["closed_workers"], *sorted(gone)],
                 }
+            allowed, why = self._worker_allowance(cluster)
+            if allowed is not None and msg["count"] > allowed:
+                # adaptive scaling (or a scale the API let through) asks for
+                # more than the owner's limits leave: hold it at the limit
+                self.log.info(
+                    "Cluster %s asks for %d workers, held at %d: %s",
+                    cluster_name,
+                    msg["count"],
+                    allowed,
+                    why,
+                )
+                msg = {**msg, "count": allowed}
         if msg["active_workers"]:  # workers run: earlier failures are history
             self._site_failures.pop(cluster_name, None)
         await super().on_cluster_heartbeat(cluster_name, msg)
@@ -697,6 +764,14 @@ class DiracBackend(UnsafeLocalBackend):
                 f"cluster {cluster.name} stopped: its last worker jobs failed at the site"
                 f" ({'; '.join(failures)})"
             )
+        if msg.get("op") == "scale":
+            db_cluster = self.db.get_cluster(cluster.name)
+            allowed, why = self._worker_allowance(db_cluster) if db_cluster else (None, "")
+            if allowed is not None and msg["count"] > allowed:
+                raise PublicException(
+                    f"Cannot scale {cluster.name} to {msg['count']} workers: {why}."
+                    f" At most {allowed} for this cluster."
+                )
         await super().forward_message_to_scheduler(cluster, msg)
 
     async def do_stop_cluster(self, cluster: Cluster) -> None:

@@ -309,6 +309,13 @@ class Settings(BaseModel):
     localsite_max_jobs: int = Field(
         4, ge=1, description="Local site (embedded mode): jobs it runs at the same time."
     )
+    gateway_group_limits: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description="Per hub group, the most clusters, workers and cores one user may hold at"
+        ' once over all their clusters (JSON, e.g. {"class": {"clusters": 1, "workers": 2},'
+        ' "default": {"clusters": 3, "cores": 32}}; "default": users in no listed group; the'
+        " most generous of a user's groups applies). Empty: no limits beyond the per-cluster ones.",
+    )
     grid_sites: dict[str, list[str]] = Field(
         default_factory=dict,
         description="DIRAC sites users may pick for their workers, each with the tags it offers"
@@ -353,7 +360,7 @@ class Settings(BaseModel):
         mode="before",
     )(_split_list)
 
-    @field_validator("grid_sites", mode="before")
+    @field_validator("grid_sites", "gateway_group_limits", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment

@@ -1,0 +1,42 @@
+"""Per-group limits: which apply to a user, and how many workers they leave."""
+
+import pytest
+from gridhub.gateway.limits import Limits, allowed_workers, check_table, limits_for
+from gridhub.hub.settings import SettingsError, load_settings
+
+TABLE = {
+    "class": {"clusters": 1, "workers": 2},
+    "staff": {"clusters": 5, "cores": 64},
+    "default": {"clusters": 3, "workers": 10, "cores": 32},
+}
+
+
+def test_a_user_gets_the_most_generous_of_their_listed_groups():
+    assert limits_for(["class"], TABLE) == Limits(1, 2, None, "class")
+    # a kind a group leaves out is unlimited for it, so for its members
+    assert limits_for(["class", "staff", "x"], TABLE) == Limits(5, None, None, "class, staff")
+    assert limits_for(["staff"], TABLE) == Limits(5, None, 64, "staff")
+    assert limits_for(["x"], TABLE) == Limits(3, 10, 32, "default")
+    assert limits_for([], {}) == Limits()
+
+
+def test_workers_left_count_the_users_other_clusters():
+    lim = Limits(workers=10, cores=32)
+    assert allowed_workers(lim, 4, others_workers=2, others_cores=8) == 6  # cores: 24 // 4
+    assert allowed_workers(lim, 1, others_workers=9, others_cores=9) == 1  # workers
+    assert allowed_workers(lim, 1, others_workers=12, others_cores=0) == 0
+    assert allowed_workers(Limits(), 1, 100, 100) is None
+
+
+def test_a_bad_table_is_refused_naming_the_group_and_key():
+    with pytest.raises(ValueError, match="limits of 'class': unknown limit 'worker'"):
+        check_table({"class": {"worker": 2}})
+    with pytest.raises(ValueError, match="limits of 'x': cores must be an integer >= 0"):
+        check_table({"x": {"cores": -1}})
+
+
+def test_the_setting_reads_json_from_the_environment():
+    s = load_settings({"GRIDHUB_GATEWAY_GROUP_LIMITS": '{"class": {"clusters": 1}}'})
+    assert s.gateway_group_limits == {"class": {"clusters": 1}}
+    with pytest.raises(SettingsError, match="GRIDHUB_GATEWAY_GROUP_LIMITS"):
+        load_settings({"GRIDHUB_GATEWAY_GROUP_LIMITS": '{"class": 1}'})
