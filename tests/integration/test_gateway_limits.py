@@ -43,6 +43,7 @@ def test_limits_refuse_a_second_cluster_and_too_many_workers(limited):
             assert cluster.name in str(err.value)
             with pytest.raises(Exception) as err:
                 cluster.scale(3)
+            assert "limit for default is 2 workers at a time" in str(err.value)
             assert "Cannot scale" in str(err.value) and "At most 2 for this cluster" in str(
                 err.value
             ), err.value

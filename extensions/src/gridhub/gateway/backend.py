@@ -684,10 +684,14 @@ class DiracBackend(UnsafeLocalBackend):
         workers = sum(c.count for c in others)
         cores = sum(c.count * c.config.worker_cores for c in others)
         allowed = allowed_workers(limits, cluster.config.worker_cores, workers, cores)
+        bounds = " and ".join(
+            f"{n} {kind}"
+            for kind, n in (("workers", limits.workers), ("cores", limits.cores))
+            if n is not None
+        )
         why = (
-            f"the limit for {limits.source} is {limits.workers} workers and"
-            f" {limits.cores} cores at a time over all your clusters; your other"
-            f" clusters hold {workers} workers ({cores:g} cores)"
+            f"the limit for {limits.source} is {bounds} at a time over all your"
+            f" clusters; your other clusters hold {workers} workers ({cores:g} cores)"
         )
         return allowed, why
 
