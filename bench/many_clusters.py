@@ -25,8 +25,9 @@ from pathlib import Path
 import common
 import psutil
 from gateway_fixtures import Facility
+from gridhub.dirac import FINAL_STATES
 from processes import EmbeddedDiracX, LocalSiteProcess, kill_processes_in
-from test_gateway_dirac import FINAL, jobs_of
+from test_gateway_dirac import jobs_of
 
 
 def one_cluster(facility: Facility, user: str, timeout: float, t0: float, out: dict) -> None:
@@ -112,7 +113,7 @@ def main() -> None:
             deadline = t1 + args.stop_timeout
             while True:
                 jobs = [j for n in names for j in jobs_of(diracx, n)]
-                alive = [j for j in jobs if j["Status"] not in FINAL]
+                alive = [j for j in jobs if j["Status"] not in FINAL_STATES]
                 if not alive or time.monotonic() > deadline:
                     break
                 time.sleep(1)

@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from tunnel_fixtures import Network, Proc, start_facility, wait_for  # noqa: E402
+from processes import wait_for  # noqa: E402
+from tunnel_fixtures import Network, Proc, start_facility  # noqa: E402
 
 SINK = r"""
 import socket, ssl, sys, os, threading
@@ -132,7 +133,7 @@ def main() -> None:
         tmp = Path(tmp)
         sink = tmp / "sink.py"
         sink.write_text(SINK)
-        from tunnel_fixtures import free_port
+        from processes import free_port
 
         dport = free_port()
         # "passthrough": Traefik alone (SNI passthrough to the loopback sink),

@@ -33,13 +33,13 @@ from distributed import wait
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from processes import wait_for  # noqa: E402
 from tunnel_fixtures import (  # noqa: E402
     VENV_BIN,
     Network,
     Proc,
     ssh_children,
     start_facility,
-    wait_for,
 )
 
 

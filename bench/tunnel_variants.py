@@ -48,14 +48,13 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "integration")]
+from processes import free_port, wait_for  # noqa: E402
 from tunnel_fixtures import (  # noqa: E402
     TRAEFIK,
     Network,
     Proc,
-    free_port,
     start_facility,
     tls_probe,
-    wait_for,
 )
 from tunnel_raw import SINK, child_pid, client_ctx, cpu_seconds, transfer  # noqa: E402
 

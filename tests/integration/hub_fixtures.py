@@ -6,6 +6,7 @@ a conftest.  Everything started here is stopped here, by pid, with bounded waits
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -15,12 +16,17 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
 import pytest
+from processes import free_port, wait_for
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -28,43 +34,33 @@ HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
 ARTIFACTS = REPO / "artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
 TEST_UNIX_USER = "gridhub-test"
+CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright cannot download a browser here
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # as root
+    "--disable-gpu",
+    # no calls out of the machine (it has no network but loopback)
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ADMIN_TOKEN = "gridhub-test-admin-" + os.urandom(8).hex()
 
 __all__ = [
     "ADMIN_TOKEN",
     "ARTIFACTS",
+    "CHROMIUM",
     "HUB_CONFIG",
     "REPO",
     "SCREENSHOTS",
     "Hub",
     "OIDCMock",
-    "free_port",
+    "chromium",
     "hub_factory",
     "login_form",
     "server_python",
     "test_unix_user",
-    "wait_for",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -322,6 +318,19 @@ def hub_factory(test_unix_user, server_python):
         hub.stop()
     for d in dirs:
         shutil.rmtree(d, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Browser]:
+    """Headless Debian chromium driven by Playwright, closed on exit."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 def login_form(client: httpx.Client, username: str, password: str) -> httpx.Response:

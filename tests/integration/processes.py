@@ -20,6 +20,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from cryptography import x509
@@ -28,35 +29,56 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 VENV_BIN = Path(sys.executable).parent
+T = TypeVar("T")
+#: what a service that is (re)starting answers: a refused or cut connection
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, httpx.HTTPError)
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on ``host`` now (the kernel's pick; bound by its user soon after)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
 def wait_for(
-    check: Callable[[], bool],
+    check: Callable[[], T],
     timeout: float,
     what: str,
-    log: Path | None = None,
+    log: Path | Callable[[], str] | None = None,
+    *,
+    interval: float = 0.2,
+    retry: tuple[type[BaseException], ...] = (Exception,),
     alive: Callable[[], bool] | None = None,
-) -> None:
+) -> T:
+    """Poll ``check`` until it returns something truthy; return that.
+
+    An exception of a type in ``retry`` counts as "not yet" (a service still
+    starting refuses connections) and the last one is reported; any other
+    propagates at once (pass ``retry=()`` to let a check's assert stop the
+    wait). ``alive`` false: the process waited for exited, fail now rather
+    than at the deadline. ``log`` (a file, or a callable returning text): its
+    tail goes into the error.
+    """
+
+    def tail() -> str:
+        if callable(log):
+            return log()[-4000:]
+        return log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+
     deadline = time.monotonic() + timeout
+    last: BaseException | None = None
     while time.monotonic() < deadline:
         if alive is not None and not alive():
-            tail = log.read_text()[-4000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited\n{tail}")
+            raise RuntimeError(f"{what}: the process exited\n{tail()}")
         try:
-            if check():
-                return
-        except Exception:  # noqa: S110 - not up yet
-            pass
-
-        time.sleep(0.1)
-    tail = log.read_text()[-4000:] if log and log.exists() else ""
-    raise TimeoutError(f"{what} not ready after {timeout:.0f} s\n{tail}")
+            value = check()
+        except retry as exc:
+            value, last = None, exc  # type: ignore[assignment]
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what}: not reached in {timeout:.0f} s (last error: {last!r})\n{tail()}")
 
 
 def self_signed_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:

@@ -22,11 +22,9 @@ import os
 import secrets
 import signal
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from gateway_fixtures import Facility
 from hub_fixtures import REPO, Hub
@@ -231,9 +229,6 @@ class Stack(Facility):
                 self.jupyterhub.stop()
 
 
-FINAL = {"Done", "Failed", "Killed", "Deleted", "Stalled"}
-
-
 def jobs_of(diracx, cluster_name: str) -> list[dict]:
     """The DIRAC jobs of a cluster (its JobGroup), as DiracX has them."""
 
@@ -246,24 +241,6 @@ def jobs_of(diracx, cluster_name: str) -> list[dict]:
             )
 
     return asyncio.run(go())
-
-
-def wait_until(check, timeout: float, what: str, stack: Facility):
-    """Poll ``check`` until truthy; connection errors count as not yet (a
-    restarting Traefik refuses or cuts connections); AssertionErrors stop."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-        except (OSError, httpx.HTTPError) as exc:
-            value, last = None, exc
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(
-        f"{what}: not reached in {timeout:.0f} s (last error: {last!r})\n{stack.logs()}"
-    )
 
 
 @pytest.fixture(scope="module", name="stack")

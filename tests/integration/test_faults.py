@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 from dask_gateway.client import ClusterStatus
-from processes import kill_processes_in
-from stack import FINAL, jobs_of, stack_fixture, wait_until  # noqa: F401 - a fixture
+from gridhub.dirac import FINAL_STATES
+from processes import CONNECTION_ERRORS, kill_processes_in, wait_for
+from stack import jobs_of, stack_fixture  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,17 +44,21 @@ def test_traefik_restart_brings_every_route_back(stack):
             stack.restart_traefik()
 
             # no operator action from here on: each route comes back by itself
-            wait_until(
+            wait_for(
                 lambda: httpx.get(hub_login, timeout=5).status_code == 200,
                 30,
                 "the hub's route (file provider)",
-                stack,
+                stack.logs,
+                interval=0.5,
+                retry=CONNECTION_ERRORS,
             )
-            wait_until(
+            wait_for(
                 lambda: httpx.get(stack.public_url + "/api/health", timeout=5).status_code == 200,
                 30,
                 "the gateway API's route (HTTP provider)",
-                stack,
+                stack.logs,
+                interval=0.5,
+                retry=CONNECTION_ERRORS,
             )
             assert cluster.name in [c.name for c in gateway.list_clusters()]
             # the scheduler's SNI route and the workers' reverse-path routes:
@@ -63,11 +68,13 @@ def test_traefik_restart_brings_every_route_back(stack):
             client.close()
         finally:
             cluster.shutdown()
-    wait_until(
-        lambda: all(j["Status"] in FINAL for j in jobs_of(stack.diracx, cluster.name)),
+    wait_for(
+        lambda: all(j["Status"] in FINAL_STATES for j in jobs_of(stack.diracx, cluster.name)),
         60,
         "no orphaned job",
-        stack,
+        stack.logs,
+        interval=0.5,
+        retry=CONNECTION_ERRORS,
     )
 
 
@@ -77,11 +84,13 @@ def job_dir_of(stack, job_id: int) -> Path:
 
 def fail_at_site(stack, job_id: int) -> None:
     """The job's processes die (SIGKILL): the site reports it Failed, exit code -9."""
-    wait_until(
+    wait_for(
         lambda: kill_processes_in(job_dir_of(stack, job_id)),
         60,
         f"processes of job {job_id} to kill",
-        stack,
+        stack.logs,
+        interval=0.5,
+        retry=CONNECTION_ERRORS,
     )
 
 
@@ -116,25 +125,29 @@ def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack)
             # Fail a job the gateway knows is running (it learns from the next
             # scheduler heartbeat; earlier is docs/faults.md's heartbeat race).
             names = [w["name"] for w in client.scheduler_info()["workers"].values()]
-            wait_until(
+            wait_for(
                 lambda: all(
                     f"Worker {n} is running" in stack.gateway.logfile.read_text() for n in names
                 ),
                 30,
                 "the gateway sees both workers running",
-                stack,
+                stack.logs,
+                interval=0.5,
+                retry=CONNECTION_ERRORS,
             )
             futures = client.map(lambda i: __import__("time").sleep(0.5) or i, range(30))
             (victim, *_) = [j["JobID"] for j in jobs_of(stack.diracx, cluster.name)]
             fail_at_site(stack, victim)
             assert sum(client.gather(futures)) == sum(range(30))
-            wait_until(
+            wait_for(
                 lambda: (
                     sum(j["Status"] == "Running" for j in jobs_of(stack.diracx, cluster.name)) == 2
                 ),
                 120,
                 "a replacement job running",
-                stack,
+                stack.logs,
+                interval=0.5,
+                retry=CONNECTION_ERRORS,
             )
             jobs = {j["JobID"]: j for j in jobs_of(stack.diracx, cluster.name)}
             # The site reports Failed with the exit code. The gateway, seeing the
@@ -158,15 +171,17 @@ def test_workers_that_keep_failing_at_start_fail_the_cluster(stack):
         site.start()
         try:
             cluster.scale(1)
-            wait_until(
+            wait_for(
                 lambda: gateway.get_cluster(cluster.name).status == ClusterStatus.FAILED,
                 180,
                 "the cluster failed",
-                stack,
+                stack.logs,
+                interval=0.5,
+                retry=CONNECTION_ERRORS,
             )
             jobs = jobs_of(stack.diracx, cluster.name)
             assert len(jobs) >= 3, jobs
-            assert all(j["Status"] in FINAL for j in jobs), jobs
+            assert all(j["Status"] in FINAL_STATES for j in jobs), jobs
             assert {j["ApplicationStatus"] for j in jobs} == {"Failed with exit code -9"}, jobs
             assert "consecutive workers fail to start, failing the cluster" in stack.gateway.log()
             # What the user is told when they act on the cluster.
@@ -201,7 +216,14 @@ def test_a_replacement_worker_starts_after_diracx_restarts(stack):
                 names = [w["name"] for w in client.scheduler_info()["workers"].values()]
                 return any(j["Status"] == "Running" for j in jobs) and names and old not in names
 
-            wait_until(replaced, 120, "a replacement worker in the cluster", stack)
+            wait_for(
+                replaced,
+                120,
+                "a replacement worker in the cluster",
+                stack.logs,
+                interval=0.5,
+                retry=CONNECTION_ERRORS,
+            )
             assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
             client.close()
         finally:

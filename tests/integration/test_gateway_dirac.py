@@ -12,10 +12,8 @@ import time
 
 import dask.array as da
 import pytest
-from gateway_fixtures import Facility
-from gridhub.dirac import DiracXClient
-
-FINAL = {"Done", "Failed", "Killed", "Deleted", "Stalled"}
+from gridhub.dirac import FINAL_STATES, DiracXClient
+from processes import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +38,6 @@ def kill_job(diracx, job_id: int) -> None:
             await c.kill([job_id])
 
     asyncio.run(go())
-
-
-def wait_until(check, timeout: float, what: str, facility: Facility):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not reached in {timeout:.0f} s\n{facility.logs()}")
 
 
 def matmul_sum(client) -> float:
@@ -86,13 +74,17 @@ def test_three_workers_are_dirac_jobs_and_stop_with_the_cluster(facility):
         client.close()
     finally:
         cluster.shutdown()
-    final = wait_until(
+    final = wait_for(
         lambda: (
-            (js := jobs_of(facility.diracx, name)) and all(j["Status"] in FINAL for j in js) and js
+            (js := jobs_of(facility.diracx, name))
+            and all(j["Status"] in FINAL_STATES for j in js)
+            and js
         ),
         60,
         "all jobs of the cluster ended",
-        facility,
+        facility.logs,
+        interval=0.5,
+        retry=(),
     )
     assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
 
@@ -110,13 +102,15 @@ def test_a_job_killed_in_dirac_is_replaced_and_the_result_is_right(facility):
         kill_job(facility.diracx, victim)
         assert float(future.result(timeout=180)) == pytest.approx(expected_matmul_sum(), rel=1e-9)
         # The killed job is gone and another job took its place.
-        wait_until(
+        wait_for(
             lambda: (
                 sum(j["Status"] == "Running" for j in jobs_of(facility.diracx, cluster.name)) == 2
             ),
             120,
             "a replacement job running",
-            facility,
+            facility.logs,
+            interval=0.5,
+            retry=(),
         )
         statuses = {j["JobID"]: j["Status"] for j in jobs_of(facility.diracx, cluster.name)}
         assert statuses[victim] == "Killed"
@@ -150,11 +144,13 @@ def test_gateway_restart_finds_its_cluster_and_jobs(facility):
             assert after == before, "the restarted gateway replaced or lost jobs"
         finally:
             cluster.shutdown()
-    wait_until(
-        lambda: all(j["Status"] in FINAL for j in jobs_of(facility.diracx, name)),
+    wait_for(
+        lambda: all(j["Status"] in FINAL_STATES for j in jobs_of(facility.diracx, name)),
         60,
         "no orphaned job",
-        facility,
+        facility.logs,
+        interval=0.5,
+        retry=(),
     )
 
 
@@ -193,14 +189,23 @@ def test_adaptive_cluster_grows_with_work_and_shrinks_to_zero(facility):
                 assert jobs_of(facility.diracx, cluster.name), "no DIRAC job was submitted"
                 del futures  # workers holding results are not retired
                 # No work: adaptive scales down to zero and the jobs end.
-                wait_until(
-                    lambda: not client.scheduler_info()["workers"], 120, "scale down", facility
+                wait_for(
+                    lambda: not client.scheduler_info()["workers"],
+                    120,
+                    "scale down",
+                    facility.logs,
+                    interval=0.5,
+                    retry=(),
                 )
-            wait_until(
-                lambda: all(j["Status"] in FINAL for j in jobs_of(facility.diracx, cluster.name)),
+            wait_for(
+                lambda: all(
+                    j["Status"] in FINAL_STATES for j in jobs_of(facility.diracx, cluster.name)
+                ),
                 60,
                 "idle workers' jobs ended",
-                facility,
+                facility.logs,
+                interval=0.5,
+                retry=(),
             )
         finally:
             cluster.shutdown()

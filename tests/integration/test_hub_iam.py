@@ -23,30 +23,22 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from gridhub.dirac import FINAL_STATES
 from playwright.sync_api import expect
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import SCREENSHOTS, OIDCMock, wait_for
+    from .hub_fixtures import CHROMIUM, SCREENSHOTS, OIDCMock, chromium
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import SCREENSHOTS, OIDCMock, wait_for
+    from hub_fixtures import CHROMIUM, SCREENSHOTS, OIDCMock, chromium
 
 from gateway_fixtures import hub_dirac_facility  # noqa: F401 (a fixture)
+from processes import wait_for
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TOKEN_LIFETIME = 45  # refreshed when half is left
 FACILITY = "IAM Test Facility"
 WORKER_TIMEOUT = 240_000  # ms: a DIRAC job is matched, started, and joins (loaded machine)
-FINAL = {"Done", "Failed", "Killed", "Deleted"}
 
 
 @pytest.fixture
@@ -60,12 +52,8 @@ def oidc():
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.skip("chromium not installed (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def loopback_only(page) -> None:
@@ -349,7 +337,9 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     assert f"Stopped the Dask clusters of alice: {cluster}" in hub.log()
     final = wait_for(
         lambda: (
-            (js := dirac_jobs(facility, cluster)) and all(j["Status"] in FINAL for j in js) and js
+            (js := dirac_jobs(facility, cluster))
+            and all(j["Status"] in FINAL_STATES for j in js)
+            and js
         ),
         120,
         interval=1,

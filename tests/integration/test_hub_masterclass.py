@@ -13,10 +13,12 @@ import httpx
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import TEST_UNIX_USER, Hub, execute, login_form, wait_for
+    from .hub_fixtures import TEST_UNIX_USER, Hub, execute, login_form
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import TEST_UNIX_USER, Hub, execute, login_form, wait_for
+    from hub_fixtures import TEST_UNIX_USER, Hub, execute, login_form
+
+from processes import wait_for
 
 CODE = "open-sesame-2026"
 TEACHER_CODE = "teacher-" + "x" * 40

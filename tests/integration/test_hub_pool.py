@@ -8,12 +8,15 @@ import httpx
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import login_form, wait_for
+    from .hub_fixtures import login_form
     from .test_hub_masterclass import CODE, browser, masterclass_hub
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import login_form, wait_for
+    from hub_fixtures import login_form
     from test_hub_masterclass import CODE, browser, masterclass_hub
+
+
+from processes import wait_for
 
 
 def seats(hub) -> dict[str, dict]:

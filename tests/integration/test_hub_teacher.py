@@ -16,12 +16,14 @@ import pytest
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import SCREENSHOTS, execute, login_form, wait_for
+    from .hub_fixtures import CHROMIUM, SCREENSHOTS, chromium, execute, login_form
     from .test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub, user_token
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import SCREENSHOTS, execute, login_form, wait_for
+    from hub_fixtures import CHROMIUM, SCREENSHOTS, chromium, execute, login_form
     from test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub, user_token
+
+from processes import wait_for
 
 CLASS_NB = "class.ipynb"
 # imports the kernel does before anyone logs in: modules a fresh python has not loaded
@@ -134,10 +136,14 @@ def test_seated_students_compute_at_once_and_the_teacher_sees_the_class(hub_fact
         GRIDHUB_MASTERCLASS_POOL_CONCURRENCY="2",
     )
     # two seats run, each with the class notebook's kernel warm (a session on it)
-    seats = wait_for(lambda: len(ready_seats(hub)) == 2 and ready_seats(hub), 180, 1, "seats")
+    seats = wait_for(
+        lambda: len(ready_seats(hub)) == 2 and ready_seats(hub), 180, "seats", interval=1
+    )
     tokens = {seat: user_token(hub, seat) for seat in seats}
     warm = {
-        seat: wait_for(lambda s=seat: warm_session(hub, s, tokens[s]), 180, 1, f"{seat} warm")
+        seat: wait_for(
+            lambda s=seat: warm_session(hub, s, tokens[s]), 180, f"{seat} warm", interval=1
+        )
         for seat in seats
     }
 
@@ -260,35 +266,26 @@ def test_seated_students_compute_at_once_and_the_teacher_sees_the_class(hub_fact
     teacher_in_a_browser(hub)
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
 def teacher_in_a_browser(hub) -> None:
     """The teacher logs in with the teacher code in chromium and sees the class by name;
     screenshot in artifacts/screenshots/masterclass-teacher-view.png."""
     if not Path(CHROMIUM).exists():
         return  # (the e2e machine has it; the checks above hold without a browser)
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"], headless=True
-        )
-        try:
-            page = b.new_page()
-            page.goto(hub.public_url + "/hub/login")
-            page.fill("#username_input", "teacher")
-            page.fill("#password_input", TEACHER_CODE)
-            page.click("#login_submit")
-            page.wait_for_url("**/hub/**")
-            page.goto(hub.public_url + "/services/teacher/")
-            expect(page.locator("#teacher-view")).to_contain_text("2 students")
-            names = page.locator("#class td.name").all_inner_texts()
-            assert sorted(names) == ["alice", "bob"], names
-            page.screenshot(path=str(SCREENSHOTS / "masterclass-teacher-view.png"), full_page=True)
-        finally:
-            b.close()
+    with chromium() as b:
+        page = b.new_page()
+        page.goto(hub.public_url + "/hub/login")
+        page.fill("#username_input", "teacher")
+        page.fill("#password_input", TEACHER_CODE)
+        page.click("#login_submit")
+        page.wait_for_url("**/hub/**")
+        page.goto(hub.public_url + "/services/teacher/")
+        expect(page.locator("#teacher-view")).to_contain_text("2 students")
+        names = page.locator("#class td.name").all_inner_texts()
+        assert sorted(names) == ["alice", "bob"], names
+        page.screenshot(path=str(SCREENSHOTS / "masterclass-teacher-view.png"), full_page=True)
 
 
 def test_free_seats_keep_warm_kernels_a_claimed_idle_seat_is_culled(hub_factory):
@@ -299,9 +296,10 @@ def test_free_seats_keep_warm_kernels_a_claimed_idle_seat_is_culled(hub_factory)
         GRIDHUB_CULL_IDLE_TIMEOUT="10",
         GRIDHUB_CULL_EVERY="3",
     )
-    (seat,) = wait_for(lambda: ready_seats(hub), 180, 1, "a seat")
+    (seat,) = wait_for(lambda: ready_seats(hub), 180, "a seat", interval=1)
     token = user_token(hub, seat)
-    kernel = wait_for(lambda: warm_session(hub, seat, token), 180, 1, "warm")["kernel"]["id"]
+    warm = wait_for(lambda: warm_session(hub, seat, token), 180, "warm", interval=1)
+    kernel = warm["kernel"]["id"]
 
     # the culler passes several times after the seat has been idle past its timeout
     def culler_rounds() -> int:
@@ -312,8 +310,8 @@ def test_free_seats_keep_warm_kernels_a_claimed_idle_seat_is_culled(hub_factory)
     wait_for(
         lambda: time.monotonic() - idle_since > 10 and culler_rounds() >= rounds + 3,
         120,
-        1,
         "idle-culler rounds",
+        interval=1,
     )
     assert seat in ready_seats(hub)  # the free seat runs, its warm kernel too
     assert warm_session(hub, seat, token)["kernel"]["id"] == kernel
@@ -322,4 +320,4 @@ def test_free_seats_keep_warm_kernels_a_claimed_idle_seat_is_culled(hub_factory)
     with browser(hub) as carol:
         assert login_form(carol, "carol", CODE).status_code == 302
         assert whoami(carol) == seat
-    wait_for(lambda: seat not in ready_seats(hub), 120, 1, "the claimed idle seat culled")
+    wait_for(lambda: seat not in ready_seats(hub), 120, "the claimed idle seat culled", interval=1)

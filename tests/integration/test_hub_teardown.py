@@ -10,12 +10,13 @@ import psutil
 
 try:
     from .hub_fixtures import *  # noqa: F403
-    from .hub_fixtures import wait_for
     from .test_hub_masterclass import masterclass_hub
 except ImportError:
     from hub_fixtures import *  # noqa: F403
-    from hub_fixtures import wait_for
     from test_hub_masterclass import masterclass_hub
+
+
+from processes import wait_for
 
 
 def alive(p: psutil.Process) -> bool:

@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 from distributed import Client
-from processes import free_port
-from stack import Acme, jobs_of, stack_fixture, wait_until  # noqa: F401 - a fixture
+from processes import CONNECTION_ERRORS, free_port, wait_for
+from stack import Acme, jobs_of, stack_fixture  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,27 +59,31 @@ def test_with_acme_every_https_response_carries_hsts(stack, tmp_path):
         base = f"https://localhost:{traefik.https_port}"
         # the hub's routes (file provider) and the gateway's (HTTP provider)
         for path in ("/hub/login", "/services/dask-gateway/api/health"):
-            r = wait_until(
+            r = wait_for(
                 lambda path=path: (
                     (r := httpx.get(base + path, timeout=10)).status_code == 200 and r
                 ),
                 60,
                 f"{path} through the ACME-mode Traefik",
-                stack,
+                stack.logs,
+                interval=0.5,
+                retry=CONNECTION_ERRORS,
             )
             assert r.headers.get("Strict-Transport-Security") == "max-age=31536000", (
                 path,
                 dict(r.headers),
             )
         # and the resolver is really in use: Traefik asked the directory for the name
-        wait_until(
+        wait_for(
             lambda: (
                 "acme" in (log := traefik.logfile.read_text()).lower()
                 and "gridhub.example.org" in log
             ),
             60,
             "Traefik's ACME attempt in its log",
-            stack,
+            stack.logs,
+            interval=0.5,
+            retry=CONNECTION_ERRORS,
         )
     finally:
         traefik.stop()

@@ -6,7 +6,8 @@ import time
 
 import numpy as np
 import pytest
-from tunnel_fixtures import Facility, facility_fixture, kill_tunnel, wait_for  # noqa: F401
+from processes import wait_for
+from tunnel_fixtures import Facility, facility_fixture, kill_tunnel  # noqa: F401
 
 pytestmark = pytest.mark.timeout(120)
 

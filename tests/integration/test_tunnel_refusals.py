@@ -9,12 +9,12 @@ import pytest
 from dask_gateway_server.tls import new_keypair
 from distributed import Client
 from gridhub.tunnel.worker import EXIT_TUNNEL, SSH_OPTIONS, TLSTunnel, facility_ssl_context
+from processes import wait_for
 from tunnel_fixtures import (  # noqa: F401
     ClusterCreds,
     Facility,
     facility_fixture,
     tls_probe,
-    wait_for,
 )
 
 pytestmark = pytest.mark.timeout(120)

@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from dask_gateway_server.tls import new_keypair
+from processes import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -45,28 +46,8 @@ TRAEFIK = shutil.which("traefik", path=str(VENV_BIN)) or str(ROOT / ".venv/bin/t
 CLUSTERS = ("alpha", "beta")
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def have_netns() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None and shutil.which("nft") is not None
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = pred()
-            if v:
-                return v
-        except Exception as e:
-            last = e
-        time.sleep(interval)
-    raise TimeoutError(f"timed out waiting for {what}" + (f": {last!r}" if last else ""))
 
 
 # ---------------------------------------------------------------------------
