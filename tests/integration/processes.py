@@ -348,19 +348,24 @@ class EmbeddedDiracX:
             return self
         t0 = time.monotonic()
         self._proc.start()
-        while time.monotonic() - t0 < timeout:
-            if not self._proc.running():
-                raise RuntimeError(f"embedded DiracX exited:\n{self._proc.log()}")
-            try:
-                r = httpx.get(f"{self.url}/.well-known/openid-configuration", timeout=2)
-                if r.status_code == 200:
-                    self.startup_seconds = time.monotonic() - t0
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self._proc.stop()
-        raise TimeoutError(f"embedded DiracX not ready after {timeout} s:\n{self._proc.log()}")
+        try:
+            wait_for(
+                lambda: (
+                    httpx.get(f"{self.url}/.well-known/openid-configuration", timeout=2).status_code
+                    == 200
+                ),
+                timeout,
+                "embedded DiracX",
+                self._proc.log,
+                interval=0.1,
+                retry=(httpx.TransportError,),
+                alive=self._proc.running,
+            )
+        except BaseException:
+            self._proc.stop()
+            raise
+        self.startup_seconds = time.monotonic() - t0
+        return self
 
     def stop(self) -> None:
         self._proc.stop()

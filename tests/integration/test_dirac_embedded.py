@@ -17,6 +17,7 @@ from gridhub.dirac import (
     StaticToken,
 )
 from gridhub.embedded import API_KEY, SIGNING_KEY, STATE_KEY
+from processes import wait_for
 
 JOB_SH = b"""\
 echo "pid $$" > pid.txt
@@ -158,9 +159,7 @@ def test_killed_job_ends_killed_and_its_process_is_gone(diracx_server, diracx_lo
     job_id = run(submit(diracx_server, "sleep"))
     run(wait_status(diracx_server, job_id, {"Running"}, diracx_local_site))
     pid_file = diracx_local_site.jobs_dir / str(job_id) / "pid.txt"
-    deadline = time.monotonic() + 30
-    while not pid_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_for(pid_file.exists, 30, f"{pid_file}")
     pid = int(pid_file.read_text().split()[1])
     os.kill(pid, 0)  # it runs
 
@@ -171,15 +170,15 @@ def test_killed_job_ends_killed_and_its_process_is_gone(diracx_server, diracx_lo
     run(kill())
     st = run(wait_status(diracx_server, job_id, {"Killed", "Done", "Failed"}, diracx_local_site))
     assert st.status == "Killed"
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"job {job_id}'s process {pid} still alive after Kill")
+            return True
+        return False
+
+    wait_for(gone, 15, f"job {job_id}'s process {pid} to end after Kill", retry=())
 
 
 def test_unreachable_server_fails_fast_naming_it(diracx_server):
