@@ -14,10 +14,10 @@ from gridhub.dirac import (
     DiracXJDLRejected,
     DiracXTokenExpired,
     DiracXUnreachable,
-    StaticToken,
 )
 from gridhub.embedded import API_KEY, SIGNING_KEY, STATE_KEY
 from processes import wait_for
+from static_token import StaticToken
 
 JOB_SH = b"""\
 echo "pid $$" > pid.txt

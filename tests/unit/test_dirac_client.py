@@ -20,12 +20,13 @@ from gridhub.dirac import (
     DiracXJDLRejected,
     DiracXTokenExpired,
     DiracXUnreachable,
+    JobState,
     RefreshingToken,
-    StaticToken,
     extract_sandbox,
     make_sandbox,
 )
 from gridhub.dirac.jdl import command, input_sandbox_pfns, parse_jdl
+from static_token import StaticToken
 
 URL = "http://diracx.test.invalid:8000"
 SECRET = "eyJ-secret-access-token"
@@ -161,6 +162,15 @@ async def test_transient_503_recovers():
     async with client_with(handler) as dx:
         st = await dx.statuses([1])
     assert st[1].status == "Running" and st[1].minor_status == "Application"
+    assert not st[1].final
+
+
+def test_job_state_final_is_after_the_job_can_run_again():
+    # the gateway counts a worker's job dead by JobState.final
+    for status in ("Done", "Failed", "Killed", "Deleted", "Completed"):
+        assert JobState(Status=status).final, status
+    for status in ("Received", "Checking", "Waiting", "Matched", "Running", "Completing"):
+        assert not JobState(Status=status).final, status
 
 
 async def test_search_follows_pages():

@@ -13,9 +13,10 @@ import boto3
 import httpx
 import pytest
 from botocore.config import Config
-from gridhub.dirac import DiracXClient, SandboxChecksumMismatch, StaticToken, make_sandbox
+from gridhub.dirac import DiracXClient, SandboxChecksumMismatch, make_sandbox
 from gridhub.dirac.jdl import output_file_name, pfn_checksum
 from gridhub.embedded.store import SignatureGate
+from static_token import StaticToken
 from werkzeug.test import Client
 
 KEY, SECRET = "GRIDHUBTESTKEY", "test-secret-of-the-store"

@@ -18,7 +18,6 @@ from .models import FINAL_STATES, JobState
 from .tokens import (
     LegacyExchangeToken,
     RefreshingToken,
-    StaticToken,
     TokenSource,
     write_credentials,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "LegacyExchangeToken",
     "RefreshingToken",
     "SandboxChecksumMismatch",
-    "StaticToken",
     "TokenSource",
     "extract_sandbox",
     "make_sandbox",

@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 3.0
 PER_PAGE = 100
-#: The job states walked by a site from submission to execution.
-RUN_PATH = ("Checking", "Waiting", "Matched", "Running")
 _TRANSIENT = {502, 503, 504}
 
 
@@ -489,20 +487,10 @@ class DiracXClient:
         r = await self._request("GET", f"/api/gridhub/jobs/{job_id}/jdl", job_id=job_id)
         return str(self._json(r, job_id)["jdl"])
 
-    async def download_input_sandbox(
-        self, job_id: int, dest: Path, pfns: list[str] | None = None
-    ) -> None:
-        """Unpack the job's input sandboxes into ``dest`` (for the local site).
-
-        The PFNs are those given, else those assigned to the job, else the
-        ``SB:`` entries of its JDL's InputSandbox (DiracX 0.7 does not assign
-        input sandboxes at submission)."""
-        if pfns is None:
-            pfns = (await self.job_sandboxes(job_id)).get("Input", [])
-        if not pfns:
-            from .jdl import input_sandbox_pfns, parse_jdl
-
-            pfns = input_sandbox_pfns(parse_jdl(await self.job_jdl(job_id)))
+    async def download_input_sandbox(self, job_id: int, dest: Path, pfns: list[str]) -> None:
+        """Unpack the job's input sandboxes ``pfns`` into ``dest`` (for the local
+        site, which takes them from the JDL's InputSandbox: DiracX 0.7 does not
+        assign input sandboxes at submission)."""
         for pfn in pfns:
             await self.download_sandbox(pfn, Path(dest), job_id=job_id)
 

@@ -1,6 +1,5 @@
 """Where the DiracX client gets its bearer tokens.
 
-* ``StaticToken``: one access token, never refreshed (tests, short scripts).
 * ``RefreshingToken``: an access token plus a refresh token; refreshed with
   DiracX's ``refresh_token`` grant at ``<url>/api/auth/token`` shortly before
   expiry.  DiracX rotates refresh tokens (each refresh returns a new one and
@@ -47,22 +46,6 @@ class TokenSource(Protocol):
     async def refresh(self) -> str:
         """Force a refresh (e.g. after a 401) and return the new access token."""
         ...
-
-
-class StaticToken:
-    """A fixed access token; ``refresh`` cannot renew it."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    def __repr__(self) -> str:
-        return "StaticToken(<hidden>)"
-
-    async def access_token(self) -> str:
-        return self._token
-
-    async def refresh(self) -> str:
-        return self._token
 
 
 async def _token_request(

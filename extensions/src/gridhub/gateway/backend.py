@@ -16,7 +16,6 @@ clusters and jobs again through the DB backend's reconcile loop.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import tempfile
 from collections import deque
@@ -216,13 +215,10 @@ class DiracBackend(UnsafeLocalBackend):
     )
     traefik_token = Unicode(
         help="""Bearer token Traefik's HTTP provider presents to read routes
-        (GET <gateway>/api/v1/traefik). Env: GRIDHUB_TRAEFIK_PROVIDER_TOKEN.""",
+        (GET <gateway>/api/v1/traefik). hub_config/dask_gateway_config.py sets
+        it from the settings' traefik_provider_token.""",
         config=True,
     )
-
-    @default("traefik_token")
-    def _traefik_token_default(self) -> str:
-        return os.environ.get("GRIDHUB_TRAEFIK_PROVIDER_TOKEN", "")
 
     traefik_cert_resolver = Unicode(
         "",
@@ -742,7 +738,7 @@ class DiracBackend(UnsafeLocalBackend):
         out = []
         for worker, job_id in zip(workers, ids, strict=True):
             state = states.get(int(job_id)) if job_id is not None else None
-            alive = state is not None and state.status not in FINAL_STATES
+            alive = state is not None and not state.final
             if not alive:
                 why = (
                     f"job {job_id}: {state.status}"
