@@ -20,13 +20,13 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import httpx
 
+from ..files import write_private
 from .errors import DiracXError, DiracXForbidden, DiracXTokenExpired, DiracXUnreachable
 from .models import TokenResponse
 
@@ -286,8 +286,4 @@ def write_credentials(path: str | Path, tok: TokenResponse) -> None:
         "refresh_token": tok.refresh_token,
         "expires_on": int(time.time()) + int(tok.expires_in),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data))

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..dirac.tokens import LegacyExchangeToken
+from ..files import write_private
 from .users import USER_GROUP, DiracUser, UserNameError, dirac_user_name
 
 if TYPE_CHECKING:
@@ -74,12 +75,6 @@ class Facility:
     @property
     def scope(self) -> str:
         return f"vo:{self.vo} group:{self.group}"
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
 
 
 def _config(facility: Facility) -> dict:
@@ -135,19 +130,21 @@ def ensure_state(state_dir: str | Path) -> Path:
         key = OKPKey.generate_key(
             parameters={"key_ops": ["sign", "verify"], "alg": "Ed25519", "kid": uuid.uuid4().hex}
         )
-        _write_secret(d / SIGNING_KEY, json.dumps(KeySet([key]).as_dict(private=True)).encode())
+        write_private(
+            d / SIGNING_KEY, json.dumps(KeySet([key]).as_dict(private=True)).encode(), replace=False
+        )
     if not (d / STATE_KEY).exists():
         from cryptography.fernet import Fernet
 
-        _write_secret(d / STATE_KEY, Fernet.generate_key())
+        write_private(d / STATE_KEY, Fernet.generate_key(), replace=False)
     if not (d / API_KEY).exists():
-        _write_secret(d / API_KEY, base64.urlsafe_b64encode(secrets.token_bytes(32)))
+        write_private(d / API_KEY, base64.urlsafe_b64encode(secrets.token_bytes(32)), replace=False)
     if not (d / S3_CREDENTIALS).exists():
         creds = {
             "access_key_id": "GRIDHUB" + secrets.token_hex(8).upper(),
             "secret_access_key": secrets.token_urlsafe(30),
         }
-        _write_secret(d / S3_CREDENTIALS, json.dumps(creds).encode())
+        write_private(d / S3_CREDENTIALS, json.dumps(creds), replace=False)
     if not (d / FACILITY).exists():
         fac = Facility(VO, GROUP, FACILITY_USER, str(uuid.uuid4()))
         (d / FACILITY).write_text(json.dumps(fac.__dict__, indent=1))

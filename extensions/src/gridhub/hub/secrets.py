@@ -7,11 +7,11 @@ so an upgrade or restart never regenerates it.
 
 from __future__ import annotations
 
-import os
 import secrets as _random
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import write_private
 from .settings import Settings
 
 SECRET_BYTES = 32
@@ -39,20 +39,10 @@ def load_or_create(state_dir: Path, name: str, configured: str | None = None, ge
             path.chmod(0o600)
         return value
     value = generate() if generate else _random.token_hex(SECRET_BYTES)
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, (value + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        # link() refuses to replace: if another process won the race, use its value.
-        os.link(tmp, path)
-    except FileExistsError:
+        write_private(path, value + "\n", replace=False)
+    except FileExistsError:  # another process won the race: use its value
         value = path.read_text().strip()
-    finally:
-        tmp.unlink()
     return value
 
 

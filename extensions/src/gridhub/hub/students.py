@@ -48,6 +48,8 @@ from jupyterhub.utils import utcnow
 from tornado import web
 from traitlets import Integer, Unicode
 
+from ..files import write_private
+
 SEAT_PREFIX = "seat-"
 COOKIE_PREFIX = "gridhub-student-"
 COOKIE_DAYS = 30  # longer than any masterclass; the hub's own login cookie is shorter
@@ -68,11 +70,8 @@ def read_students(path: str | Path) -> dict[str, dict]:
 
 
 def write_students(path: str | Path, students: dict[str, dict]) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(students, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)  # readers see the old or the new map, never half
+    # readers see the old or the new map, never half
+    write_private(path, json.dumps(students, indent=1, sort_keys=True))
 
 
 @contextlib.contextmanager

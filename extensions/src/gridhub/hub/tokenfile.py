@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.ioloop import IOLoop, PeriodicCallback
+
+from ..files import write_private
 
 log = logging.getLogger("gridhub.tokenfile")
 
@@ -26,16 +27,7 @@ def write_token_file(path: str | Path, token: str) -> None:
     path = Path(path)
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bt.")  # created 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private(path, token + "\n")
 
 
 class TokenFileRefresher:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import asyncssh
 
+from ..files import write_private
 from .common import TUNNEL_SNI
 
 log = logging.getLogger("gridhub.tunnel.worker")
@@ -49,13 +49,6 @@ def known_hosts_line(alias: str, host_key: str) -> str:
     key = asyncssh.import_public_key(host_key.strip())
     kind, b64 = key.export_public_key("openssh").decode().split()[:2]
     return f"{alias} {kind} {b64}\n"
-
-
-def _write_private(path: Path, data: bytes) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return path
 
 
 def ssh_command(
@@ -183,12 +176,13 @@ async def open_openssh(
     """
     workdir = tempfile.mkdtemp(prefix="gridhub-ssh-")  # mode 0700
     try:
-        identity = _write_private(
+        identity = write_private(
             Path(workdir) / "id",
             asyncssh.read_private_key(key_file).export_private_key("openssh"),
+            replace=False,
         )
-        known = _write_private(
-            Path(workdir) / "known_hosts", known_hosts_line(TUNNEL_SNI, host_key).encode()
+        known = write_private(
+            Path(workdir) / "known_hosts", known_hosts_line(TUNNEL_SNI, host_key), replace=False
         )
         argv = ssh_command(
             ssh,

@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncssh
 
+from ..files import write_private
 from .common import (
     CHANNEL_WINDOW,
     MAX_PKTSIZE,
@@ -58,13 +59,8 @@ def load_or_create_host_key(state_dir: str | os.PathLike[str]) -> asyncssh.SSHKe
     if not path.exists():
         key = asyncssh.generate_private_key("ssh-ed25519")
         data = key.export_private_key()
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process won the race
-            pass
-        else:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+        with contextlib.suppress(FileExistsError):  # another process won the race
+            write_private(path, data, replace=False)
     return asyncssh.read_private_key(str(path))
 
 
