@@ -24,10 +24,9 @@ from pathlib import Path
 
 import common
 import psutil
-from gateway_fixtures import Facility
+from gateway_fixtures import Facility, jobs_of
 from gridhub.dirac import FINAL_STATES
 from processes import EmbeddedDiracX, LocalSiteProcess, kill_processes_in
-from test_gateway_dirac import jobs_of
 
 
 def one_cluster(facility: Facility, user: str, timeout: float, t0: float, out: dict) -> None:

@@ -13,6 +13,7 @@ fixed before either process starts).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import secrets
@@ -47,6 +48,28 @@ class HubLink:
     @property
     def api_url(self) -> str:
         return self.bind_url + "/hub/api"
+
+
+def jobs_of(diracx, cluster_name: str) -> list[dict]:
+    """The DIRAC jobs of a cluster (its JobGroup) as DiracX has them, by JobID."""
+
+    async def go():
+        async with diracx.client() as c:
+            return await c.search(
+                [{"parameter": "JobGroup", "operator": "eq", "value": cluster_name}],
+                [
+                    "JobID",
+                    "Status",
+                    "MinorStatus",
+                    "ApplicationStatus",
+                    "Owner",
+                    "JobGroup",
+                    "JobName",
+                ],
+                sort=[{"parameter": "JobID", "direction": "asc"}],
+            )
+
+    return asyncio.run(go())
 
 
 class Facility:

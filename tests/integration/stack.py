@@ -15,7 +15,6 @@ request the module-scoped ``stack``.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import importlib.util
 import os
@@ -227,20 +226,6 @@ class Stack(Facility):
         finally:
             if self.jupyterhub is not None:
                 self.jupyterhub.stop()
-
-
-def jobs_of(diracx, cluster_name: str) -> list[dict]:
-    """The DIRAC jobs of a cluster (its JobGroup), as DiracX has them."""
-
-    async def go():
-        async with diracx.client() as c:
-            return await c.search(
-                [{"parameter": "JobGroup", "operator": "eq", "value": cluster_name}],
-                ["JobID", "Status", "MinorStatus", "ApplicationStatus", "JobGroup"],
-                sort=[{"parameter": "JobID", "direction": "asc"}],
-            )
-
-    return asyncio.run(go())
 
 
 @pytest.fixture(scope="module", name="stack")

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 from dask_gateway.client import ClusterStatus
+from gateway_fixtures import jobs_of
 from gridhub.dirac import FINAL_STATES
 from processes import CONNECTION_ERRORS, kill_processes_in, wait_for
-from stack import jobs_of, stack_fixture  # noqa: F401 - a fixture
+from stack import stack_fixture  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,6 +12,7 @@ import time
 
 import dask.array as da
 import pytest
+from gateway_fixtures import jobs_of
 from gridhub.dirac import FINAL_STATES, DiracXClient
 from processes import wait_for
 
@@ -19,17 +20,6 @@ from processes import wait_for
 @pytest.fixture(scope="module")
 def facility(dirac_facility):
     return dirac_facility
-
-
-def jobs_of(diracx, cluster_name: str) -> list[dict]:
-    async def go():
-        async with DiracXClient(diracx.url, diracx.token_source()) as c:
-            return await c.search(
-                [{"parameter": "JobGroup", "operator": "eq", "value": cluster_name}],
-                ["JobID", "Status", "MinorStatus", "Owner", "JobGroup", "JobName"],
-            )
-
-    return asyncio.run(go())
 
 
 def kill_job(diracx, job_id: int) -> None:

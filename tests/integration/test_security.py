@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 from distributed import Client
+from gateway_fixtures import jobs_of
 from processes import CONNECTION_ERRORS, free_port, wait_for
-from stack import Acme, jobs_of, stack_fixture  # noqa: F401 - a fixture
+from stack import Acme, stack_fixture  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(300)
 
