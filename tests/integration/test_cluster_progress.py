@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dask
 import pytest
-from gateway_fixtures import PASSWORD, Facility
+from gateway_fixtures import PASSWORD, Facility, jobs_of
 from gridhub.cluster import get_cluster, worker_jobs
 from processes import LocalSiteProcess
-from stack import jobs_of
 
 HELD_SITE = "LCG.Held.gridhub"
 USER = "pat"

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from gridhub.dirac import DiracXClient, DiracXForbidden
-from test_gateway_dirac import FINAL, jobs_of, wait_until
+from gateway_fixtures import jobs_of
+from gridhub.dirac import FINAL_STATES, DiracXClient, DiracXForbidden
+from processes import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -54,34 +55,43 @@ def clusters(dirac_facility):
             made[user] = cluster
             cluster.scale(1)
         for user, cluster in made.items():
-            wait_until(
+            wait_for(
                 lambda c=cluster: jobs_of(facility.diracx, c.name),
                 60,
                 f"{user}'s cluster's job submitted",
-                facility,
+                facility.logs,
+                interval=0.5,
+                retry=(),
             )
         yield made
     finally:
         for cluster in made.values():
             cluster.shutdown()
     for user, cluster in made.items():
-        final = wait_until(
+        final = wait_for(
             lambda c=cluster: (
-                ((js := jobs_of(facility.diracx, c.name)) and all(j["Status"] in FINAL for j in js))
+                (
+                    (js := jobs_of(facility.diracx, c.name))
+                    and all(j["Status"] in FINAL_STATES for j in js)
+                )
                 and js
             ),
             60,
             f"{user}'s jobs ended with the cluster",
-            facility,
+            facility.logs,
+            interval=0.5,
+            retry=(),
         )
         assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
     # the gateway holds a user's DIRAC token only while their clusters live
     for user in (ALICE, BOB):
-        wait_until(
+        wait_for(
             lambda u=user: f"Dropped the DIRAC token of user {u} " in facility.gateway.log(),
             30,
             f"the gateway dropped {user}'s token",
-            facility,
+            facility.logs,
+            interval=0.5,
+            retry=(),
         )
 
 
@@ -133,7 +143,7 @@ def test_a_users_token_sees_only_that_users_jobs(dirac_facility, clusters):
 def test_a_users_token_cannot_kill_another_users_job(dirac_facility, clusters):
     diracx = dirac_facility.diracx
     victim = jobs_of(diracx, clusters[BOB].name)[0]
-    assert victim["Status"] not in FINAL, victim
+    assert victim["Status"] not in FINAL_STATES, victim
     with pytest.raises(DiracXForbidden):
         user_kill(diracx, ALICE, victim["JobID"])
     after = {j["JobID"]: j["Status"] for j in jobs_of(diracx, clusters[BOB].name)}
