@@ -11,8 +11,7 @@ import re
 import time
 
 import pytest
-from gateway_fixtures import Facility
-from stack import jobs_of
+from gateway_fixtures import Facility, jobs_of
 
 pytestmark = pytest.mark.timeout(300)
 
