@@ -191,6 +191,7 @@ class Facility:
         )
 
     def save_job_logs(self, name: str) -> None:
+        (ARTIFACTS / "compose").mkdir(parents=True, exist_ok=True)
         (ARTIFACTS / "compose" / f"grid-jobs-{name}.log").write_text(self.job_logs())
 
     def dirac_jobs(self) -> list[dict]:
