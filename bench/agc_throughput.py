@@ -18,6 +18,9 @@ process, on the same files:
   facility       the same coffea processor with DaskExecutor on a gateway cluster
                  whose workers are DIRAC jobs (embedded DiracX + local site,
                  Traefik and the reverse path), --workers workers of 1 core
+  facility-dask  then, on the same cluster and files, coffea's dask mode
+                 (agc.run_dask: NanoEventsFactory(mode="dask").events() +
+                 dask.compute, the notebook's AGC_MODE=dask)
 
 Two figures per run: events per wall-second per core, and events per CPU-second
 of the processes doing the work (this process for the local runs; the worker
@@ -245,7 +248,23 @@ def nominal_counts_coffea(out) -> dict:
     }
 
 
-def run_facility(fileset: dict, workers: int, chunksize: int, work: Path):
+def run_dask_mode(client, fileset: dict, one: dict, steps: int) -> tuple[float, float, int, dict]:
+    """coffea's dask mode on the client's cluster: (wall s, workers' CPU s, events, output).
+    steps: partitions per file, as many as the processor's chunks."""
+    import dask
+
+    with dask.config.set(scheduler=client):
+        agc.run_dask(one, steps_per_file=steps)  # warm-up: dask-awkward, dask-histogram
+        before = client.run(_process_cpu_seconds)
+        t0 = time.perf_counter()
+        out = agc.run_dask(fileset, steps_per_file=steps)
+        elapsed = time.perf_counter() - t0
+        after = client.run(_process_cpu_seconds)
+    cpu = sum(after[w] - before[w] for w in before)
+    return elapsed, cpu, sum(out["nevents"].values()), out
+
+
+def run_facility(fileset: dict, workers: int, chunksize: int, work: Path, steps: int):
     import cloudpickle
     from coffea import processor
     from gateway_fixtures import Facility
@@ -278,11 +297,12 @@ def run_facility(fileset: dict, workers: int, chunksize: int, work: Path):
             after = client.run(_process_cpu_seconds)
             cpu = sum(after[w] - before[w] for w in before)
             trim = sorted(set(client.run(_malloc_trim_threshold).values()), key=str)
+            dask_mode = run_dask_mode(client, fileset, one, steps)
             client.close()
         finally:
             cluster.shutdown()
             gateway.close()
-        return elapsed, cpu, n, out, cores, trim
+        return elapsed, cpu, n, out, cores, trim, dask_mode
     finally:
         facility.stop()
         site.stop()
@@ -342,11 +362,16 @@ def main() -> None:
     for r in agc.REGIONS:
         assert np.isclose(awk_sum[r], coffea_sum[r], rtol=1e-5), (r, awk_sum, coffea_sum)
     if not args.skip_facility:
-        el, cpu, n, fout, cores, malloc_trim["facility"] = run_facility(
-            fileset, args.workers, args.chunksize, work
+        # the dask mode's partitions: as many per file as the processor's chunks
+        steps = -(-args.events_per_file // args.chunksize)
+        el, cpu, n, fout, cores, malloc_trim["facility"], dask_mode = run_facility(
+            fileset, args.workers, args.chunksize, work, steps
         )
         assert nominal_counts_coffea(fout) == ref_counts
         rows.append((f"facility ({args.workers} DIRAC-job workers)", n, el, cpu, cores))
+        el, cpu, n, dmout = dask_mode
+        assert nominal_counts_coffea(dmout) == ref_counts
+        rows.append(("facility-dask (coffea dask mode)", n, el, cpu, cores))
 
     awk_wall, awk_cpu = rows[0][1] / rows[0][2], rows[0][1] / rows[0][3]
     cof_wall, cof_cpu = rows[1][1] / rows[1][2], rows[1][1] / rows[1][3]
@@ -378,9 +403,27 @@ def main() -> None:
             f" {row['cpu_ratio_to_local_awkward']:7.2f} {row['cpu_ratio_to_local_coffea']:7.2f}"
             f" {row['cpu_ratio_to_local_dask']:8.2f}"
         )
+    dask_over_processor = None
+    if not args.skip_facility:
+        proc, dmode = results[-2], results[-1]
+        dask_over_processor = {
+            "events_per_s_per_core": dmode["events_per_s_per_core"] / proc["events_per_s_per_core"],
+            "events_per_cpu_s": dmode["events_per_cpu_s"] / proc["events_per_cpu_s"],
+        }
+        print("facility, dask mode / processor mode:", dask_over_processor)
     versions = {
         p: metadata.version(p)
-        for p in ("coffea", "uproot", "awkward", "dask", "distributed", "dask-gateway", "numpy")
+        for p in (
+            "coffea",
+            "uproot",
+            "awkward",
+            "dask",
+            "distributed",
+            "dask-gateway",
+            "dask-awkward",
+            "dask-histogram",
+            "numpy",
+        )
     }
     print("selected (nominal):", ref_counts, "versions:", versions)
     print("workers' MALLOC_TRIM_THRESHOLD_:", malloc_trim, "load average:", os.getloadavg())
@@ -394,6 +437,7 @@ def main() -> None:
         "chunksize": args.chunksize,
         "results": results,
         "selected_nominal": ref_counts,
+        "facility_dask_mode_over_processor_mode": dask_over_processor,
         "workers_malloc_trim_threshold": malloc_trim,
         "versions": versions,
         "machine": {

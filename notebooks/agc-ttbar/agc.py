@@ -194,10 +194,10 @@ class TtbarAnalysis(processor.ProcessorABC):
         return accumulator
 
 
-def dask_events(fileset: dict, uproot_options: dict | None = None) -> dict:
+def dask_events(fileset: dict, uproot_options: dict | None = None, steps_per_file: int = 1) -> dict:
     """coffea's dask mode: one lazy NanoEvents array per process of the fileset
     (NanoEventsFactory.from_root(..., mode="dask").events()), with the
-    fileset's metadata as events.metadata."""
+    fileset's metadata as events.metadata; steps_per_file partitions per file."""
     from coffea.nanoevents import NanoAODSchema, NanoEventsFactory
 
     events = {}
@@ -208,18 +208,20 @@ def dask_events(fileset: dict, uproot_options: dict | None = None) -> dict:
             schemaclass=NanoAODSchema,
             metadata={"dataset": process_name, **spec.get("metadata", {})},
             uproot_options=dict(uproot_options or {}),
+            steps_per_file=steps_per_file,
         ).events()
     return events
 
 
-def run_dask(fileset: dict, uproot_options: dict | None = None) -> dict:
+def run_dask(fileset: dict, uproot_options: dict | None = None, steps_per_file: int = 1) -> dict:
     """The analysis in dask mode: build the task graph of every process, one
     dask.compute on the current scheduler (the cluster's client when one is
     open), then add the per-process outputs up as processor.Runner does."""
     import dask
 
     analysis = TtbarAnalysis()
-    lazy = [analysis.process(ev) for ev in dask_events(fileset, uproot_options).values()]
+    events = dask_events(fileset, uproot_options, steps_per_file)
+    lazy = [analysis.process(ev) for ev in events.values()]
     # optimize_graph=False: dask-awkward 2025.3's graph optimisation (column
     # projection, layer fusion) fails on dask >= 2025.4 ("Cannot fuse tasks
     # with multiple outputs", coffea issue #1343), and no dask-awkward release
