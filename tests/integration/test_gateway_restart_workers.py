@@ -1,0 +1,50 @@
+"""client.restart() on a cluster of DIRAC-job workers (issue 19).
+
+Grid workers run without a nanny (the reverse path carries one port), so
+distributed's restart closes them and waits for the deployment to bring
+workers back: the gateway sees them gone and submits replacement jobs. After
+the restart the same number of workers computes right and every DIRAC job
+of the cluster is either running a worker or final.
+
+Real parts: DiracX, dask-gateway with the DIRAC backend, Traefik, the local
+site running the jobs, the reverse path.
+"""
+
+from __future__ import annotations
+
+import pytest
+from gateway_fixtures import jobs_of
+from gridhub.dirac import FINAL_STATES
+from processes import wait_for
+
+pytestmark = pytest.mark.timeout(420)
+
+
+def test_client_restart_brings_the_workers_back_and_orphans_nothing(dirac_facility):
+    facility = dirac_facility
+    with facility.client("restarter") as gateway:
+        cluster = gateway.new_cluster()
+        try:
+            cluster.scale(2)
+            client = cluster.get_client()
+            client.wait_for_workers(2, timeout=180)
+            before = set(client.scheduler_info()["workers"])
+            assert client.submit(lambda: 41 + 1).result(timeout=60) == 42
+            client.restart(timeout=300)
+            after = client.scheduler_info()["workers"]
+            assert len(after) == 2 and not before & set(after), (before, after)
+            assert sum(client.gather(client.map(lambda x: x * x, range(10)))) == 285
+            jobs = jobs_of(facility.diracx, cluster.name)
+            running = [j for j in jobs if j["Status"] == "Running"]
+            assert len(running) == 2, jobs
+            assert all(j["Status"] in FINAL_STATES for j in jobs if j not in running), jobs
+            client.close()
+        finally:
+            cluster.shutdown()
+    wait_for(
+        lambda: all(j["Status"] in FINAL_STATES for j in jobs_of(facility.diracx, cluster.name)),
+        120,
+        "every job of the cluster final",
+        facility.logs,
+        retry=(),
+    )
