@@ -22,6 +22,7 @@ connected): on a loaded machine, compare phases and CPU, not wall times.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import re
@@ -30,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import common
@@ -184,6 +186,33 @@ def local_backend(work: Path):
     return gw, Gateway(address=url, auth=BasicAuth("bench", PASSWORD))
 
 
+@contextlib.contextmanager
+def dirac_and_local(work: Path, *site_args: str) -> Iterator[tuple]:
+    """(facility, local site, DIRAC gateway client, LocalBackend gateway client)
+    side by side in ``work``; everything stopped and ``work`` removed after."""
+    procs = []
+    try:
+        diracx = EmbeddedDiracX(work / "diracx").start(timeout=180)
+        procs.append(diracx)
+        site = LocalSiteProcess(diracx, work / "site", "--poll-interval", "0.2", *site_args)
+        procs.append(site.start())
+        facility = Facility(work / "facility", diracx, site)
+        procs.append(facility)
+        local_gw, local = local_backend(work / "gw-local")
+        procs.append(local_gw)
+        dirac = facility.client("bench")
+        try:
+            yield facility, site, dirac, local
+        finally:
+            dirac.close()
+            local.close()
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        kill_processes_in(work)  # schedulers and workers of interrupted runs
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     common.on_sigterm_unwind()
     common.gc_off_the_loop()
@@ -194,29 +223,13 @@ def main() -> None:
         ap.error("--runs must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="gridhub-bench-cluster-"))
     load_before = common.loadavg()
-    procs, times = [], {"local": [], "dirac": []}
-    try:
-        diracx = EmbeddedDiracX(work / "diracx").start(timeout=180)
-        procs.append(diracx)
-        site = LocalSiteProcess(diracx, work / "site", "--poll-interval", "0.2").start()
-        procs.append(site)
-        facility = Facility(work / "facility", diracx, site)
-        procs.append(facility)
-        local_gw, local = local_backend(work / "gw-local")
-        procs.append(local_gw)
-        dirac = facility.client("bench")
+    times: dict[str, list[float]] = {"local": [], "dirac": []}
+    with dirac_and_local(work) as (facility, site, dirac, local):
         time_to_first_worker(dirac), time_to_first_worker(local)  # warm caches
         phases = DiracPhases(facility, site)
         for i in range(args.runs):  # interleaved, so both see the same noise
             for label, gw in (("local", local), ("dirac", dirac))[:: 1 if i % 2 else -1]:
                 times[label].append(time_to_first_worker(gw, phases if label == "dirac" else None))
-        dirac.close()
-        local.close()
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        kill_processes_in(work)  # schedulers and workers of interrupted runs
-        shutil.rmtree(work, ignore_errors=True)
     load_after = common.loadavg()
     stats = {k: common.summary(v) for k, v in times.items()}
     ratio = stats["dirac"]["p50"] / stats["local"]["p50"]

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import common
-from cluster_start import local_backend
+from cluster_start import dirac_and_local
 from dask_gateway import Gateway
-from gateway_fixtures import Facility
-from processes import EmbeddedDiracX, LocalSiteProcess, kill_processes_in
 
 
 def scale_time(gateway: Gateway, n: int, timeout: float) -> float:
@@ -55,33 +52,14 @@ def main() -> None:
         ap.error("--runs and every size must be at least 1")
     work = Path(tempfile.mkdtemp(prefix="gridhub-bench-scale-"))
     load_before = common.loadavg()
-    procs = []
     times: dict[int, dict[str, list[float]]] = {n: {"local": [], "dirac": []} for n in sizes}
-    try:
-        diracx = EmbeddedDiracX(work / "diracx").start(timeout=180)
-        procs.append(diracx)
-        site = LocalSiteProcess(
-            diracx, work / "site", "--poll-interval", "0.2", "--max-jobs", str(max(sizes))
-        ).start()
-        procs.append(site)
-        facility = Facility(work / "facility", diracx, site)
-        procs.append(facility)
-        local_gw, local = local_backend(work / "gw-local")
-        procs.append(local_gw)
-        dirac = facility.client("bench")
+    with dirac_and_local(work, "--max-jobs", str(max(sizes))) as (_, _, dirac, local):
         scale_time(dirac, 1, args.timeout), scale_time(local, 1, args.timeout)  # warm caches
         for n in sizes:
             for i in range(args.runs):  # interleaved, so both see the same noise
                 for label, gw in (("local", local), ("dirac", dirac))[:: 1 if i % 2 else -1]:
                     times[n][label].append(scale_time(gw, n, args.timeout))
                     print(f"N={n} {label}: {times[n][label][-1]:.1f} s", flush=True)
-        dirac.close()
-        local.close()
-    finally:
-        for p in reversed(procs):
-            p.stop()
-        kill_processes_in(work)  # schedulers and workers of interrupted runs
-        shutil.rmtree(work, ignore_errors=True)
     load_after = common.loadavg()
     rows, result = [], {}
     for n in sizes:
