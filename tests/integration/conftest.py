@@ -21,7 +21,7 @@ from processes import EmbeddedDiracX, LocalSiteProcess, facility_tls
 facility_tls()  # before anything imports aiohttp (see FacilityTLS)
 
 import pytest  # noqa: E402
-from gateway_fixtures import dirac_facility  # noqa: E402, F401 - a shared fixture
+from gateway_fixtures import dirac_facility, held_facility  # noqa: E402, F401 - shared fixtures
 
 
 @pytest.fixture(scope="session")

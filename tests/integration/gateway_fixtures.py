@@ -258,6 +258,23 @@ class Facility:
         kill_processes_in(self.work / "clusters")
 
 
+class HeldFacility(Facility):
+    """The facility with every cluster's workers bound to HELD_SITE, which no
+    stand-in serves: its jobs stay queued in DIRAC until a test starts one."""
+
+    HELD_SITE = "LCG.Held.gridhub"
+
+    def config(self, **overrides: object) -> str:
+        return super().config(DiracClusterConfig__sites=[self.HELD_SITE], **overrides)
+
+
+@pytest.fixture(scope="module")
+def held_facility(tmp_path_factory, diracx_server, diracx_local_site):
+    f = HeldFacility(tmp_path_factory.mktemp("held-facility"), diracx_server, diracx_local_site)
+    yield f
+    f.stop()
+
+
 @pytest.fixture(scope="module")
 def dirac_facility(tmp_path_factory, diracx_server, diracx_local_site):
     f = Facility(tmp_path_factory.mktemp("facility"), diracx_server, diracx_local_site)

@@ -11,26 +11,12 @@ from __future__ import annotations
 
 import dask
 import pytest
-from gateway_fixtures import PASSWORD, Facility, jobs_of
+from gateway_fixtures import PASSWORD, HeldFacility, jobs_of
 from gridhub.cluster import get_cluster, worker_jobs
 from processes import LocalSiteProcess
 
-HELD_SITE = "LCG.Held.gridhub"
+HELD_SITE = HeldFacility.HELD_SITE
 USER = "pat"
-
-
-class HeldFacility(Facility):
-    """The facility, every cluster's workers bound to HELD_SITE."""
-
-    def config(self, **overrides: object) -> str:
-        return super().config(DiracClusterConfig__sites=[HELD_SITE], **overrides)
-
-
-@pytest.fixture(scope="module")
-def held_facility(tmp_path_factory, diracx_server, diracx_local_site):
-    f = HeldFacility(tmp_path_factory.mktemp("held-facility"), diracx_server, diracx_local_site)
-    yield f
-    f.stop()
 
 
 @pytest.fixture

@@ -15,21 +15,8 @@ from gateway_fixtures import Facility, jobs_of
 
 pytestmark = pytest.mark.timeout(300)
 
-HELD_SITE = "LCG.Held.gridhub"
 USER = "bulk"
 N = 25
-
-
-class HeldFacility(Facility):
-    def config(self, **overrides: object) -> str:
-        return super().config(DiracClusterConfig__sites=[HELD_SITE], **overrides)
-
-
-@pytest.fixture(scope="module")
-def held_facility(tmp_path_factory, diracx_server, diracx_local_site):
-    f = HeldFacility(tmp_path_factory.mktemp("bulk-facility"), diracx_server, diracx_local_site)
-    yield f
-    f.stop()
 
 
 def submission_calls(facility: Facility) -> list[int]:

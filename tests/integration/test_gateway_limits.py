@@ -8,20 +8,16 @@ so the "default" limits apply.
 from __future__ import annotations
 
 import pytest
-from gateway_fixtures import Facility
+from gateway_fixtures import HeldFacility
 
 pytestmark = pytest.mark.timeout(300)
 
 LIMITS = {"default": {"clusters": 1, "workers": 2}}
 
 
-class LimitedFacility(Facility):
+class LimitedFacility(HeldFacility):
     def config(self, **overrides: object) -> str:
-        return super().config(
-            DiracClusterConfig__sites=["LCG.Held.gridhub"],
-            DiracBackend__group_limits=LIMITS,
-            **overrides,
-        )
+        return super().config(DiracBackend__group_limits=LIMITS, **overrides)
 
 
 @pytest.fixture(scope="module")
