@@ -1,0 +1,239 @@
+"""The data lake's core: a real XRootD origin with WLCG bearer tokens (issue 17).
+
+Debian's xrootd 5.5 with libXrdAccSciTokens (lake_fixtures.py) serves a
+NanoAOD sample from ``gridhub-samples fetch`` under ``/protected`` (tokens
+only) and ``/public`` (anyone may read). Every read is done by a client
+subprocess with a clean environment (its own ``BEARER_TOKEN_FILE`` or none),
+so the token a read uses is exactly the one the test gives, and a refusal
+that hung would be cut by the subprocess deadline and fail the test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uproot
+from lake_fixtures import RUN_AS, TokenIssuer, XRootDServer
+from processes import facility_tls
+
+SAMPLE = "nano_tt_v12.root"
+#: a refusal must come back within this (the client's own timeouts are set lower)
+PROMPT = 30.0
+
+READER = r"""
+import json, sys, time
+t0 = time.monotonic()
+try:
+    import uproot
+    with uproot.open(sys.argv[1], timeout=20) as f:
+        n = int(f["Events"].num_entries)
+        pt = f["Events"]["Jet_pt"].array(library="np")
+    print(json.dumps({"entries": n, "jets": int(sum(len(x) for x in pt)),
+                      "seconds": time.monotonic() - t0}))
+except Exception as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                      "seconds": time.monotonic() - t0}))
+"""
+
+
+def _unshare_works() -> bool:
+    if not shutil.which("xrootd") or not shutil.which("unshare"):
+        return False
+    r = subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30)
+    return r.returncode == 0
+
+
+pytestmark = pytest.mark.skipif(
+    not _unshare_works(),
+    reason="needs xrootd (apt: xrootd-server xrootd-scitokens-plugins) and unshare -m (root)",
+)
+
+
+@pytest.fixture(scope="module")
+def lake_samples(tmp_path_factory) -> Path:
+    from gridhub.samples import fetch
+
+    return fetch(tmp_path_factory.mktemp("lake-samples"))
+
+
+@pytest.fixture(scope="module")
+def lake_dir():
+    """Outside pytest's root-only tmp: the xrootd user must reach it."""
+    path = Path(tempfile.mkdtemp(prefix="gridhub-lake-"))
+    shutil.chown(path, RUN_AS, RUN_AS)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def export(lake_samples, lake_dir) -> Path:
+    root = lake_dir / "export"
+    for area in ("protected", "public", "other"):
+        (root / area).mkdir(parents=True)
+        shutil.copy(lake_samples / SAMPLE, root / area / SAMPLE)
+    for path in [root, *root.rglob("*")]:
+        shutil.chown(path, RUN_AS, RUN_AS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def issuer():
+    server = TokenIssuer().start()
+    yield server
+    server.stop()
+
+
+def _origin(lake_dir, export, issuer, **kw):
+    work = Path(tempfile.mkdtemp(prefix="xrootd-", dir=lake_dir))
+    server = XRootDServer(work, export, issuer, **kw)
+    try:
+        server.start()
+    except Exception:
+        print(server.log())
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def origin(lake_dir, export, issuer):
+    server = _origin(lake_dir, export, issuer)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def expected(lake_samples) -> dict[str, int]:
+    with uproot.open(lake_samples / SAMPLE) as f:
+        t = f["Events"]
+        return {
+            "entries": int(t.num_entries),
+            "jets": int(sum(len(x) for x in t["Jet_pt"].array(library="np"))),
+        }
+
+
+class Reader:
+    """Reads a URL with uproot in a subprocess, as a notebook would."""
+
+    def __init__(self, tmp: Path, origin: XRootDServer) -> None:
+        self.tmp = tmp
+        self.origin = origin
+
+    def env(self, token: str | None) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BEARER_TOKEN", "XRD_", "X509_"))
+        }
+        runtime = self.tmp / f"run-{time.monotonic_ns()}"
+        runtime.mkdir(mode=0o700)
+        env.update(
+            XDG_RUNTIME_DIR=str(runtime),  # no bt_u<uid> there
+            X509_CERT_DIR=str(self.origin.ca_dir),
+            XRD_CONNECTIONRETRY="1",
+            XRD_REQUESTTIMEOUT="15",
+            XRD_STREAMTIMEOUT="15",
+        )
+        if token is not None:
+            path = runtime / "token"
+            path.touch(mode=0o600)
+            path.write_text(token + "\n")
+            env["BEARER_TOKEN_FILE"] = str(path)
+        return env
+
+    def __call__(self, url: str, token: str | None = None) -> dict:
+        stray = Path(f"/tmp/bt_u{os.getuid()}")  # noqa: S108 - WLCG discovery's last resort
+        assert not stray.exists(), "a stray WLCG token file would be read"
+        t0 = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, "-c", READER, url],
+            env=self.env(token),
+            capture_output=True,
+            text=True,
+            timeout=PROMPT + 30,
+        )
+        elapsed = time.monotonic() - t0
+        assert r.stdout.strip(), r.stderr[-3000:]
+        result = json.loads(r.stdout.strip().splitlines()[-1])
+        result["wall"] = elapsed
+        return result
+
+
+@pytest.fixture
+def read(tmp_path, origin) -> Reader:
+    return Reader(tmp_path, origin)
+
+
+def assert_refused(result: dict, origin: XRootDServer) -> None:
+    assert "error" in result, f"read was allowed: {result}\n{origin.log()}"
+    print(f"refused in {result['wall']:.1f} s: {result['error']}")
+    assert result["wall"] < PROMPT, f"refusal took {result['wall']:.1f} s"
+    # XRootD's answer to an unauthorized open: kXR_NotAuthorized (3010)
+    assert "3010" in result["error"] or "ermission denied" in result["error"], result["error"]
+
+
+def test_read_with_valid_token(read, origin, issuer, expected):
+    token = issuer.token("storage.read:/protected")
+    result = read(origin.url(f"/protected/{SAMPLE}"), token)
+    assert "error" not in result, f"{result}\n{origin.log()}"
+    assert {k: result[k] for k in expected} == expected
+    # the plugin fetched the issuer's keys over HTTPS (discovery, then the JWKS)
+    assert "/.well-known/openid-configuration" in issuer.requests
+    assert "/jwks" in issuer.requests
+    # the origin decided by the token's scope (ztn over TLS), and never logged the token
+    log = origin.log(200000)
+    assert "Grant authorization based on scopes for operation=read, path=/protected/" in log
+    assert token not in log and token.split(".")[2] not in log
+
+
+def test_read_without_token_refused(read, origin):
+    assert_refused(read(origin.url(f"/protected/{SAMPLE}")), origin)
+
+
+def test_read_with_expired_token_refused(read, origin, issuer):
+    token = issuer.token("storage.read:/protected", lifetime=-120)
+    assert_refused(read(origin.url(f"/protected/{SAMPLE}"), token), origin)
+
+
+def test_read_with_token_for_other_path_refused(read, origin, issuer):
+    token = issuer.token("storage.read:/other")
+    assert_refused(read(origin.url(f"/protected/{SAMPLE}"), token), origin)
+    # the same token does read the path its scope names
+    assert "error" not in read(origin.url(f"/other/{SAMPLE}"), token)
+
+
+def test_public_path_without_token(read, origin, expected):
+    result = read(origin.url(f"/public/{SAMPLE}"))
+    assert "error" not in result, f"{result}\n{origin.log()}"
+    assert {k: result[k] for k in expected} == expected
+
+
+def _https_get(url: str, token: str | None, nbytes: int = 4096) -> tuple[int, bytes]:
+    headers = {"Range": f"bytes=0-{nbytes - 1}"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    r = httpx.get(url, headers=headers, verify=str(facility_tls().cert), timeout=PROMPT)
+    return r.status_code, r.content if r.status_code in (200, 206) else b""
+
+
+def test_https_with_token(origin, issuer, lake_samples):
+    """XrdHttp: the same authorization over https:// with an Authorization header."""
+    head = (lake_samples / SAMPLE).read_bytes()[:4096]
+    url = origin.url(f"/protected/{SAMPLE}", "https")
+    status, body = _https_get(url, issuer.token("storage.read:/protected"))
+    assert status in (200, 206), origin.log()
+    assert body == head
+    assert _https_get(url, None)[0] == 403
+    assert _https_get(url, issuer.token("storage.read:/other"))[0] == 403
+    assert _https_get(url, issuer.token("storage.read:/protected", lifetime=-120))[0] == 403
+    status, body = _https_get(origin.url(f"/public/{SAMPLE}", "https"), None)
+    assert status in (200, 206) and body == head
