@@ -10,7 +10,11 @@
   certificate, authorization by ``libXrdAccSciTokens`` (tokens over the
   ``ztn`` security protocol or the HTTP ``Authorization`` header) chained to
   the default authorization database, which grants anonymous read of the
-  paths a deployer marks public and nothing else.
+  paths a deployer marks public and nothing else. With ``origin=`` the same
+  class starts an XCache instead: the proxy (``libXrdPss``) with the proxy
+  file cache (``libXrdPfc``) in front of that origin, authorizing its own
+  clients the same way and reading from the origin with its own read-only
+  token (``BEARER_TOKEN_FILE`` of the cache process).
 
 The scitokens library (libscitokens0 0.7.3) fetches the issuer's keys with
 libcurl, which trusts only the system CA bundle and has no option for
@@ -138,6 +142,8 @@ class XRootDServer(Process):
         public: tuple[str, ...] = ("/public",),
         scitokens: bool = True,
         authorize: bool = True,
+        origin: XRootDServer | None = None,
+        origin_token: str | None = None,
     ) -> None:
         tls = facility_tls()
         self.work = work
@@ -171,7 +177,6 @@ class XRootDServer(Process):
             f"all.adminpath {work / 'admin'}",
             f"all.pidpath {work / 'run'}",
             "all.export /",
-            f"oss.localroot {export}",
             f"xrd.tls {cert} {key}",
             f"xrd.tlsca certdir {self.ca_dir}",
             # tokens only over TLS: a root:// client switches to TLS at login
@@ -188,6 +193,31 @@ class XRootDServer(Process):
                     f"ofs.authlib ++ libXrdAccSciTokens.so config={scitokens_cfg}",
                     "scitokens.trace all",
                 ]
+        env = {"XDG_CACHE_HOME": str(work / "cache"), "HOME": str(work)}
+        self.cache_dir: Path | None = None
+        if origin is not None:
+            # XCache: a proxy (pss) with the proxy file cache (pfc) in front of
+            # ``origin``; it authorizes its clients itself and reads from the
+            # origin as itself, with its own read token (ztn over TLS)
+            self.cache_dir = work / "cache-data"
+            self.cache_dir.mkdir()
+            lines += [
+                "ofs.osslib libXrdPss.so",
+                "pss.cachelib libXrdPfc.so",
+                f"pss.origin 127.0.0.1:{origin.port}",
+                f"oss.localroot {self.cache_dir}",
+                "pfc.ram 1g",  # the minimum; a ceiling, not an allocation
+                "pfc.diskusage 0.90 0.95",
+                "pfc.trace info",
+            ]
+            if origin_token is not None:
+                token_file = work / "origin-token"
+                token_file.touch(mode=0o600)
+                token_file.write_text(origin_token + "\n")
+                env["BEARER_TOKEN_FILE"] = str(token_file)
+            env["X509_CERT_DIR"] = str(self.ca_dir)
+        else:
+            lines.append(f"oss.localroot {export}")
         self.config = work / "xrootd.cfg"
         self.config.write_text("\n".join(lines) + "\n")
         for path in [work, *work.rglob("*")]:
@@ -202,7 +232,7 @@ class XRootDServer(Process):
         super().__init__(
             ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
             work / "process.log",
-            env={"XDG_CACHE_HOME": str(work / "cache"), "HOME": str(work)},
+            env=env,
             cwd=work,
         )
 

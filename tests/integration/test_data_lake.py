@@ -237,3 +237,40 @@ def test_https_with_token(origin, issuer, lake_samples):
     assert _https_get(url, issuer.token("storage.read:/protected", lifetime=-120))[0] == 403
     status, body = _https_get(origin.url(f"/public/{SAMPLE}", "https"), None)
     assert status in (200, 206) and body == head
+
+
+@pytest.fixture(scope="module")
+def xcache(lake_dir, export, issuer, origin):
+    """An XCache in front of ``origin``; it reads as ``xcache`` with a read-only token."""
+    token = issuer.token("storage.read:/", sub="xcache", lifetime=3600)
+    server = _origin(lake_dir, export, issuer, origin=origin, origin_token=token)
+    yield server
+    server.stop()
+
+
+def _origin_reads(origin: XRootDServer, path: str) -> int:
+    """Opens for reading of ``path`` the origin authorized (one log line each)."""
+    needle = f"Grant authorization based on scopes for operation=read, path={path}"
+    return origin.log(10_000_000).count(needle)
+
+
+def test_xcache_second_read_from_cache(tmp_path, origin, xcache, issuer, expected):
+    path = f"/protected/{SAMPLE}"
+    read = Reader(tmp_path, xcache)
+    token = issuer.token("storage.read:/protected")
+    before = _origin_reads(origin, path)
+    first = read(xcache.url(path), token)
+    assert "error" not in first, f"{first}\n{xcache.log()}\n{origin.log()}"
+    assert {k: first[k] for k in expected} == expected
+    after_first = _origin_reads(origin, path)
+    assert after_first > before, f"the cache did not read from the origin\n{origin.log()}"
+    assert xcache.cache_dir is not None
+    cached = xcache.cache_dir / path.lstrip("/")
+    assert cached.is_file(), sorted(str(p) for p in xcache.cache_dir.rglob("*"))
+    assert Path(f"{cached}.cinfo").is_file()
+
+    second = read(xcache.url(path), token)
+    assert {k: second[k] for k in expected} == expected
+    assert _origin_reads(origin, path) == after_first, "second read went to the origin"
+    # the cache authorizes its own clients with the same issuer
+    assert_refused(read(xcache.url(path)), xcache)
