@@ -150,12 +150,14 @@ class Reader:
             env["BEARER_TOKEN_FILE"] = str(path)
         return env
 
-    def __call__(self, url: str, token: str | None = None) -> dict:
+    def __call__(
+        self, url: str, token: str | None = None, script: str = READER, *args: str
+    ) -> dict:
         stray = Path(f"/tmp/bt_u{os.getuid()}")  # noqa: S108 - WLCG discovery's last resort
         assert not stray.exists(), "a stray WLCG token file would be read"
         t0 = time.monotonic()
         r = subprocess.run(
-            [sys.executable, "-c", READER, url],
+            [sys.executable, "-c", script, url, *args],
             env=self.env(token),
             capture_output=True,
             text=True,
@@ -215,6 +217,28 @@ def test_public_path_without_token(read, origin, expected):
     result = read(origin.url(f"/public/{SAMPLE}"))
     assert "error" not in result, f"{result}\n{origin.log()}"
     assert {k: result[k] for k in expected} == expected
+
+
+PICK = r"""
+import json, sys
+from gridhub.data import pick
+path, description = pick(sys.argv[1], sys.argv[2], timeout=10)
+print(json.dumps({"path": path, "description": description}))
+"""
+
+
+def test_gridhub_data_pick(read, origin, issuer, lake_samples):
+    """The notebooks' ``gridhub.data.pick``: the lake with a token, else the
+    shipped copy, saying why (the storage's refusal), without hanging."""
+    url, local = origin.url(f"/protected/{SAMPLE}"), str(lake_samples / SAMPLE)
+    ok = read(url, issuer.token("storage.read:/protected"), PICK, local)
+    assert ok["path"] == url, ok
+    assert ok["description"] == f"online: {url}"
+    refused = read(url, None, PICK, local)
+    assert refused["path"] == local, refused
+    assert "permission denied" in refused["description"], refused["description"]
+    assert refused["wall"] < PROMPT
+    print(refused["description"])
 
 
 def _https_get(url: str, token: str | None, nbytes: int = 4096) -> tuple[int, bytes]:

@@ -119,8 +119,11 @@ def storage_options(url: str, environ: Mapping[str, str] | None = None) -> dict[
     """Options for uproot/fsspec to read ``url`` as the user.
 
     https/http: an ``Authorization: Bearer`` header when there is a token.
-    xrootd: nothing; the XRootD client finds ``BEARER_TOKEN_FILE`` itself
-    (make sure it is in the environment of the workers too).
+    xrootd: nothing; the XRootD client finds the token itself by the same
+    discovery rules (``BEARER_TOKEN``, ``BEARER_TOKEN_FILE``, ...; make sure
+    they are in the environment of the workers too) and sends it with the
+    ``ztn`` security protocol, which needs TLS: the server must offer it
+    (``xrootd.tls``) and the client must trust its CA (``X509_CERT_DIR``).
     """
     scheme = urlsplit(str(url)).scheme.lower()
     if scheme in ("https", "http", "davs", "dav"):
@@ -169,6 +172,17 @@ def reachable(url: str, timeout: float = 2.0) -> bool:
     return bool(result and result[0])
 
 
+def _reason(exc: BaseException, limit: int = 200) -> str:
+    """The exception's type and the first line of its message, shortened: the
+    storage's answer (XRootD's ``[3010] ... permission denied``, an HTTP
+    403) is what a user needs to see. Tokens are never in a URL we build."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    if len(first) > limit:
+        first = first[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def pick(url: str | None, local: str | os.PathLike[str], timeout: float = 3.0) -> tuple[str, str]:
     """``(path, description)``: ``url`` if it can be opened within ``timeout``
     seconds (with the user's token), else the local copy. Never hangs on a
@@ -179,7 +193,7 @@ def pick(url: str | None, local: str | os.PathLike[str], timeout: float = 3.0) -
                 f.keys()
             return str(url), f"online: {url}"
         except Exception as exc:  # any failure to read: use the local copy
-            why = f"{type(exc).__name__}"
+            why = _reason(exc)
         return str(local), f"shipped sample {local} ({url} could not be read: {why})"
     why = f" ({url} not reachable)" if url else ""
     return str(local), f"shipped sample {local}{why}"
