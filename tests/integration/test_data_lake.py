@@ -204,11 +204,15 @@ def test_read_without_token_refused(read, origin):
 def test_read_with_expired_token_refused(read, origin, issuer):
     token = issuer.token("storage.read:/protected", lifetime=-120)
     assert_refused(read(origin.url(f"/protected/{SAMPLE}"), token), origin)
+    # refused for the right reason: the plugin saw the token and its expiry
+    assert "token verification failed: token expired" in origin.log(10_000_000)
 
 
 def test_read_with_token_for_other_path_refused(read, origin, issuer):
-    token = issuer.token("storage.read:/other")
+    token = issuer.token("storage.read:/other", sub="bob")
     assert_refused(read(origin.url(f"/protected/{SAMPLE}"), token), origin)
+    # the token itself was valid: only its scope did not cover the path
+    assert "subject=bob, issuer=" in origin.log(10_000_000)
     # the same token does read the path its scope names
     assert "error" not in read(origin.url(f"/other/{SAMPLE}"), token)
 

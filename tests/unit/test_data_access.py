@@ -252,3 +252,14 @@ def test_pip_download_command(tmp_path, monkeypatch):
     assert cmd[1:4] == ["-m", "pip", "download"]
     assert "--no-deps" in cmd and cmd[cmd.index("--no-binary") + 1] == "coffea"
     assert cmd[-1] == "coffea==9.9"
+
+
+def test_pick_reason_is_the_storage_answer():
+    """pick's description carries the first line of the refusal, shortened."""
+    exc = OSError("Failed to open file: [ERROR] [3010] Unable to open /x; permission denied\nmore")
+    assert data._reason(exc) == (
+        "OSError: Failed to open file: [ERROR] [3010] Unable to open /x; permission denied"
+    )
+    assert data._reason(TimeoutError()) == "TimeoutError"
+    long = data._reason(ValueError("x" * 500))
+    assert len(long) == len("ValueError: ") + 200 and long.endswith("...")
