@@ -15,4 +15,8 @@ def __getattr__(name: str):
         from .diraccluster import DiracCluster
 
         return DiracCluster
+    if name == "usage":
+        from .accounting import usage
+
+        return usage
     raise AttributeError(f"module 'gridhub' has no attribute {name!r}")

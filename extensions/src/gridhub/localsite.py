@@ -55,10 +55,13 @@ import os
 import resource
 import shutil
 import signal
+import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .dirac import DiracXClient, DiracXError, SandboxChecksumMismatch, TokenSource
 from .dirac.jdl import as_list, command, input_sandbox_pfns, output_file_name, parse_jdl
@@ -133,16 +136,134 @@ class SiteCatalogue:
         return bool(eligible) and eligible[job_id % len(eligible)] == site
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@dataclass
+class Usage:
+    """What one job used, as the site measured it (DIRAC's JobWrapper and
+    Watchdog report the same): CPU seconds (user + system of the job's whole
+    process tree, or of its container's cgroup), peak memory in kB, bytes
+    read and written (``/proc/<pid>/io`` rchar/wchar, or the container's
+    block I/O), and the exit status."""
+
+    cpu_s: float = 0.0
+    memory_kb: int = 0  # peak
+    read_bytes: int | None = None
+    written_bytes: int | None = None
+    exit_status: int | None = None
+
+    def sample(self, cpu_s: float, memory_kb: int, read: int | None, written: int | None) -> None:
+        # counters only grow: a sample taken while processes exit may be lower
+        self.cpu_s = max(self.cpu_s, cpu_s)
+        self.memory_kb = max(self.memory_kb, memory_kb)
+        if read is not None:
+            self.read_bytes = max(self.read_bytes or 0, read)
+        if written is not None:
+            self.written_bytes = max(self.written_bytes or 0, written)
+
+    def parameters(self, wall_s: float, site: str) -> dict[str, Any]:
+        """DIRAC job parameters, named as DIRAC's JobWrapper names them
+        (``ExitStatus``, ``BytesRead``, ``BytesWritten`` are GridHub's)."""
+        params: dict[str, Any] = {
+            "TotalCPUTime(s)": round(self.cpu_s),
+            "CPUTime(ms)": round(self.cpu_s * 1000),
+            "WallClockTime(s)": round(wall_s, 3),
+            "MemoryUsed(kb)": self.memory_kb,
+            "Memory(MB)": round(self.memory_kb / 1024),
+            "AccountingSite": site,
+        }
+        if self.exit_status is not None:
+            params["ExitStatus"] = self.exit_status
+        if self.read_bytes is not None:
+            params["BytesRead"] = self.read_bytes
+        if self.written_bytes is not None:
+            params["BytesWritten"] = self.written_bytes
+        return params
+
+
+def session_usage(sid: int) -> tuple[float, int, int | None, int | None]:
+    """CPU seconds, resident kB and bytes read/written of the live processes
+    of session ``sid`` (a job started with ``start_new_session``), each with
+    what its children it already waited for used (``cutime``/``cstime``; the
+    I/O of reaped children is in their parent's ``/proc/<pid>/io``)."""
+    cpu_ticks = rss_pages = 0
+    read = written = 0
+    io_seen = False
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        # fields[0] is field 3 (state): session is field 6, utime..cstime 14-17, rss 24
+        if int(fields[3]) != sid:
+            continue
+        cpu_ticks += sum(int(f) for f in fields[11:15])
+        rss_pages += int(fields[21])
+        try:
+            with open(f"/proc/{entry.name}/io") as fh:
+                io = dict(line.split(": ") for line in fh.read().splitlines())
+            read += int(io["rchar"])
+            written += int(io["wchar"])
+            io_seen = True
+        except (OSError, KeyError, ValueError):
+            pass
+    return (
+        cpu_ticks / CLK_TCK,
+        rss_pages * PAGE_KB,
+        read if io_seen else None,
+        written if io_seen else None,
+    )
+
+
+class ChildProcess:
+    """A job's process, reaped with ``os.wait4`` (in a thread of its own) so
+    the site knows its resource usage: user + system CPU of the process and
+    of every descendant it waited for, and the largest resident size among
+    them (``ru_maxrss``, kB)."""
+
+    def __init__(self, popen: subprocess.Popen) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.returncode: int | None = None
+        self.rusage: resource.struct_rusage | None = None
+        loop = asyncio.get_running_loop()
+        self._done: asyncio.Future[int] = loop.create_future()
+
+        def reap() -> None:
+            _, status, ru = os.wait4(self.pid, 0)
+            rc = os.waitstatus_to_exitcode(status)
+            self.popen.returncode = rc  # reaped here: Popen must not wait again
+            loop.call_soon_threadsafe(self._reaped, rc, ru)
+
+        threading.Thread(target=reap, name=f"reap-{self.pid}", daemon=True).start()
+
+    def _reaped(self, rc: int, ru: resource.struct_rusage) -> None:
+        self.rusage, self.returncode = ru, rc
+        if not self._done.done():
+            self._done.set_result(rc)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._done)
+
+
 @dataclass
 class RunningJob:
     job_id: int
     workdir: Path
-    proc: asyncio.subprocess.Process | None = None
+    proc: ChildProcess | None = None
     container: str | None = None
     killed: str | None = None  # why, once we decided to kill it
     over_limit: str | None = None  # why, when its output passed the cap
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task | None = None
+    usage: Usage = field(default_factory=lambda: Usage())
+    ended: float | None = None  # monotonic time the payload ended
 
 
 class LocalSite:
@@ -399,6 +520,7 @@ class LocalSite:
             cpus = float(attrs.get("NumberOfProcessors") or 1)
             ctr = await asyncio.to_thread(self._docker_start, job, argv, env, cpus, out, err)
             done: asyncio.Future = asyncio.ensure_future(asyncio.to_thread(self._docker_wait, ctr))
+            job.started = time.monotonic()
             log.info("Job %d: started %s (container %s)", jid, argv[0], job.container)
         else:
             cap = self.max_output
@@ -409,16 +531,20 @@ class LocalSite:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
 
             with open(out, "wb") as fout, open(err, "wb") as ferr:  # noqa: ASYNC230
-                job.proc = await asyncio.create_subprocess_exec(
-                    *argv,
+                # Popen, not asyncio's subprocess: the site reaps the job itself
+                # (os.wait4) to account for what it used
+                popen = subprocess.Popen(  # noqa: ASYNC220  (fork+exec: milliseconds)
+                    argv,
                     cwd=job.workdir,
                     env=env,
                     stdout=fout,
                     stderr=ferr,
-                    stdin=asyncio.subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL,
                     start_new_session=True,  # its own process group, killed as one
                     preexec_fn=limits,
                 )
+            job.proc = ChildProcess(popen)
+            job.started = time.monotonic()
             done = asyncio.ensure_future(job.proc.wait())
             log.info("Job %d: started %s (pid %d)", jid, argv[0], job.proc.pid)
         with contextlib.suppress(DiracXError):
@@ -429,9 +555,14 @@ class LocalSite:
                 rc = await asyncio.wait_for(
                     asyncio.shield(done), min(self.heartbeat_interval, OUTPUT_CHECK)
                 )
+                job.ended = time.monotonic()
+                job.usage.exit_status = rc
                 self._check_output(job, out, err)
                 if self.runner == "docker":
                     await asyncio.to_thread(self._docker_collect, job, attrs)
+                elif job.proc is not None and job.proc.rusage is not None:
+                    ru = job.proc.rusage
+                    job.usage.sample(ru.ru_utime + ru.ru_stime, ru.ru_maxrss, None, None)
                 return rc
             except TimeoutError:
                 pass
@@ -444,15 +575,52 @@ class LocalSite:
             if now - last_beat < self.heartbeat_interval:
                 continue
             last_beat = now
+            await self._measure(job)
             try:
                 cmds = await self.dx.heartbeat(
-                    jid, WallClockTime=round(now - job.started, 1), LoadAverage=os.getloadavg()[0]
+                    jid,
+                    WallClockTime=round(now - job.started, 1),
+                    LoadAverage=os.getloadavg()[0],
+                    CPUConsumed=round(job.usage.cpu_s, 2),
+                    MemoryUsed=job.usage.memory_kb,  # kB, as MemoryUsed(kb)
                 )
             except DiracXError as exc:
                 log.warning("Job %d: heartbeat failed: %s", jid, exc)
                 continue
             if "Kill" in cmds:
                 await self._terminate(job, "Kill command")
+
+    async def _measure(self, job: RunningJob) -> None:
+        """Sample what the running job uses (its process session, or its
+        container's cgroup through Docker's stats)."""
+        try:
+            if job.container:
+                sample = await asyncio.to_thread(self._docker_usage, job.container)
+                if sample is not None:
+                    job.usage.sample(*sample)
+            elif job.proc is not None and job.proc.returncode is None:
+                job.usage.sample(*await asyncio.to_thread(session_usage, job.proc.pid))
+        except Exception as exc:  # accounting never stops a job
+            log.info("Job %d: usage not sampled: %s", job.job_id, exc)
+
+    async def _account(self, job: RunningJob) -> None:
+        """Record what the job used as DIRAC job parameters (as DIRAC's
+        JobWrapper does at the end of a job)."""
+        wall = (job.ended or time.monotonic()) - job.started
+        params = job.usage.parameters(wall, self.site)
+        try:
+            await self.dx.patch_metadata(job.job_id, **params)
+        except DiracXError as exc:
+            log.warning("Job %d: accounting not recorded: %s", job.job_id, exc)
+            return
+        log.info(
+            "Job %d: used %.1f CPU s in %.1f s, peak %d kB, exit %s",
+            job.job_id,
+            job.usage.cpu_s,
+            wall,
+            job.usage.memory_kb,
+            job.usage.exit_status,
+        )
 
     def _check_output(self, job: RunningJob, *files: Path) -> bool:
         """True (and job.over_limit set) once the job's output reached the cap."""
@@ -464,6 +632,7 @@ class LocalSite:
 
     async def _finish(self, job: RunningJob, attrs: dict, rc: int) -> None:
         jid = job.job_id
+        await self._account(job)
         if job.over_limit:
             log.warning("Job %d: output limit exceeded: %s", jid, job.over_limit)
             await self._upload_outputs(job, attrs)
@@ -511,6 +680,8 @@ class LocalSite:
 
     async def _kill_now(self, job: RunningJob) -> None:
         if job.container:
+            if job.ended is None:  # its cgroup's counters go with it
+                await self._measure(job)
             await asyncio.to_thread(self._docker_remove, job.container)
             job.container = None
             return
@@ -650,6 +821,25 @@ class LocalSite:
                 fh = tar.extractfile(member) if member.isfile() else None
                 if fh is not None:
                     (job.workdir / name).write_bytes(fh.read())
+
+    def _docker_usage(self, name: str) -> tuple[float, int, int | None, int | None] | None:
+        """CPU seconds, memory kB (cgroup v1's max usage, else the current
+        usage) and block I/O bytes of a running container's cgroup; None once
+        it stopped (Docker then reports no counters)."""
+        stats = self._client().containers.get(name).stats(stream=False, one_shot=True)
+        cpu_ns = (stats.get("cpu_stats") or {}).get("cpu_usage", {}).get("total_usage")
+        if not cpu_ns:
+            return None
+        mem = stats.get("memory_stats") or {}
+        read = written = 0
+        for entry in (stats.get("blkio_stats") or {}).get("io_service_bytes_recursive") or []:
+            op = str(entry.get("op", "")).lower()
+            if op == "read":
+                read += int(entry.get("value", 0))
+            elif op == "write":
+                written += int(entry.get("value", 0))
+        peak = int(mem.get("max_usage") or mem.get("usage") or 0)
+        return cpu_ns / 1e9, peak // 1024, read, written
 
     def _docker_remove(self, name: str) -> None:
         with contextlib.suppress(Exception):

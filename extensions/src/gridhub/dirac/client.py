@@ -487,6 +487,19 @@ class DiracXClient:
         r = await self._request("GET", f"/api/gridhub/jobs/{job_id}/jdl", job_id=job_id)
         return str(self._json(r, job_id)["jdl"])
 
+    async def job_accounting(self, job_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """The accounting job parameters of ``job_ids`` (what the site that ran
+        each job recorded it used; absent: none recorded). DiracX 0.7 cannot
+        read job parameters back; only GridHub's embedded server serves them,
+        at ``POST /api/gridhub/accounting/jobs`` (job administrators: any job;
+        a user: their own)."""
+        if not job_ids:
+            return {}
+        r = await self._request(
+            "POST", "/api/gridhub/accounting/jobs", json={"job_ids": [int(i) for i in job_ids]}
+        )
+        return {int(k): v for k, v in self._json(r)["parameters"].items()}
+
     async def download_input_sandbox(self, job_id: int, dest: Path, pfns: list[str]) -> None:
         """Unpack the job's input sandboxes ``pfns`` into ``dest`` (for the local
         site, which takes them from the JDL's InputSandbox: DiracX 0.7 does not

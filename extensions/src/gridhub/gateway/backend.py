@@ -220,6 +220,13 @@ class DiracBackend(UnsafeLocalBackend):
         config=True,
     )
 
+    metrics_token = Unicode(
+        "",
+        help="""Bearer token a Prometheus scraper presents to read GET
+        <gateway>/api/v1/metrics (empty: gateway admins only; gateway/observe.py).""",
+        config=True,
+    )
+
     traefik_cert_resolver = Unicode(
         "",
         help="Traefik certificate resolver for routes it terminates (ACME); empty: default cert.",
@@ -281,6 +288,9 @@ class DiracBackend(UnsafeLocalBackend):
             "/api/v1/clusters/{cluster_name}/jobs",
             api_handler(self._handle_jobs, user_authenticated=True),
         )
+        from .observe import add_routes  # /api/v1/usage, /api/v1/metrics
+
+        add_routes(app, self)
         await super().setup(app)
 
     async def _handle_jobs(self, request: web.Request) -> web.Response:

@@ -1,0 +1,145 @@
+"""The gateway's accounting and metrics routes (issue 20).
+
+``GET /api/v1/usage``: the caller's own worker jobs with what each used, and
+totals per user, group and cluster (``gridhub.usage()`` in a notebook).
+
+``GET /api/v1/metrics``: Prometheus text format, for an admin of the gateway
+or a scraper with ``DiracBackend.metrics_token`` as its bearer token:
+
+    gridhub_gateway_clusters{user,state}       clusters dask-gateway holds
+    gridhub_gateway_workers{user,state}        their workers
+    gridhub_gateway_worker_jobs{status,site}   the live clusters' jobs in DIRAC
+    gridhub_gateway_dirac_up                   1 if DiracX answered the search
+
+Written by hand (the exposition format is a few lines of text): the gateway
+image does not carry prometheus_client.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from dask_gateway_server.routes import api_handler
+
+from ..accounting import job_records, report
+from ..dirac import DiracXError
+from ..embedded.users import UserNameError, dirac_user_name
+from .jdl import safe_label
+
+if TYPE_CHECKING:
+    from .backend import DiracBackend
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def exposition(metrics: list[tuple[str, str, str, Counter]]) -> str:
+    """Prometheus text format of (name, type, help, {labels tuple: value})."""
+    lines = []
+    for name, kind, help_text, samples in metrics:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for labels, value in sorted(samples.items()):
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
+            lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+    return "\n".join(lines) + "\n"
+
+
+def add_routes(app: web.Application, backend: DiracBackend) -> None:
+    async def usage(request: web.Request) -> web.Response:
+        return web.json_response(await usage_of(backend, request["user"].name))
+
+    async def metrics_for_user(request: web.Request) -> web.Response:
+        if not request["user"].admin:
+            raise web.HTTPForbidden(reason="the gateway's metrics are for admins")
+        return await _metrics(backend)
+
+    user_metrics = api_handler(metrics_for_user, user_authenticated=True)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        token = backend.metrics_token
+        kind, _, given = request.headers.get("Authorization", "").partition(" ")
+        if token and kind.lower() == "bearer":
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return web.json_response({"error": "wrong metrics token"}, status=403)
+            return await _metrics(backend)
+        return await user_metrics(request)
+
+    app.router.add_get("/api/v1/usage", api_handler(usage, user_authenticated=True))
+    app.router.add_get("/api/v1/metrics", metrics)
+
+
+async def usage_of(backend: DiracBackend, username: str) -> dict[str, Any]:
+    """The accounting of ``username``'s worker jobs (all their clusters)."""
+    if backend.diracx_embedded_state_dir:
+        try:
+            owner = dirac_user_name(username)
+        except UserNameError as exc:
+            raise web.HTTPUnprocessableEntity(reason=str(exc)) from None
+        cond = [{"parameter": "Owner", "operator": "eq", "value": owner}]
+    else:  # the robot owns every job: the user is in JobName
+        cond = [
+            {
+                "parameter": "JobName",
+                "operator": "like",
+                "value": f"dask-worker {safe_label(username)} %",
+            }
+        ]
+    out: dict[str, Any]
+    try:
+        out = report(await job_records(backend.dirac, cond))
+    except DiracXError as exc:
+        # a DiracX other than the embedded one has no accounting route
+        records = await job_records(backend.dirac, cond, parameters_from=_NoParameters())
+        out = report(records)
+        out["warning"] = f"no accounting parameters from DIRAC ({exc})"
+    out["user"] = username
+    return out
+
+
+class _NoParameters:
+    async def job_accounting(self, job_ids: list[int]) -> dict[int, dict[str, Any]]:
+        return {}
+
+
+async def _metrics(backend: DiracBackend) -> web.Response:
+    clusters: Counter = Counter()
+    workers: Counter = Counter()
+    live = []
+    for cluster in backend.db.list_clusters():
+        clusters[(("user", cluster.username), ("state", cluster.status.name))] += 1
+        live.append(cluster.name)
+        for w in cluster.workers.values():
+            workers[(("user", cluster.username), ("state", w.status.name))] += 1
+    jobs: Counter = Counter()
+    up = Counter({(): 1})
+    if live:
+        try:
+            found = await backend.dirac.search(
+                [{"parameter": "JobGroup", "operator": "in", "values": live}],
+                ["JobID", "Status", "Site"],
+            )
+        except DiracXError:
+            up = Counter({(): 0})
+        else:
+            for j in found:
+                jobs[(("status", str(j.get("Status"))), ("site", str(j.get("Site") or "")))] += 1
+    text = exposition(
+        [
+            ("gridhub_gateway_clusters", "gauge", "Active clusters by user and state.", clusters),
+            ("gridhub_gateway_workers", "gauge", "Workers of active clusters.", workers),
+            (
+                "gridhub_gateway_worker_jobs",
+                "gauge",
+                "DIRAC jobs of active clusters by status and site.",
+                jobs,
+            ),
+            ("gridhub_gateway_dirac_up", "gauge", "1 if DiracX answered.", up),
+        ]
+    )
+    return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
