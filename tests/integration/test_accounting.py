@@ -1,0 +1,200 @@
+"""Accounting and metrics of worker jobs (issue 20), on loopback.
+
+Real parts: the embedded DiracX (its job search, PATCH /api/jobs/metadata and
+the embedded accounting read route), dask-gateway-server with the gridhub
+DIRAC backend (``/api/v1/usage``, ``/api/v1/metrics``), Traefik. The stand-in
+local site measures each job as DIRAC's JobWrapper would and records it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+
+import dask.array as da
+import httpx
+import pytest
+from gateway_fixtures import Facility, jobs_of
+from gridhub.accounting import fetch_usage, totals, usage
+from gridhub.dirac import FINAL_STATES
+from gridhub.embedded.users import USER_GROUP, dirac_user_name
+from processes import wait_for
+
+USER = "acct_user"
+SITE = "LCG.Local.gridhub"
+METRICS_TOKEN = secrets.token_hex(16)
+
+
+class MetricsFacility(Facility):
+    def config(self, **overrides: object) -> str:
+        return super().config(DiracBackend__metrics_token=METRICS_TOKEN, **overrides)
+
+
+@pytest.fixture(scope="module")
+def facility(tmp_path_factory, diracx_server, diracx_local_site):
+    f = MetricsFacility(tmp_path_factory.mktemp("acct"), diracx_server, diracx_local_site)
+    yield f
+    f.stop()
+
+
+def metrics(facility: Facility, token: str | None = METRICS_TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(
+        facility.public_url + "/api/v1/metrics", headers=headers, verify=str(facility.cert)
+    )
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    prefix = f"{name}{{{want}}} " if labels else f"{name} "
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_worker_jobs_are_accounted_per_user_group_and_cluster(facility):
+    with facility.client(USER) as gateway:
+        check_accounting(facility, gateway)
+
+
+def check_accounting(facility, gateway) -> None:
+    cluster = gateway.new_cluster()
+    name = cluster.name
+    try:
+        cluster.scale(2)
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=120)
+        x = da.random.RandomState(1).random((1500, 1500), chunks=(500, 500))
+        assert float(client.compute((x @ x.T).sum()).result(timeout=120)) > 0
+
+        # the metrics answer while the cluster runs, and count it
+        assert metrics(facility, None).status_code == 401
+        bad = metrics(facility, "not-the-token")
+        assert bad.status_code == 403 and "wrong metrics token" in bad.text
+        r = metrics(facility)
+        assert r.status_code == 200, r.text
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert sample(r.text, "gridhub_gateway_clusters", user=USER, state="RUNNING") == 1
+        assert sample(r.text, "gridhub_gateway_workers", user=USER, state="RUNNING") == 2
+        running_here = sample(r.text, "gridhub_gateway_worker_jobs", status="Running", site=SITE)
+        assert running_here >= 2, r.text
+        assert sample(r.text, "gridhub_gateway_dirac_up") == 1
+        client.close()
+    finally:
+        cluster.shutdown()
+
+    jobs = wait_for(
+        lambda: (
+            (js := jobs_of(facility.diracx, name))
+            and all(j["Status"] in FINAL_STATES for j in js)
+            and js
+        ),
+        60,
+        "all jobs of the cluster ended",
+        facility.logs,
+        interval=0.5,
+        retry=(),
+    )
+    assert len(jobs) == 2, jobs
+
+    # the user's own accounting, through the gateway as a notebook asks it;
+    # a job the gateway killed is final in DiracX before its site has
+    # stopped it and recorded what it used (as with DIRAC's JobWrapper)
+    data = wait_for(
+        lambda: (
+            (d := fetch_usage(gateway))
+            and len(d["jobs"]) == len(jobs)
+            and all(r["cpu_s"] is not None for r in d["jobs"])
+            and d
+        ),
+        30,
+        "the site recorded what each job used",
+        facility.logs,
+        interval=0.5,
+        retry=(),
+    )
+    records = {r["job_id"]: r for r in data["jobs"]}
+    assert set(records) == {j["JobID"] for j in jobs}, (data, jobs)
+    for j in jobs:
+        rec = records[j["JobID"]]
+        assert rec["job_group"] == name
+        assert rec["status"] == j["Status"]
+        assert rec["site"] == SITE
+        assert rec["cpu_s"] is not None and rec["cpu_s"] > 0, (rec, facility.site.log()[-3000:])
+        assert rec["wall_s"] > 0 and rec["cpu_s"] < rec["wall_s"] * os.cpu_count() + 1
+        assert rec["memory_kb"] > 10_000  # a Dask worker is tens of MB
+        assert rec["bytes_read"] > 0
+        # Done: the worker exited 0; Killed: the site stopped it (a signal, or
+        # the worker's own clean exit on SIGTERM)
+        if rec["status"] == "Done":
+            assert rec["exit_status"] == 0, rec
+        else:
+            assert rec["status"] == "Killed" and rec["exit_status"] is not None, rec
+
+    # the totals per user and per group match DiracX's own job records
+    owner = dirac_user_name(USER)
+
+    async def dirac_view():
+        async with facility.diracx.client() as c:
+            found = await c.search(
+                [{"parameter": "Owner", "operator": "eq", "value": owner}],
+                ["JobID", "Owner", "OwnerGroup"],
+            )
+            params = await c.job_accounting([int(j["JobID"]) for j in found])
+        return found, params
+
+    found, params = asyncio.run(dirac_view())
+    assert {int(j["JobID"]) for j in found} == set(records)
+    cpu = sum(p["CPUTime(ms)"] for p in params.values()) / 1000
+    assert cpu > 0
+    per_user = data["totals"]["owner"]
+    assert list(per_user) == [owner]
+    assert per_user[owner]["jobs"] == len(found)
+    assert per_user[owner]["cpu_s"] == pytest.approx(cpu, abs=0.01)
+    assert per_user[owner]["by_site"] == {SITE: len(found)}
+    per_group = data["totals"]["owner_group"]
+    assert {g: t["jobs"] for g, t in per_group.items()} == {USER_GROUP: len(found)}
+    assert {j["OwnerGroup"] for j in found} == {USER_GROUP}
+    assert per_group[USER_GROUP]["cpu_s"] == pytest.approx(cpu, abs=0.01)
+    assert data["totals"]["job_group"][name]["jobs"] == 2
+
+    # gridhub.usage(): the same as a table (and a plot, headless here)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    frame = usage(gateway)
+    assert sorted(frame["job_id"]) == sorted(records)
+    assert set(frame["cluster"]) == {name}
+    assert (frame["cpu_s"] > 0).all()
+
+
+def test_totals_refuse_an_unknown_grouping():
+    with pytest.raises(ValueError, match="totals by 'owners': choose one of owner, "):
+        totals([], "owners")
+
+
+def test_a_user_reads_only_their_own_jobs_accounting(facility):
+    """The embedded read route: a user's token reads their jobs only."""
+    from gridhub.dirac import DiracXClient, DiracXForbidden
+    from gridhub.embedded import user_token_source
+
+    async def go():
+        async with facility.diracx.client() as admin:
+            mine = await admin.search(
+                [{"parameter": "Owner", "operator": "eq", "value": dirac_user_name(USER)}],
+                ["JobID"],
+            )
+        tokens = user_token_source(facility.diracx.state_dir, facility.diracx.url, USER)
+        async with DiracXClient(facility.diracx.url, tokens) as user:
+            own = await user.job_accounting([int(j["JobID"]) for j in mine])
+            assert set(own) == {int(j["JobID"]) for j in mine} and own
+            # a job that is not theirs (here: none at all) is refused, by id
+            with pytest.raises(DiracXForbidden, match=r"not your jobs .*\[999999999\]"):
+                await user.job_accounting([int(mine[0]["JobID"]), 999_999_999])
+            with pytest.raises(Exception, match="at most 1000 job ids"):
+                await user.job_accounting(list(range(1, 1100)))
+
+    t0 = time.monotonic()
+    asyncio.run(go())
+    assert time.monotonic() - t0 < 30
