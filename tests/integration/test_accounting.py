@@ -20,7 +20,7 @@ from gateway_fixtures import Facility, jobs_of
 from gridhub.accounting import fetch_usage, totals, usage
 from gridhub.dirac import FINAL_STATES
 from gridhub.embedded.users import USER_GROUP, dirac_user_name
-from processes import wait_for
+from processes import LocalSiteProcess, free_port, wait_for
 
 USER = "acct_user"
 SITE = "LCG.Local.gridhub"
@@ -198,3 +198,64 @@ def test_a_user_reads_only_their_own_jobs_accounting(facility):
     t0 = time.monotonic()
     asyncio.run(go())
     assert time.monotonic() - t0 < 30
+
+
+METRICS_SITE = "LCG.Acct.test"
+#: a job of its own (no other site takes a job naming this site): about half
+#: a second of CPU in Python, then exit 3 (DIRAC's ClassAd splits values at
+#: ";", hence no shell loop)
+BUSY_JDL = f"""[
+  Executable = "python3";
+  Arguments = "-c 'raise SystemExit(3 if sum(range(30_000_000)) else 0)'";
+  JobName = "accounting-busy";
+  JobGroup = "accounting-test";
+  JobType = "User";
+  StdOutput = "std.out";
+  StdError = "std.err";
+  OutputSandbox = {{"std.out", "std.err"}};
+  Site = {{"{METRICS_SITE}"}};
+]"""
+
+
+def test_the_site_measures_a_busy_job_and_reports_it_in_its_metrics(diracx_server, tmp_path):
+    port = free_port()
+    site = LocalSiteProcess(
+        diracx_server, tmp_path / "jobs", "--site", METRICS_SITE, "--metrics-port", str(port)
+    ).start()
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: httpx.get(url).status_code == 200, 30, "site metrics", site.log)
+        assert httpx.get(url.replace("/metrics", "/other")).status_code == 404
+
+        async def submit_and_wait():
+            async with diracx_server.client() as dx:
+                (job_id,) = await dx.submit_jdl([BUSY_JDL])
+                for _ in range(240):
+                    st = (await dx.statuses([job_id]))[job_id]
+                    if st.status in FINAL_STATES:
+                        break
+                    await asyncio.sleep(0.5)
+                return job_id, st, (await dx.job_accounting([job_id]))[job_id]
+
+        t0 = time.monotonic()
+        job_id, st, params = asyncio.run(submit_and_wait())
+        wall = time.monotonic() - t0
+        assert st.status == "Failed" and st.minor_status == "exit code 3", (st, site.log())
+        assert params["ExitStatus"] == 3
+        assert params["AccountingSite"] == METRICS_SITE
+        cpu = params["CPUTime(ms)"] / 1000
+        # the shell loop's CPU, measured by the site (wait4), within the job's wall time
+        assert 0.2 < cpu <= params["WallClockTime(s)"] + 0.05 < wall, (params, wall)
+        assert params["TotalCPUTime(s)"] == round(cpu)
+        assert params["MemoryUsed(kb)"] > 0
+
+        text = httpx.get(url).text
+        site_label = f'site="{METRICS_SITE}"'
+        assert f'gridhub_localsite_jobs_finished_total{{{site_label},status="Failed"}} 1' in text
+        assert f'gridhub_localsite_jobs{{{site_label},state="Running"}} 0' in text
+        assert f"gridhub_localsite_slots{{{site_label}}} 4" in text
+        line = next(ln for ln in text.splitlines() if ln.startswith("gridhub_localsite_cpu"))
+        assert float(line.rsplit(" ", 1)[1]) == pytest.approx(cpu, abs=0.01)
+        assert f"Job {job_id}: used " in site.log()
+    finally:
+        site.stop()

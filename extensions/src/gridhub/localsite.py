@@ -9,6 +9,7 @@ jobs through their pilots).
         [--embedded-state-dir EDIR | --token-file FILE] [--site LCG.Local.gridhub] \
         [--max-jobs N] [--runner process|docker] [--docker-network grid] [--image IMAGE]
         [--job-memory 3G] [--container-prefix gridhub-job] [--label KEY=VALUE ...]
+        [--metrics-port PORT [--metrics-host 127.0.0.1]]
 
 Every ~1 s it searches DiracX for jobs in Received/Waiting that this site
 matches (see ``SiteCatalogue``), walks each through valid states to Running
@@ -27,6 +28,12 @@ predecessor's leftovers.  While it runs it sends heartbeats and obeys
 a ``Kill`` command, and stops jobs whose status became Killed/Deleted.  At
 exit it uploads the OutputSandbox files that exist and reports Done (exit 0)
 or Failed ("exit code N").  One log line per job transition; never a token.
+
+Like DIRAC's JobWrapper it accounts for every job (``Usage``): heartbeats
+carry CPUConsumed, MemoryUsed and WallClockTime, and before the final status
+the job parameters TotalCPUTime(s), WallClockTime(s), MemoryUsed(kb), ... are
+recorded (PATCH /api/jobs/metadata; docs/accounting.md). ``--metrics-port``
+serves the site's jobs by state in Prometheus text format.
 
 What a job's owner controls (the JDL, the sandbox, the code) is kept in its
 place (docs/dirac-backend.md, trust boundaries):
@@ -59,12 +66,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .dirac import DiracXClient, DiracXError, SandboxChecksumMismatch, TokenSource
 from .dirac.jdl import as_list, command, input_sandbox_pfns, output_file_name, parse_jdl
+from .promtext import CONTENT_TYPE, exposition
 
 log = logging.getLogger("gridhub.localsite")
 
@@ -286,6 +295,7 @@ class LocalSite:
         container_prefix: str = "gridhub-job",
         labels: dict[str, str] | None = None,
         catalogue: SiteCatalogue | None = None,
+        metrics_address: tuple[str, int] | None = None,
     ) -> None:
         if runner not in ("process", "docker"):
             raise ValueError(f"unknown runner {runner!r}")
@@ -318,6 +328,9 @@ class LocalSite:
         self.jobs: dict[int, RunningJob] = {}
         self._refused: set[int] = set()
         self._ours: dict[int, bool] = {}  # job -> does this site match it (from its JDL)
+        self.metrics_address = metrics_address
+        self.finished: Counter[str] = Counter()  # final status -> jobs
+        self.cpu_seconds = 0.0  # of the jobs accounted
 
     # ------------------------------------------------------------------
 
@@ -334,6 +347,10 @@ class LocalSite:
             await asyncio.to_thread(self._docker_remove_leftovers)
         log.info("Local site %s polling %s (max %d jobs)", self.site, self.dx.url, self.max_jobs)
         failures = 0
+        server = None
+        if self.metrics_address:
+            server = await asyncio.start_server(self._serve_metrics, *self.metrics_address)
+            log.info("Metrics at http://%s:%d/metrics", *self.metrics_address)
         try:
             while not stop.is_set():
                 try:
@@ -348,7 +365,61 @@ class LocalSite:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.poll_interval)
         finally:
+            if server is not None:
+                server.close()
             await self.shutdown()
+
+    def metrics_text(self) -> str:
+        """The site's jobs by state, in Prometheus text format."""
+        site = ("site", self.site)
+        running = sum(1 for j in self.jobs.values() if j.proc or j.container)
+        current = {
+            (site, ("state", "Running")): running,
+            (site, ("state", "Starting")): len(self.jobs) - running,
+        }
+        return exposition(
+            [
+                ("gridhub_localsite_jobs", "gauge", "Jobs the site holds now, by state.", current),
+                (
+                    "gridhub_localsite_slots",
+                    "gauge",
+                    "Job slots of the site (--max-jobs).",
+                    {(site,): self.max_jobs},
+                ),
+                (
+                    "gridhub_localsite_jobs_finished_total",
+                    "counter",
+                    "Jobs the site ran to a final status since it started.",
+                    {(site, ("status", k)): v for k, v in self.finished.items()},
+                ),
+                (
+                    "gridhub_localsite_cpu_seconds_total",
+                    "counter",
+                    "CPU seconds its jobs used (as recorded in their job parameters).",
+                    {(site,): round(self.cpu_seconds, 3)},
+                ),
+            ]
+        )
+
+    async def _serve_metrics(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """A minimal HTTP/1.0 answer: ``GET /metrics``, nothing else."""
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            if method == "GET" and path.split("?")[0] == "/metrics":
+                status, body, ctype = "200 OK", self.metrics_text().encode(), CONTENT_TYPE
+            else:
+                status, body, ctype = "404 Not Found", b"only GET /metrics\n", "text/plain"
+            head = f"HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\n"
+            head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            writer.write(head.encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            pass
+        finally:
+            writer.close()
 
     async def shutdown(self) -> None:
         for job in list(self.jobs.values()):
@@ -613,6 +684,7 @@ class LocalSite:
         except DiracXError as exc:
             log.warning("Job %d: accounting not recorded: %s", job.job_id, exc)
             return
+        self.cpu_seconds += job.usage.cpu_s
         log.info(
             "Job %d: used %.1f CPU s in %.1f s, peak %d kB, exit %s",
             job.job_id,
@@ -665,6 +737,7 @@ class LocalSite:
                 log.warning("Job %d: output sandbox upload failed: %s", jid, exc)
 
     async def _final(self, jid: int, status: str, minor: str, app: str = "") -> None:
+        self.finished[status] += 1
         steps: list[tuple[str, str, str]] = []
         if status == "Done":
             steps.append(("Completing", "Application Finished Successfully", ""))
@@ -930,6 +1003,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="keep job directories after the job (debugging: they hold cluster keys)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the site's jobs by state at http://<metrics-host>:PORT/metrics (Prometheus)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address the metrics listen on (no auth)"
+    )
     p.add_argument("--poll-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-interval", type=float, default=3.0)
     p.add_argument("--log-level", default="INFO")
@@ -962,6 +1043,9 @@ def main(argv: list[str] | None = None) -> None:
                 poll_interval=args.poll_interval,
                 heartbeat_interval=args.heartbeat_interval,
                 catalogue=args.site_catalogue,
+                metrics_address=(args.metrics_host, args.metrics_port)
+                if args.metrics_port
+                else None,
             )
             await site.run(stop)
 

@@ -27,27 +27,11 @@ from dask_gateway_server.routes import api_handler
 from ..accounting import job_records, report
 from ..dirac import DiracXError
 from ..embedded.users import UserNameError, dirac_user_name
+from ..promtext import CONTENT_TYPE, exposition
 from .jdl import safe_label
 
 if TYPE_CHECKING:
     from .backend import DiracBackend
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-
-def _label(value: str) -> str:
-    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def exposition(metrics: list[tuple[str, str, str, Counter]]) -> str:
-    """Prometheus text format of (name, type, help, {labels tuple: value})."""
-    lines = []
-    for name, kind, help_text, samples in metrics:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        for labels, value in sorted(samples.items()):
-            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
-    return "\n".join(lines) + "\n"
 
 
 def add_routes(app: web.Application, backend: DiracBackend) -> None:

@@ -1,0 +1,28 @@
+"""Prometheus text exposition format (version 0.0.4), by hand.
+
+The gateway and dirac images do not carry prometheus_client, and gauges
+computed at scrape time are a few lines of text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: (name, type, help, {((label, value), ...): sample})
+Metric = tuple[str, str, str, Mapping[tuple[tuple[str, str], ...], float]]
+
+
+def _label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def exposition(metrics: list[Metric]) -> str:
+    lines = []
+    for name, kind, help_text, samples in metrics:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for labels, value in sorted(samples.items()):
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
+            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+    return "\n".join(lines) + "\n"
