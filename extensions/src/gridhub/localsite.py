@@ -296,6 +296,7 @@ class LocalSite:
         labels: dict[str, str] | None = None,
         catalogue: SiteCatalogue | None = None,
         metrics_address: tuple[str, int] | None = None,
+        accounting: bool = True,
     ) -> None:
         if runner not in ("process", "docker"):
             raise ValueError(f"unknown runner {runner!r}")
@@ -329,6 +330,7 @@ class LocalSite:
         self._refused: set[int] = set()
         self._ours: dict[int, bool] = {}  # job -> does this site match it (from its JDL)
         self.metrics_address = metrics_address
+        self.accounting = accounting  # off: only to measure its cost (bench/)
         self.finished: Counter[str] = Counter()  # final status -> jobs
         self.cpu_seconds = 0.0  # of the jobs accounted
 
@@ -646,14 +648,19 @@ class LocalSite:
             if now - last_beat < self.heartbeat_interval:
                 continue
             last_beat = now
-            await self._measure(job)
+            beat: dict[str, float] = {}
+            if self.accounting:
+                await self._measure(job)
+                beat = {
+                    "CPUConsumed": round(job.usage.cpu_s, 2),
+                    "MemoryUsed": job.usage.memory_kb,  # kB, as MemoryUsed(kb)
+                }
             try:
                 cmds = await self.dx.heartbeat(
                     jid,
                     WallClockTime=round(now - job.started, 1),
                     LoadAverage=os.getloadavg()[0],
-                    CPUConsumed=round(job.usage.cpu_s, 2),
-                    MemoryUsed=job.usage.memory_kb,  # kB, as MemoryUsed(kb)
+                    **beat,
                 )
             except DiracXError as exc:
                 log.warning("Job %d: heartbeat failed: %s", jid, exc)
@@ -704,7 +711,8 @@ class LocalSite:
 
     async def _finish(self, job: RunningJob, attrs: dict, rc: int) -> None:
         jid = job.job_id
-        await self._account(job)
+        if self.accounting:
+            await self._account(job)
         if job.over_limit:
             log.warning("Job %d: output limit exceeded: %s", jid, job.over_limit)
             await self._upload_outputs(job, attrs)
@@ -753,7 +761,7 @@ class LocalSite:
 
     async def _kill_now(self, job: RunningJob) -> None:
         if job.container:
-            if job.ended is None:  # its cgroup's counters go with it
+            if job.ended is None and self.accounting:  # its cgroup's counters go with it
                 await self._measure(job)
             await asyncio.to_thread(self._docker_remove, job.container)
             job.container = None
@@ -1011,6 +1019,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--metrics-host", default="127.0.0.1", help="address the metrics listen on (no auth)"
     )
+    p.add_argument(
+        "--no-accounting",
+        action="store_true",
+        help="do not measure jobs nor record what they used (only to measure its cost)",
+    )
     p.add_argument("--poll-interval", type=float, default=1.0)
     p.add_argument("--heartbeat-interval", type=float, default=3.0)
     p.add_argument("--log-level", default="INFO")
@@ -1046,6 +1059,7 @@ def main(argv: list[str] | None = None) -> None:
                 metrics_address=(args.metrics_host, args.metrics_port)
                 if args.metrics_port
                 else None,
+                accounting=not args.no_accounting,
             )
             await site.run(stop)
 
