@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dask_gateway import BasicAuth, Gateway, JupyterHubAuth
+from gridhub.dirac import FINAL_STATES
 from processes import (
     dask_gateway_server,
     facility_tls,
@@ -70,6 +71,23 @@ def jobs_of(diracx, cluster_name: str) -> list[dict]:
             )
 
     return asyncio.run(go())
+
+
+def final_jobs(diracx, cluster_name: str, log=None, timeout: float = 60) -> list[dict]:
+    """The cluster's DIRAC jobs once there are some and every one is final
+    (fails with ``log`` after ``timeout`` s): no job outlives its cluster."""
+    return wait_for(
+        lambda: (
+            (js := jobs_of(diracx, cluster_name))
+            and all(j["Status"] in FINAL_STATES for j in js)
+            and js
+        ),
+        timeout,
+        f"every DIRAC job of cluster {cluster_name} final",
+        log,
+        interval=0.5,
+        retry=(),
+    )
 
 
 class Facility:

@@ -16,7 +16,7 @@ import time
 import dask.array as da
 import httpx
 import pytest
-from gateway_fixtures import Facility, jobs_of
+from gateway_fixtures import Facility, final_jobs
 from gridhub.accounting import fetch_usage, totals, usage
 from gridhub.dirac import FINAL_STATES
 from gridhub.embedded.users import USER_GROUP, dirac_user_name
@@ -86,18 +86,7 @@ def check_accounting(facility, gateway) -> None:
     finally:
         cluster.shutdown()
 
-    jobs = wait_for(
-        lambda: (
-            (js := jobs_of(facility.diracx, name))
-            and all(j["Status"] in FINAL_STATES for j in js)
-            and js
-        ),
-        60,
-        "all jobs of the cluster ended",
-        facility.logs,
-        interval=0.5,
-        retry=(),
-    )
+    jobs = final_jobs(facility.diracx, name, facility.logs)
     assert len(jobs) == 2, jobs
 
     # the user's own accounting, through the gateway as a notebook asks it;

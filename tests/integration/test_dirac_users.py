@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from gateway_fixtures import jobs_of
+from gateway_fixtures import final_jobs, jobs_of
 from gridhub.dirac import FINAL_STATES, DiracXClient, DiracXForbidden
 from processes import wait_for
 
@@ -67,21 +67,8 @@ def clusters(dirac_facility):
     finally:
         for cluster in made.values():
             cluster.shutdown()
-    for user, cluster in made.items():
-        final = wait_for(
-            lambda c=cluster: (
-                (
-                    (js := jobs_of(facility.diracx, c.name))
-                    and all(j["Status"] in FINAL_STATES for j in js)
-                )
-                and js
-            ),
-            60,
-            f"{user}'s jobs ended with the cluster",
-            facility.logs,
-            interval=0.5,
-            retry=(),
-        )
+    for cluster in made.values():
+        final = final_jobs(facility.diracx, cluster.name, facility.logs)
         assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
     # the gateway holds a user's DIRAC token only while their clusters live
     for user in (ALICE, BOB):

@@ -8,14 +8,11 @@ options, Traefik, the stand-in local site running the worker jobs.
 
 from __future__ import annotations
 
-import time
-
 import dask
 import pytest
 from dask.distributed import Client
-from gateway_fixtures import PASSWORD, Facility, jobs_of
+from gateway_fixtures import PASSWORD, Facility, final_jobs
 from gridhub import DiracCluster
-from gridhub.dirac import FINAL_STATES
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -55,10 +52,5 @@ def test_the_seed_snippet_pattern_runs_and_leaves_every_job_final(facility, dira
         name = cluster.name
         client.close()
         cluster.close()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        jobs = jobs_of(diracx_server, name)
-        if jobs and all(j["Status"] in FINAL_STATES for j in jobs):
-            break
-        time.sleep(1)
-    assert len(jobs) >= 2 and all(j["Status"] in FINAL_STATES for j in jobs), jobs
+    jobs = final_jobs(diracx_server, name, facility.logs, timeout=120)
+    assert len(jobs) >= 2, jobs

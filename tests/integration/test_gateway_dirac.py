@@ -12,7 +12,7 @@ import time
 
 import dask.array as da
 import pytest
-from gateway_fixtures import jobs_of
+from gateway_fixtures import final_jobs, jobs_of
 from gridhub.dirac import FINAL_STATES, DiracXClient
 from processes import wait_for
 
@@ -64,18 +64,7 @@ def test_three_workers_are_dirac_jobs_and_stop_with_the_cluster(facility):
         client.close()
     finally:
         cluster.shutdown()
-    final = wait_for(
-        lambda: (
-            (js := jobs_of(facility.diracx, name))
-            and all(j["Status"] in FINAL_STATES for j in js)
-            and js
-        ),
-        60,
-        "all jobs of the cluster ended",
-        facility.logs,
-        interval=0.5,
-        retry=(),
-    )
+    final = final_jobs(facility.diracx, name, facility.logs)
     assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
 
 

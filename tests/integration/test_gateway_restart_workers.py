@@ -13,9 +13,8 @@ site running the jobs, the reverse path.
 from __future__ import annotations
 
 import pytest
-from gateway_fixtures import jobs_of
+from gateway_fixtures import final_jobs, jobs_of
 from gridhub.dirac import FINAL_STATES
-from processes import wait_for
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -41,10 +40,4 @@ def test_client_restart_brings_the_workers_back_and_orphans_nothing(dirac_facili
             client.close()
         finally:
             cluster.shutdown()
-    wait_for(
-        lambda: all(j["Status"] in FINAL_STATES for j in jobs_of(facility.diracx, cluster.name)),
-        120,
-        "every job of the cluster final",
-        facility.logs,
-        retry=(),
-    )
+    final_jobs(facility.diracx, cluster.name, facility.logs, timeout=120)
