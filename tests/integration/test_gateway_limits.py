@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 from gateway_fixtures import HeldFacility
+from processes import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -46,3 +47,31 @@ def test_limits_refuse_a_second_cluster_and_too_many_workers(limited):
             cluster.scale(2)  # within the limit
         finally:
             cluster.shutdown()
+
+
+class IdleFacility(HeldFacility):
+    def config(self, **overrides: object) -> str:
+        return super().config(
+            DiracBackend__group_limits={"default": {"idle_timeout": 5}},
+            DiracClusterConfig__idle_timeout=1800.0,
+            **overrides,
+        )
+
+
+@pytest.fixture(scope="module")
+def idle_limited(tmp_path_factory, diracx_server, diracx_local_site):
+    f = IdleFacility(tmp_path_factory.mktemp("idle"), diracx_server, diracx_local_site)
+    yield f
+    f.stop()
+
+
+def test_a_groups_idle_timeout_stops_an_idle_cluster(idle_limited):
+    with idle_limited.client("idler") as gateway:
+        cluster = gateway.new_cluster()
+        name = cluster.name
+        wait_for(
+            lambda: not [c for c in gateway.list_clusters() if c.name == name],
+            90,
+            "the idle cluster stopped by its owner's group idle timeout (5 s)",
+            idle_limited.logs,
+        )

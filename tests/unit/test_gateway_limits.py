@@ -12,12 +12,24 @@ TABLE = {
 
 
 def test_a_user_gets_the_most_generous_of_their_listed_groups():
-    assert limits_for(["class"], TABLE) == Limits(1, 2, None, "class")
+    assert limits_for(["class"], TABLE) == Limits(clusters=1, workers=2, source="class")
     # a kind a group leaves out is unlimited for it, so for its members
-    assert limits_for(["class", "staff", "x"], TABLE) == Limits(5, None, None, "class, staff")
-    assert limits_for(["staff"], TABLE) == Limits(5, None, 64, "staff")
-    assert limits_for(["x"], TABLE) == Limits(3, 10, 32, "default")
+    assert limits_for(["class", "staff", "x"], TABLE) == Limits(clusters=5, source="class, staff")
+    assert limits_for(["staff"], TABLE) == Limits(clusters=5, cores=64, source="staff")
+    assert limits_for(["x"], TABLE) == Limits(clusters=3, workers=10, cores=32, source="default")
     assert limits_for([], {}) == Limits()
+
+
+def test_a_groups_idle_timeout_cuts_the_deployers():
+    lim = limits_for(["class"], {"class": {"idle_timeout": 600}})
+    assert lim.idle_timeout == 600
+    assert lim.cluster_idle_timeout(1800) == 600  # shorter: the group's
+    assert lim.cluster_idle_timeout(300) == 300  # the deployer's is shorter
+    assert lim.cluster_idle_timeout(0) == 600  # the deployer's 0 means never
+    assert Limits().cluster_idle_timeout(1800) == 1800
+    # a group without one leaves its members unlimited: the deployer's applies
+    both = limits_for(["class", "staff"], {"class": {"idle_timeout": 600}, "staff": {}})
+    assert both.cluster_idle_timeout(1800) == 1800
 
 
 def test_workers_left_count_the_users_other_clusters():

@@ -142,7 +142,8 @@ class DiracBackend(UnsafeLocalBackend):
     diracx_timeout = Float(10.0, help="Seconds for one DiracX request.", config=True)
     group_limits = Dict(
         help="""Per JupyterHub group, what one user of the group may hold at once
-        over all their clusters: {"class": {"clusters": 1, "workers": 2, "cores": 2},
+        over all their clusters, and how long their idle clusters live (seconds):
+        {"class": {"clusters": 1, "workers": 2, "idle_timeout": 900},
         "default": {"clusters": 3, "cores": 32}}. "default" is for users in none of
         the listed groups; a user in several gets the most generous of each; a
         kind left out is not limited (gridhub.gateway.limits).""",
@@ -677,7 +678,9 @@ class DiracBackend(UnsafeLocalBackend):
         options, config = await super().process_cluster_options(user, request)
         # the owner's limits as they are now, kept with the cluster (its groups
         # are not known later, e.g. after a gateway restart)
-        config.user_limits = limits_for(user.groups, self.group_limits).as_dict()
+        limits = limits_for(user.groups, self.group_limits)
+        config.user_limits = limits.as_dict()
+        config.idle_timeout = limits.cluster_idle_timeout(config.idle_timeout)
         return options, config
 
     def _worker_allowance(self, cluster: Cluster) -> tuple[int | None, str]:

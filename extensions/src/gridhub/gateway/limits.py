@@ -1,4 +1,5 @@
-"""What one user may hold at once: clusters, workers and cores, by hub group.
+"""What one user may hold at once (clusters, workers, cores) and how long
+their idle clusters live, by hub group.
 
 The deployer gives limits per JupyterHub group (``default`` for users in
 none of the listed groups); a user in several listed groups gets the most
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-KINDS = ("clusters", "workers", "cores")
+KINDS = ("clusters", "workers", "cores", "idle_timeout")
 DEFAULT = "default"
 
 
@@ -23,7 +24,15 @@ class Limits:
     clusters: int | None = None
     workers: int | None = None
     cores: int | None = None
+    idle_timeout: int | None = None  # seconds an idle cluster lives (0: no limit)
     source: str = ""  # the group the limits come from, for messages
+
+    def cluster_idle_timeout(self, configured: float) -> float:
+        """The idle timeout of a new cluster: the deployer's (0: never), cut to
+        the group's when that is shorter."""
+        if not self.idle_timeout:
+            return configured
+        return min(configured, self.idle_timeout) if configured else float(self.idle_timeout)
 
     def as_dict(self) -> dict:
         return asdict(self)

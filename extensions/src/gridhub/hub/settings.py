@@ -312,9 +312,10 @@ class Settings(BaseModel):
     gateway_group_limits: dict[str, dict[str, int]] = Field(
         default_factory=dict,
         description="Per hub group, the most clusters, workers and cores one user may hold at"
-        ' once over all their clusters (JSON, e.g. {"class": {"clusters": 1, "workers": 2},'
-        ' "default": {"clusters": 3, "cores": 32}}; "default": users in no listed group; the'
-        " most generous of a user's groups applies). Empty: no limits beyond the per-cluster ones.",
+        " once over all their clusters, and the idle timeout (s) of their clusters (JSON, e.g."
+        ' {"class": {"clusters": 1, "workers": 2, "idle_timeout": 900}, "default": {"clusters":'
+        ' 3, "cores": 32}}; "default": users in no listed group; the most generous of a'
+        " user's groups applies). Empty: no limits beyond the per-cluster ones.",
     )
     grid_sites: dict[str, list[str]] = Field(
         default_factory=dict,
