@@ -13,22 +13,39 @@ from processes import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-LIMITS = {"default": {"clusters": 1, "workers": 2}}
-
 
 class LimitedFacility(HeldFacility):
+    LIMITS: dict = {"default": {"clusters": 1, "workers": 2}}
+
     def config(self, **overrides: object) -> str:
-        return super().config(DiracBackend__group_limits=LIMITS, **overrides)
+        return super().config(
+            DiracBackend__group_limits=self.LIMITS,
+            DiracClusterConfig__idle_timeout=1800.0,  # the deployer's
+            **overrides,
+        )
+
+
+class IdleFacility(LimitedFacility):
+    LIMITS = {"default": {"idle_timeout": 5}}
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory, diracx_server, diracx_local_site):
-    f = LimitedFacility(tmp_path_factory.mktemp("limits"), diracx_server, diracx_local_site)
-    yield f
-    f.stop()
+def facility(tmp_path_factory, diracx_server, diracx_local_site):
+    """facility(cls): a started facility of that class, stopped after the module."""
+    made: dict[type, LimitedFacility] = {}
+
+    def get(cls: type[LimitedFacility]) -> LimitedFacility:
+        if cls not in made:
+            made[cls] = cls(tmp_path_factory.mktemp(cls.__name__), diracx_server, diracx_local_site)
+        return made[cls]
+
+    yield get
+    for f in made.values():
+        f.stop()
 
 
-def test_limits_refuse_a_second_cluster_and_too_many_workers(limited):
+def test_limits_refuse_a_second_cluster_and_too_many_workers(facility):
+    limited = facility(LimitedFacility)
     with limited.client("lim") as gateway:
         cluster = gateway.new_cluster()
         try:
@@ -49,23 +66,8 @@ def test_limits_refuse_a_second_cluster_and_too_many_workers(limited):
             cluster.shutdown()
 
 
-class IdleFacility(HeldFacility):
-    def config(self, **overrides: object) -> str:
-        return super().config(
-            DiracBackend__group_limits={"default": {"idle_timeout": 5}},
-            DiracClusterConfig__idle_timeout=1800.0,
-            **overrides,
-        )
-
-
-@pytest.fixture(scope="module")
-def idle_limited(tmp_path_factory, diracx_server, diracx_local_site):
-    f = IdleFacility(tmp_path_factory.mktemp("idle"), diracx_server, diracx_local_site)
-    yield f
-    f.stop()
-
-
-def test_a_groups_idle_timeout_stops_an_idle_cluster(idle_limited):
+def test_a_groups_idle_timeout_stops_an_idle_cluster(facility):
+    idle_limited = facility(IdleFacility)
     with idle_limited.client("idler") as gateway:
         cluster = gateway.new_cluster()
         name = cluster.name
