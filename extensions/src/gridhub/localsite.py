@@ -329,6 +329,7 @@ class LocalSite:
         self.jobs: dict[int, RunningJob] = {}
         self._refused: set[int] = set()
         self._ours: dict[int, bool] = {}  # job -> does this site match it (from its JDL)
+        self._jdls: dict[int, dict] = {}  # parsed JDLs of matched jobs, for their start
         self.metrics_address = metrics_address
         self.accounting = accounting  # off: only to measure its cost (bench/)
         self.finished: Counter[str] = Counter()  # final status -> jobs
@@ -449,6 +450,7 @@ class LocalSite:
         )
         waiting = {int(j["JobID"]) for j in found}
         self._ours = {k: v for k, v in self._ours.items() if k in waiting}
+        self._jdls = {k: v for k, v in self._jdls.items() if k in waiting}
         for j in found:
             job_id = int(j["JobID"])
             if job_id in self.jobs or job_id in self._refused:
@@ -466,13 +468,14 @@ class LocalSite:
         """Whether this site takes the job, from its JDL (read once per job)."""
         if job_id not in self._ours:
             try:
-                req = Requirements.of(parse_jdl(await self.dx.job_jdl(job_id)))
+                attrs = parse_jdl(await self.dx.job_jdl(job_id))
+                req = Requirements.of(attrs)
             except DiracXError as exc:  # looked at again at the next poll
                 log.info("Job %d: JDL not read for matching (%s)", job_id, exc)
                 return False
             except ValueError as exc:  # unparsable: the run path fails it with the reason
                 log.info("Job %d: JDL not parsed for matching (%s)", job_id, exc)
-                req = Requirements()
+                attrs, req = None, Requirements()
             ours = self.catalogue.takes(self.site, job_id, req)
             if ours and self.max_ram_mb and req.ram_mb > self.max_ram_mb:
                 log.info(
@@ -483,6 +486,8 @@ class LocalSite:
                 )
                 ours = False
             self._ours[job_id] = ours
+            if ours and attrs is not None:
+                self._jdls[job_id] = attrs  # the job's start uses it: not read twice
         return self._ours[job_id]
 
     # ------------------------------------------------------------------
@@ -551,7 +556,7 @@ class LocalSite:
 
     async def _fetch(self, job: RunningJob) -> tuple[dict, list[str]]:
         """The job's JDL attributes and command, its input sandbox unpacked."""
-        attrs = parse_jdl(await self.dx.job_jdl(job.job_id))
+        attrs = self._jdls.pop(job.job_id, None) or parse_jdl(await self.dx.job_jdl(job.job_id))
         for attr, default in (("StdOutput", "std.out"), ("StdError", "std.err")):
             output_file_name(attrs, attr, default)  # refused before anything is fetched
         if job.workdir.exists():
