@@ -440,9 +440,7 @@ class DiracBackend(UnsafeLocalBackend):
         await super().do_cleanup()
         if hasattr(self, "tunnel"):
             await self.tunnel.stop()
-        for submitter in self._submitters.values():
-            await submitter.close()
-        for username in list(self._user_dirac):
+        for username in {*self._submitters, *self._user_dirac}:
             await self._drop_user(username, revoke=False)
         if hasattr(self, "dirac"):
             await self.dirac.aclose()
@@ -473,7 +471,10 @@ class DiracBackend(UnsafeLocalBackend):
             return client
 
     async def _drop_user(self, username: str, *, revoke: bool = True) -> None:
-        """Forget a user's DIRAC token (revoking its refresh token)."""
+        """Forget a user's bulk submitter and DIRAC token (revoking its refresh token)."""
+        submitter = self._submitters.pop(username, None)
+        if submitter is not None:  # (its calls on their way finish first)
+            await submitter.close()
         client = self._user_dirac.pop(username, None)
         self._user_locks.pop(username, None)
         if client is None:
@@ -487,7 +488,7 @@ class DiracBackend(UnsafeLocalBackend):
     async def start_cluster(self, user: Any, cluster_options: dict[str, Any]) -> str:
         limits = limits_for(user.groups, self.group_limits)
         if limits.clusters is not None:
-            mine = [c.name for c in self.db.list_clusters(username=user.name)]
+            mine = [c.name for c in self._clusters_of(user.name)]
             if len(mine) >= limits.clusters:
                 raise PublicException(
                     f"Cannot create a cluster: the limit for {limits.source} is"
@@ -687,9 +688,9 @@ class DiracBackend(UnsafeLocalBackend):
         """Most workers ``cluster`` may have beside its owner's other clusters,
         and the limit and use that bound it, for messages."""
         limits = Limits(**cluster.config.get("user_limits", {}))
-        others = [
-            c for c in self.db.list_clusters(username=cluster.username) if c.name != cluster.name
-        ]
+        if limits.workers is None and limits.cores is None:
+            return None, ""  # (every heartbeat asks: nothing to count)
+        others = self._clusters_of(cluster.username, but=cluster.name)
         workers = sum(c.count for c in others)
         cores = sum(c.count * c.config.worker_cores for c in others)
         allowed = allowed_workers(limits, cluster.config.worker_cores, workers, cores)
@@ -808,12 +809,12 @@ class DiracBackend(UnsafeLocalBackend):
             try:
                 await super().do_stop_cluster(cluster)
             finally:
-                if not self._live_clusters_of(cluster.username, but=cluster.name):
+                if not self._clusters_of(cluster.username, but=cluster.name):
                     await self._drop_user(cluster.username)
 
-    def _live_clusters_of(self, username: str, *, but: str) -> list[str]:
-        # active: not (being) stopped
-        return [c.name for c in self.db.list_clusters(username=username) if c.name != but]
+    def _clusters_of(self, username: str, *, but: str = "") -> list[Cluster]:
+        """The user's active clusters (not being stopped), but the one named."""
+        return [c for c in self.db.list_clusters(username=username) if c.name != but]
 
 
 def default_cluster_options(
