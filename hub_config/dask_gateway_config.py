@@ -3,9 +3,11 @@
 Read from the same schema as the hub (gridhub.hub.settings.Settings: GRIDHUB_*
 environment, or the YAML file in GRIDHUB_CONFIG_FILE), so the deployer edits
 one `.env`; an unknown or misspelled key stops the gateway with a message
-naming it. Secrets come from the `secrets` volume written by gridhub-init
-(from the settings, else generated once): the hub's gateway service token,
-Traefik's provider token, the DB encryption key, the facility certificate.
+naming it. Secrets: the hub's gateway service token, Traefik's provider token
+and the facility certificate come from the shared secrets directory
+(FACILITY_SHARED_SECRETS, the `secrets` volume, read-only: the hub's
+gridhub-init writes it); the DB encryption key is the gateway's own, in its
+state (from the settings, else generated once).
 
 Paths and addresses fixed by the container layout (docker-compose.yml) are
 environment variables that are not settings:
@@ -16,15 +18,21 @@ environment variables that are not settings:
   FACILITY_EMBEDDED_DIRACX_URL  the embedded DiracX (http://dirac:8000)
   FACILITY_SCHEDULER_PYTHON  the Python schedulers run with (the image's copy of
                           the notebook environment, with gridhub; default: the gateway's own)
+  FACILITY_SCHEDULER_NETWORK  Docker network for per-cluster scheduler containers
+                          (set by every shipped deployment); unset: schedulers are
+                          processes of the gateway (tests, a trusted single user)
+  FACILITY_SCHEDULER_IMAGE  the image scheduler containers run (the gateway's own)
+  FACILITY_PROJECT        the compose project: scheduler containers' names and labels
 """
 
+import base64
 import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from gridhub.gateway.backend import default_cluster_options
-from gridhub.hub.secrets import load_or_create
+from gridhub.hub.secrets import load_or_create, shared_dir
 from gridhub.hub.settings import SettingsError, load_settings
 
 c = get_config()  # noqa: F821  (provided by traitlets)
@@ -36,9 +44,17 @@ except SettingsError as exc:
     sys.exit(2)
 
 
-def _secret(name: str, configured) -> str:
+def _secret(name: str, configured, generate=None) -> str:
     value = configured.get_secret_value() if configured is not None else None
-    return load_or_create(s.state_dir, name, value)
+    return load_or_create(s.state_dir, name, value, generate=generate)
+
+
+def _fernet_key() -> str:
+    # an older GridHub kept it in the shared volume: the gateway takes it over
+    legacy = shared_dir(s.state_dir) / "gateway_db_encrypt_key"
+    if legacy.is_file() and legacy.resolve() != (state / "secrets" / legacy.name).resolve():
+        return legacy.read_text().strip()
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
 state = Path(s.state_dir)
@@ -51,6 +67,22 @@ public = urlsplit(s.public_url)
 c.DaskGateway.address = f"0.0.0.0:{port}"
 c.DaskGateway.log_level = s.log_level
 c.DaskGateway.backend_class = "gridhub.gateway.backend.DiracBackend"
+if os.environ.get("FACILITY_SCHEDULER_NETWORK"):
+    # user code never runs where the gateway's secrets are: a container per
+    # scheduler (gridhub/gateway/containers.py)
+    c.DaskGateway.backend_class = "gridhub.gateway.containers.DockerDiracBackend"
+    project = os.environ.get("FACILITY_PROJECT", "gridhub")
+    c.SchedulerContainers.network = os.environ["FACILITY_SCHEDULER_NETWORK"]
+    c.SchedulerContainers.image = os.environ.get(
+        "FACILITY_SCHEDULER_IMAGE", "gridhub/gateway:latest"
+    )
+    c.SchedulerContainers.name_prefix = f"{project}-scheduler-"
+    # compose's own labels: `docker compose down --remove-orphans` removes them too
+    c.SchedulerContainers.labels = {
+        "com.docker.compose.project": project,
+        "com.docker.compose.service": "scheduler",
+        "com.docker.compose.oneoff": "False",
+    }
 c.Proxy.externally_managed = True  # Traefik polls /api/v1/traefik
 c.Proxy.prefix = prefix
 c.Proxy.gateway_url = f"http://{host}:{port}"
@@ -64,7 +96,7 @@ c.JupyterHubAuthenticator.jupyterhub_service_name = "dask-gateway"
 # --- state: clusters and their job ids survive a gateway restart ---
 b = c.DiracBackend
 b.db_url = f"sqlite:///{state / 'gateway.sqlite'}"
-b.db_encrypt_keys = [_secret("gateway_db_encrypt_key", s.gateway_db_encrypt_key)]
+b.db_encrypt_keys = [_secret("gateway_db_encrypt_key", s.gateway_db_encrypt_key, _fernet_key)]
 b.stop_clusters_on_shutdown = False
 b.state_dir = str(state / "dirac-backend")
 b.clusters_directory = str(state / "clusters")
@@ -93,7 +125,7 @@ if s.gateway_proxy_address:
     b.public_dask_address = s.gateway_proxy_address.split("://", 1)[-1]
 else:
     b.public_dask_address = f"{public.hostname}:8786"
-ca = state / "secrets" / "tls" / "facility.crt"
+ca = shared_dir(state) / "tls" / "facility.crt"
 if ca.exists():  # self-signed: workers get it in the sandbox
     b.facility_ca_file = str(ca)
 

@@ -12,8 +12,13 @@ through Traefik on https://localhost:<free port> (self-signed):
 2. the hub container restarts while the server and cluster run: both
    survive, and so does the browser session;
 3. `down` then `up`: the user's files and the hub database are still there;
-4. no generated secret, user token or JWT in any container's log or grid job's output;
-5. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
+4. trust boundaries (issue 15), as student A with that cluster and student B
+   with another: A's code, on A's notebook server and on A's own scheduler
+   (``run_on_scheduler``), finds no facility secret and no key of B's, reaches
+   no internal port, cannot use, stop or connect to B's cluster; a second
+   login under A's name is refused, and so are logins past the failure limit;
+5. no generated secret, user token or JWT in any container's log or grid job's output;
+6. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
 
 Timings, image sizes and the build times (first build and cached rebuild)
 go to artifacts/compose-facility.json; screenshots to artifacts/screenshots/.
@@ -31,6 +36,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, image_tag, screenshot
 
@@ -46,6 +52,8 @@ SEAT = "seat-01"
 HEALTHY_TIMEOUT = 420
 CLUSTER_TIMEOUT = 600
 RESULTS: dict = {"project": PROJECT}
+FAILED_LOGIN_LIMIT = 3
+PUBLIC_HOST = "gridhub.internal"  # the default: no PUBLIC_HOST in the test's settings
 
 
 def _free_port() -> int:
@@ -88,6 +96,8 @@ class Facility:
             "GRIDHUB_MEM_LIMIT": "3G",
             "GRIDHUB_WORKER_MEM_LIMIT": "3G",
             "GRIDHUB_MASTERCLASS_POOL_SIZE": 1,
+            # small, so that the test can reach it (default 30 per 600 s)
+            "GRIDHUB_MASTERCLASS_FAILED_LOGIN_LIMIT": FAILED_LOGIN_LIMIT,
         }
         # Only what a parallel test run needs (its own ports, project and image
         # tags) and what keeps the test short: no COMPOSE_FILE, no profile, no
@@ -423,6 +433,168 @@ def test_login_lab_cluster_on_grid(facility, lab):
     RESULTS["dirac_jobs"] = running
 
 
+def _scheduler_container(cluster: str) -> str:
+    return f"{PROJECT}-scheduler-{cluster}"
+
+
+def _python_in(cid: str, code: str, *args: str, timeout: float = 300) -> str:
+    """Run ``code`` with the container's Python, as its own user and environment."""
+    p = subprocess.run(
+        ["docker", "exec", "-i", cid, "python", "-", *args],
+        input=code,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert p.returncode == 0, (
+        f"python in {cid[:12]} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    )
+    return p.stdout
+
+
+def _login(facility: Facility, name: str, code: str) -> tuple[httpx.Client, httpx.Response]:
+    """A second browser: the hub's login form (xsrf cookie and field)."""
+    client = httpx.Client(base_url=facility.url, verify=False, timeout=60)  # noqa: S501 (self-signed)
+    client.get("/hub/login").raise_for_status()
+    xsrf = client.cookies.get("_xsrf", path="/hub/")
+    r = client.post(
+        "/hub/login",
+        data={"username": name, "password": code, "_xsrf": xsrf},
+        follow_redirects=False,
+    )
+    return client, r
+
+
+def _pem_line(pem: str) -> str:
+    """A line from the middle of a PEM body: found whatever the file's layout."""
+    body = [x for x in pem.splitlines() if x and not x.startswith("-----")]
+    return body[len(body) // 2]
+
+
+def _needles(facility: Facility, b_key: str) -> dict[str, str]:
+    """Every secret of the facility, and B's cluster key: what A must not find."""
+    found = _secret_files(facility, "hub", "/srv/gridhub/state/secrets")
+    found |= _secret_files(facility, "hub", "/srv/gridhub/shared")
+    found |= _secret_files(facility, "gateway", "/srv/gridhub/state/secrets")
+    found |= _secret_files(facility, "dirac", "/srv/gridhub/dirac")
+    key = facility.exec("hub", "cat", "/srv/gridhub/shared/tls/facility.key")
+    found["the facility's TLS key"] = _pem_line(key)
+    found["B's cluster TLS key"] = _pem_line(b_key)
+    assert any("cookie_secret" in k for k in found) and any("api-key" in k for k in found), found
+    return found
+
+
+def test_trust_boundaries(facility, lab):
+    """Issue 15 on the running facility, as students A (alice, the cluster of
+    the first test) and B (bob, a cluster of his own)."""
+    a_cluster = STATE.get("cluster")
+    assert a_cluster, "needs the cluster of the first test"
+    code = facility.exec("hub", "gridhub-access-code").strip()
+
+    # B logs in from another browser and gets a server (a seat or his own)
+    bob, r = _login(facility, "bob", code)
+    assert r.status_code == 302, r.text[-500:]
+    xsrf = {"X-XSRFToken": bob.cookies.get("_xsrf", path="/hub/") or ""}
+    b_user = bob.get("/hub/api/user", headers=xsrf).json()["name"]
+    bob.post(f"/hub/api/users/{b_user}/server", headers=xsrf)  # 400 when already running
+    deadline = time.monotonic() + 300
+    while not (
+        facility.server_of(b_user)
+        and bob.get(f"/hub/api/users/{b_user}", headers=xsrf)
+        .json()["servers"]
+        .get("", {})
+        .get("ready")
+    ):
+        assert time.monotonic() < deadline, f"no server for bob ({b_user})"
+        time.sleep(2)
+    (b_server,) = facility.server_of(b_user)
+    out = _python_in(
+        b_server,
+        "from dask_gateway import Gateway\n"
+        "c = Gateway().new_cluster(shutdown_on_close=False)\n"
+        "print('BCLUSTER', c.name)\n"
+        "print(c.security.tls_key)\n",
+    )
+    b_cluster = out.split("BCLUSTER", 1)[1].split()[0]
+    b_key = out.split(b_cluster, 1)[1]
+    assert "PRIVATE KEY" in b_key
+
+    # each scheduler in a container of its own: no volume, unprivileged,
+    # read-only, no capabilities, on the schedulers' network only
+    for cluster in (a_cluster, b_cluster):
+        info = json.loads(docker("inspect", _scheduler_container(cluster)).stdout)[0]
+        assert info["State"]["Running"], info["State"]
+        assert list(info["NetworkSettings"]["Networks"]) == [f"{PROJECT}_schedulers"]
+        assert info["Mounts"] == [], info["Mounts"]
+        assert info["Config"]["User"] not in ("", "0", "root", "1000", "1000:1000")
+        host = info["HostConfig"]
+        assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"], host
+        assert "no-new-privileges" in host["SecurityOpt"] and host["PidsLimit"] > 0
+        assert host["Binds"] in (None, []), host["Binds"]
+
+    # A's code, on A's notebook server and on A's scheduler
+    internal = ["gateway:8000", "gateway:8022", "dirac:8000", "dirac:8010", "hub:8000"]
+    schedulers = [
+        f"{_scheduler_container(c)}:{p}" for c in (a_cluster, b_cluster) for p in (8786, 8787, 8788)
+    ]
+    request = {
+        "cluster": a_cluster,
+        "other_cluster": b_cluster,
+        "needles": _needles(facility, b_key),
+        "notebook_targets": internal + schedulers + ["traefik:8099"],
+        "scheduler_targets": ["hub:8081", "dirac:8000", "dirac:8010", "localsite:8000"],
+    }
+    (a_server,) = facility.server_of(SEAT)
+    probes_src = (Path(__file__).parent / "trust_probes.py").read_text()
+    out = _python_in(a_server, probes_src, json.dumps(request))
+    probes = json.loads(out.split("PROBES ", 1)[1].splitlines()[0])
+    RESULTS["trust_probes"] = {k: v for k, v in probes.items()}
+    _save_results()
+
+    sched = probes["scheduler"]
+    assert sched["found"] == [], sched["found"]  # no facility secret, none of B's
+    assert sched["uid"] not in (0, 1000), sched["uid"]  # not root, not the gateway's account
+    opened = {t: v for t, v in {**probes["ports"], **sched["ports"]}.items() if v == "open"}
+    assert not opened, opened
+    assert sched["stop_other_with_own_token"] in (401, 403, 404), sched
+    assert "connected" != probes["connect_other"], probes
+    assert not probes["other_scheduler_with_own_creds"].startswith("connected"), probes
+    # Traefik's API for the hub is reachable by its public name, with credentials only
+    r = _python_in(
+        a_server,
+        "import urllib.request, urllib.error\n"
+        f"try: urllib.request.urlopen('http://{PUBLIC_HOST}:8099/api/http/routers', timeout=10)\n"
+        "except urllib.error.HTTPError as e: print('STATUS', e.code)\n"
+        "else: print('STATUS 200')\n",
+    )
+    assert "STATUS 401" in r, r
+    # B's cluster is untouched by A's attempts, and B stops it
+    out = _python_in(
+        b_server,
+        "from dask_gateway import Gateway\n"
+        "g = Gateway()\n"
+        "print('BLIST', [c.name for c in g.list_clusters()])\n"
+        f"g.stop_cluster('{b_cluster}')\n",
+    )
+    assert b_cluster in out.split("BLIST", 1)[1], out
+    deadline = time.monotonic() + 60
+    while docker("ps", "-aq", "--filter", f"name={_scheduler_container(b_cluster)}").stdout.strip():
+        assert time.monotonic() < deadline, "B's scheduler container is still there"
+        time.sleep(1)
+
+    # a second person typing A's name does not get A's server
+    mallory, r = _login(facility, USER, code)
+    assert r.status_code == 403 and "already taken" in r.text, (r.status_code, r.text[-300:])
+    # failed logins past the limit: refused, the right code too
+    for i in range(FAILED_LOGIN_LIMIT):
+        assert _login(facility, "eve", f"wrong-{i}")[1].status_code == 403
+    eve, r = _login(facility, "eve", code)
+    assert r.status_code == 429, r.status_code
+    for c in (bob, mallory, eve):
+        c.close()
+
+
 def test_hub_restart_keeps_server_cluster_session(facility, lab):
     assert STATE.get("cluster"), "needs the cluster of the previous test"
     pg = lab
@@ -457,6 +629,7 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
         jobs = [j for j in facility.dirac_jobs() if j.get("JobGroup") == STATE["cluster"]]
         active = [j for j in jobs if j["Status"] not in ("Done", "Failed", "Killed", "Deleted")]
         ctrs = facility.containers(f"label=org.gridhub.facility={PROJECT}", "label=org.gridhub.job")
+        ctrs += facility.containers(f"name={_scheduler_container(STATE['cluster'])}")
         if not active and not ctrs:
             break
         time.sleep(3)
@@ -545,6 +718,8 @@ def test_no_secret_or_token_in_any_log(facility, lab):
     in any container's log (services, the user's server) or in the grid jobs'
     stdout/stderr, including the logs saved before `down`."""
     secrets_ = _secret_files(facility, "hub", "/srv/gridhub/state/secrets")
+    secrets_ |= _secret_files(facility, "hub", "/srv/gridhub/shared")
+    secrets_ |= _secret_files(facility, "gateway", "/srv/gridhub/state/secrets")
     secrets_ |= _secret_files(facility, "dirac", "/srv/gridhub/dirac")
     assert any("traefik_provider_token" in k for k in secrets_), sorted(secrets_)
     (server,) = facility.server_of(SEAT)

@@ -1,22 +1,22 @@
 """Container start-up helpers shared by the hub and gateway images.
 
     gridhub-init          generate (once) what the facility's containers share,
-                          then exit; run by the hub and gateway entrypoints
+                          then exit; run by the hub's entrypoint (the others wait for it)
     gridhub-access-code   print the masterclass access code (and teacher code
                           with --teacher): `docker compose exec hub gridhub-access-code`
 
 Every secret is taken from its GRIDHUB_* setting when set, else read from the
-secrets directory (<state_dir>/secrets, the `secrets` volume), else generated
-once (gridhub.hub.secrets.load_or_create: 32 random bytes, 0600, link() so a
-file is never replaced, safe when the hub and the gateway race). Nothing is
-ever regenerated on restart or upgrade.
+shared secrets directory ($FACILITY_SHARED_SECRETS, the `secrets` volume; see
+gridhub.hub.secrets), else generated once (load_or_create: 32 random bytes,
+0600, link() so a file is never replaced). Nothing is ever regenerated on
+restart or upgrade. The hub's own secrets (cookie secret, crypt key, access
+codes...) are not here: the hub keeps them in its own state.
 
 What `gridhub-init` writes:
 
-  secrets/gateway_api_token        the dask-gateway hub service token (the hub reads it too)
-  secrets/traefik_provider_token   bearer token Traefik's HTTP provider shows the gateway
-  secrets/gateway_db_encrypt_key   Fernet key encrypting the gateway DB's cluster credentials
-  secrets/tls/facility.{crt,key}   self-signed certificate of the public host name,
+  <shared>/gateway_api_token       the dask-gateway hub service token (hub and gateway)
+  <shared>/traefik_provider_token  bearer token Traefik's HTTP provider shows the gateway
+  <shared>/tls/facility.{crt,key}  self-signed certificate of the public host name,
                                    localhost and gridhub-tunnel (when no certificate is given)
   $FACILITY_CERTS_DIR/facility.crt  the public certificate, for notebooks and workers
   $FACILITY_CERTS_DIR/ca-bundle.pem system CAs + facility.crt (SSL_CERT_FILE in notebooks)
@@ -26,7 +26,6 @@ What `gridhub-init` writes:
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import ipaddress
 import os
@@ -35,7 +34,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from gridhub.hub.secrets import load_or_create
+from gridhub.files import write_private
+from gridhub.hub.secrets import SHARED, load_or_create, shared_dir
 from gridhub.hub.settings import SettingsError, load_settings
 
 SYSTEM_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -48,10 +48,6 @@ http:
       headers:
         stsSeconds: 31536000
 """
-
-
-def _fernet_key() -> str:
-    return base64.urlsafe_b64encode(os.urandom(32)).decode()
 
 
 def _value(secret) -> str | None:
@@ -154,12 +150,10 @@ def init() -> int:
         print(f"gridhub: {exc}", file=sys.stderr)
         return 2
     state = Path(s.state_dir)
+    _take_own_secrets_back(state)
     load_or_create(state, "gateway_api_token", _value(s.gateway_api_token))
     load_or_create(state, "traefik_provider_token", _value(s.traefik_provider_token))
-    load_or_create(
-        state, "gateway_db_encrypt_key", _value(s.gateway_db_encrypt_key), generate=_fernet_key
-    )
-    tls = state / "secrets" / "tls"
+    tls = shared_dir(state) / "tls"
     tls.mkdir(mode=0o700, exist_ok=True)
     host = urlsplit(s.public_url).hostname or "localhost"
     # the hub and the gateway may start together: one of them makes the pair
@@ -194,6 +188,36 @@ def init() -> int:
         # mount read-only (an upgrade brings new versions; homes are never touched)
         shutil.copytree(s.masterclass_notebooks_dir, share, dirs_exist_ok=True)
     return 0
+
+
+# Shared by an older GridHub with every service: the hub's own secrets move
+# to its own state (kept, so sessions and access codes survive the upgrade).
+# (gateway_db_encrypt_key is the gateway's: it copies it, see dask_gateway_config.py)
+HUB_OWN = (
+    "cookie_secret",
+    "crypt_key",
+    "proxy_api_password",
+    "metrics_token",
+    "masterclass_access_code",
+    "masterclass_teacher_code",
+)
+
+
+def _take_own_secrets_back(state: Path) -> None:
+    shared, own = shared_dir(state), state / "secrets"
+    if shared.resolve() == own.resolve() or not shared.is_dir():
+        return
+    own.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name in HUB_OWN:
+        assert name not in SHARED
+        old = shared / name
+        if not old.is_file():
+            continue
+        try:
+            write_private(own / name, old.read_bytes(), replace=False)
+        except FileExistsError:
+            pass  # the hub's own copy wins
+        old.unlink()
 
 
 def access_code(argv: list[str]) -> int:

@@ -1,7 +1,9 @@
 """A dask-gateway backend whose workers are DIRAC grid jobs.
 
-The scheduler runs at the facility, one process per cluster with the
-cluster's own TLS credentials (as dask-gateway's LocalBackend runs it). Each
+The scheduler runs at the facility, one per cluster with the cluster's own
+TLS credentials: a process of the gateway here (as dask-gateway's
+LocalBackend runs it, for tests and a single trusted user), a container of its
+own in every shipped deployment (containers.DockerDiracBackend). Each
 worker is one DIRAC job submitted to DiracX over HTTP. Worker nodes have no
 public address: workers dial the scheduler through Traefik
 (``gateway://<public>/<cluster>``, TLS passthrough by SNI) and open a reverse
@@ -102,9 +104,10 @@ class DiracClusterConfig(LocalClusterConfig):
 class DiracBackend(UnsafeLocalBackend):
     """dask-gateway backend: facility-side schedulers, DIRAC-job workers.
 
-    Schedulers run as processes of the gateway's own user (the facility
-    account), isolated per cluster by their own TLS credentials; the gateway
-    never needs sudo or per-user Unix accounts.
+    Schedulers run as processes of the gateway's own user, isolated per
+    cluster only by their own TLS credentials: user code on a scheduler can
+    read what the gateway holds, so this is for tests and trusted single-user
+    setups; deployments use containers.DockerDiracBackend.
     """
 
     cluster_config_class = Type(
@@ -525,17 +528,25 @@ class DiracBackend(UnsafeLocalBackend):
         await dirac.search([{"parameter": "JobID", "operator": "eq", "value": 0}], ["JobID"])
 
     # ------------------------------------------------------------------
-    # Schedulers: local processes at the facility (LocalBackend's code)
+    # Schedulers: at the facility (start_scheduler / stop_scheduler)
 
     async def do_start_cluster(self, cluster: Cluster) -> AsyncIterator[dict[str, Any]]:
         # The sandbox needs only the cluster's credentials and config: upload
         # it while the scheduler starts (seconds of imports), not after the
         # first scale. The first worker waits for it (cluster_sandbox's lock).
         self._sandbox_uploads[cluster.name] = asyncio.create_task(self._upload_early(cluster))
-        async for state in super().do_start_cluster(cluster):
+        async for state in self.start_scheduler(cluster):
             # the state yielded replaces the DB's: keep the sandbox if it is in
             sandbox = cluster.state.get("sandbox")
             yield {**state, "sandbox": sandbox} if sandbox else state
+
+    def start_scheduler(self, cluster: Cluster) -> AsyncIterator[dict[str, Any]]:
+        """Start the cluster's scheduler, yielding its state: here a process of
+        the gateway (LocalBackend's); containers.DockerDiracBackend: a container."""
+        return UnsafeLocalBackend.do_start_cluster(self, cluster)
+
+    async def stop_scheduler(self, cluster: Cluster) -> None:
+        await UnsafeLocalBackend.do_stop_cluster(self, cluster)
 
     async def _upload_early(self, cluster: Cluster) -> None:
         try:
@@ -807,7 +818,7 @@ class DiracBackend(UnsafeLocalBackend):
                 await dirac.kill(alive)
         finally:
             try:
-                await super().do_stop_cluster(cluster)
+                await self.stop_scheduler(cluster)
             finally:
                 if not self._clusters_of(cluster.username, but=cluster.name):
                     await self._drop_user(cluster.username)

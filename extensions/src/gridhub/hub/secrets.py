@@ -3,10 +3,19 @@
 A generated secret is 32 random bytes (hex), written to ``<state_dir>/secrets/<name>``
 with mode 0600 in a 0700 directory, atomically and without replacing an existing file,
 so an upgrade or restart never regenerates it.
+
+The few secrets that services share (SHARED: the gateway's hub-service token,
+Traefik's provider token, and the facility certificate under ``tls/``) live in
+the shared secrets directory instead: ``$FACILITY_SHARED_SECRETS`` where the
+container layout gives each service its own state (the compose facility: the
+`secrets` volume, written by the hub, read-only elsewhere), else the same
+``<state_dir>/secrets``. Everything else stays in the state directory of the
+one service that uses it.
 """
 
 from __future__ import annotations
 
+import os
 import secrets as _random
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +33,20 @@ def _private_dir(path: Path) -> Path:
     return path
 
 
+SHARED = frozenset({"gateway_api_token", "traefik_provider_token"})
+
+
+def shared_dir(state_dir: Path) -> Path:
+    """Where the secrets services share live (see the module)."""
+    return Path(os.environ.get("FACILITY_SHARED_SECRETS") or Path(state_dir) / "secrets")
+
+
 def load_or_create(state_dir: Path, name: str, configured: str | None = None, generate=None) -> str:
     """Return the secret `name`: configured value, else stored value, else a new one."""
     if configured:
         return configured
-    directory = _private_dir(Path(state_dir) / "secrets")
+    own = Path(state_dir) / "secrets"
+    directory = _private_dir(shared_dir(state_dir) if name in SHARED else own)
     path = directory / name
     try:
         value = path.read_text().strip()
