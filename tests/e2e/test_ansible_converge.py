@@ -162,10 +162,13 @@ class Target:
         return json.loads(self.sh(f"docker inspect {cid[0]}"))[0]
 
     def secrets_digest(self) -> str:
-        """Digest of every generated secret (the secrets volume), for 'never rotated'."""
+        """Digest of every generated secret, for 'never rotated': the shared
+        `secrets` volume and the hub's and the gateway's own."""
         return self.sh(
-            "cd /var/lib/docker/volumes/gridhub_secrets/_data"
-            " && find . -type f | sort | xargs sha256sum | sha256sum"
+            "cd /var/lib/docker/volumes"
+            " && find gridhub_secrets/_data gridhub_hub-state/_data/secrets"
+            " gridhub_gateway-state/_data/secrets -type f -not -name '.*'"
+            " | sort | xargs sha256sum | sha256sum"
         ).split()[0]
 
 

@@ -535,9 +535,7 @@ def test_trust_boundaries(facility, lab):
 
     # A's code, on A's notebook server and on A's scheduler
     internal = ["gateway:8000", "gateway:8022", "dirac:8000", "dirac:8010", "hub:8000"]
-    schedulers = [
-        f"{_scheduler_container(c)}:{p}" for c in (a_cluster, b_cluster) for p in (8786, 8787, 8788)
-    ]
+    schedulers = [f"scheduler-{c}:{p}" for c in (a_cluster, b_cluster) for p in (8786, 8787, 8788)]
     request = {
         "cluster": a_cluster,
         "other_cluster": b_cluster,

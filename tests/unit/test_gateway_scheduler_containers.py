@@ -36,7 +36,8 @@ def backend(monkeypatch):
     b.containers.name_prefix = "proj-scheduler-"
     b.containers.labels = {"com.docker.compose.project": "proj"}
     fake = FakeContainers()
-    b.containers._client = SimpleNamespace(containers=fake)
+    api = SimpleNamespace(create_endpoint_config=lambda aliases: {"Aliases": aliases})
+    b.containers._client = SimpleNamespace(containers=fake, api=api)
     return b, fake
 
 
@@ -67,7 +68,7 @@ def test_scheduler_gets_only_its_own_cluster_credentials(backend) -> None:
 def test_scheduler_listens_on_its_container_name(backend) -> None:
     b, _ = backend
     cmd = b.get_scheduler_command(cluster())
-    host = "proj-scheduler-c0ffee"
+    host = "scheduler-c0ffee"
     assert cmd[cmd.index("--host") + 1] == host
     assert cmd[cmd.index("--dashboard-address") + 1] == f"{host}:8787"
     assert cmd[cmd.index("--dg-api-address") + 1] == f"{host}:8788"
@@ -80,8 +81,10 @@ async def test_container_is_confined(backend) -> None:
     assert states[-1] == {"container": "proj-scheduler-c0ffee"}
     ((args, kw),) = fake.runs
     assert args[0] == "gridhub/gateway:1"
-    assert kw["name"] == kw["hostname"] == "proj-scheduler-c0ffee"
+    assert kw["name"] == "proj-scheduler-c0ffee"
+    assert kw["hostname"] == "scheduler-c0ffee"
     assert kw["network"] == "proj_schedulers"
+    assert kw["networking_config"] == {"proj_schedulers": {"Aliases": ["scheduler-c0ffee"]}}
     assert kw["read_only"] and kw["cap_drop"] == ["ALL"]
     assert kw["security_opt"] == ["no-new-privileges"]
     assert kw["user"] not in ("0", "root", "1000:1000") and kw["pids_limit"] > 0
@@ -94,5 +97,5 @@ async def test_container_is_confined(backend) -> None:
 
 async def test_unconfigured_containers_refuse_to_start() -> None:
     b = DockerDiracBackend(api_url="http://gateway:8000/api")
-    with pytest.raises(ValueError, match="image and .network"):
+    with pytest.raises(ValueError, match=r"image and \.network"):
         [s async for s in b.start_scheduler(cluster())]

@@ -47,7 +47,7 @@ class SchedulerContainers(LoggingConfigurable):
     )
     name_prefix = Unicode(
         "gridhub-scheduler-",
-        help="Container name prefix; the container's name is also its host name.",
+        help="Container name prefix (one deployment's schedulers share it).",
         config=True,
     )
     labels = Dict(
@@ -76,15 +76,23 @@ class SchedulerContainers(LoggingConfigurable):
     def name(self, cluster_name: str) -> str:
         return f"{self.name_prefix}{cluster_name}"
 
-    async def start(self, name: str, command: list[str], env: dict[str, str]) -> None:
+    @staticmethod
+    def host(cluster_name: str) -> str:
+        """Its host name and network alias: unique on its network, and short
+        enough for one DNS label (a container name with a project in front
+        of a 32-character cluster name may not be)."""
+        return f"scheduler-{cluster_name}"
+
+    async def start(self, cluster_name: str, command: list[str], env: dict[str, str]) -> None:
         if not self.image or not self.network:
             raise ValueError("SchedulerContainers.image and .network must be set")
-        await asyncio.to_thread(self._run, name, command, env)
+        await asyncio.to_thread(self._run, cluster_name, command, env)
 
-    def _run(self, name: str, command: list[str], env: dict[str, str]) -> None:
+    def _run(self, cluster_name: str, command: list[str], env: dict[str, str]) -> None:
         import docker.errors
 
         client = self._docker()
+        name, host = self.name(cluster_name), self.host(cluster_name)
         # a container of the same name left by a crash before its cluster's
         # state was saved: it belongs to this cluster, start afresh
         try:
@@ -95,7 +103,7 @@ class SchedulerContainers(LoggingConfigurable):
             self.image,
             command,
             name=name,
-            hostname=name,
+            hostname=host,
             entrypoint=["tini", "-g", "--"],
             environment=env,
             user=self.user,
@@ -107,6 +115,7 @@ class SchedulerContainers(LoggingConfigurable):
             pids_limit=self.pids_limit,
             mem_limit=self.mem_limit,
             network=self.network,
+            networking_config={self.network: client.api.create_endpoint_config(aliases=[host])},
             labels={**self.labels, self.LABEL: self.name_prefix},
             detach=True,
         )
@@ -147,9 +156,9 @@ class DockerDiracBackend(DiracBackend):
 
     def get_scheduler_command(self, cluster: Cluster) -> list[str]:
         cmd = DiracBackend.get_scheduler_command(self, cluster)
-        host = self.containers.name(cluster.name)
-        # the container's own name: the address it reports (and Traefik and
-        # the gateway dial) is one they resolve on the schedulers' network
+        host = self.containers.host(cluster.name)
+        # its own host name: the address it reports (and Traefik and the
+        # gateway dial) is one they resolve on the schedulers' network
         for flag, value in (
             ("--host", host),
             ("--port", str(SCHEDULER_PORT)),
@@ -186,7 +195,7 @@ class DockerDiracBackend(DiracBackend):
         name = self.containers.name(cluster.name)
         yield {"container": name}
         await self.containers.start(
-            name, self.get_scheduler_command(cluster), self.get_scheduler_env(cluster)
+            cluster.name, self.get_scheduler_command(cluster), self.get_scheduler_env(cluster)
         )
         yield {"container": name}
 
