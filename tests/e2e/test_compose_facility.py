@@ -367,10 +367,12 @@ def test_login_lab_cluster_on_grid(facility, lab):
     screenshot(pg, "compose-01-login")
     pg.click("#login_submit")
     wait_for_lab(pg)
-    pg.wait_for_selector(".jp-LauncherCard", timeout=60_000)
+    try:
+        pg.wait_for_selector(".jp-LauncherCard", timeout=120_000)
+    finally:
+        screenshot(pg, "compose-02-lab")
     RESULTS["login_to_lab_seconds"] = round(time.monotonic() - t0, 1)
     assert f"/user/{SEAT}/lab" in pg.url
-    screenshot(pg, "compose-02-lab")
     STATE["server"] = facility.server_of(SEAT)
     assert STATE["server"], "no running server container"
     # NEW in the Dask sidebar: the server's dask-labextension creates a
