@@ -92,6 +92,7 @@ def start_sandbox_store(state_dir: Path, host: str, port: int):  # -> SandboxSto
         t0 = time.monotonic()
         n = store.replay(recording)
         log.info("Sandbox store restored (%d requests) in %.1f s", n, time.monotonic() - t0)
+    store.warm_up()
     store.start()
     return store
 

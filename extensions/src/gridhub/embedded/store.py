@@ -346,6 +346,19 @@ class SandboxStore:
             recorder.start_recording()
         return n
 
+    def warm_up(self) -> None:
+        """Have moto build its S3 backend now (imports of seconds, minutes on a
+        loaded machine), in-process: DiracX's first request, creating its
+        bucket at start-up, timed out on it and stopped DiracX."""
+        from moto.moto_api import recorder
+        from werkzeug.test import Client
+
+        recorder.stop_recording()  # nothing to keep
+        try:
+            Client(self.moto_app).get("/", headers={"Host": f"{self.host}:{self.port}"})
+        finally:
+            recorder.start_recording()
+
     def start(self) -> None:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
         from werkzeug.serving import make_server

@@ -113,6 +113,8 @@ class SchedulerContainers(LoggingConfigurable):
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             pids_limit=self.pids_limit,
+            # the image's own check is the gateway's: the gateway watches schedulers
+            healthcheck={"test": ["NONE"]},
             mem_limit=self.mem_limit,
             network=self.network,
             networking_config={self.network: client.api.create_endpoint_config(aliases=[host])},
