@@ -38,8 +38,16 @@ def reach(targets, timeout=3.0):
     return out
 
 
-def snoop(needles, targets, other_cluster, api_url):
-    """Runs on the scheduler: every readable file and process environment."""
+async def snoop(needles, targets, other_cluster, api_url):
+    """Runs on the scheduler, in a thread: its event loop must keep
+    heartbeating (name lookups on an internal network can take seconds)."""
+    import asyncio
+
+    return await asyncio.to_thread(_snoop, needles, targets, other_cluster, api_url)
+
+
+def _snoop(needles, targets, other_cluster, api_url):
+    """Every readable file and process environment, the ports, the API."""
     import os
     import urllib.request
 
@@ -91,6 +99,16 @@ def snoop(needles, targets, other_cluster, api_url):
     }
 
 
+def attempt(step):
+    """The step's result, or what stopped it (the kind of refusal is the point)."""
+    import asyncio
+
+    try:
+        return step()
+    except (Exception, asyncio.CancelledError) as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def main(request):
     from dask_gateway import Gateway
     from distributed import Client
@@ -99,33 +117,30 @@ def main(request):
     out = {"ports": reach(request["notebook_targets"])}
     mine = gateway.connect(request["cluster"])
     client = mine.get_client()
-    out["scheduler"] = client.run_on_scheduler(
-        snoop,
-        request["needles"],
-        request["scheduler_targets"],
-        request["other_cluster"],
-        os.environ.get("DASK_GATEWAY_API_URL", "http://gateway:8000/api"),
+    out["scheduler"] = attempt(
+        lambda: client.run_on_scheduler(
+            snoop,
+            request["needles"],
+            request["scheduler_targets"],
+            request["other_cluster"],
+            os.environ.get("DASK_GATEWAY_API_URL", "http://gateway:8000/api"),
+        )
     )
     other = request["other_cluster"]
-    try:
-        gateway.connect(other)
-        out["connect_other"] = "connected"
-    except Exception as exc:
-        out["connect_other"] = f"{type(exc).__name__}: {exc}"[:300]
-    try:
-        gateway.stop_cluster(other)
-        out["stop_other"] = "no error"
-    except Exception as exc:
-        out["stop_other"] = f"{type(exc).__name__}: {exc}"[:300]
-    # B's scheduler through Traefik, with A's own cluster credentials
-    address = mine.scheduler_address.rsplit("/", 1)[0] + "/" + other
-    try:
+    out["connect_other"] = attempt(lambda: gateway.connect(other) and "connected")
+    out["stop_other"] = attempt(lambda: gateway.stop_cluster(other) or "no error")
+
+    def other_scheduler():
+        # B's scheduler through Traefik, with A's own cluster credentials
+        address = mine.scheduler_address.rsplit("/", 1)[0] + "/" + other
         with Client(address, security=mine.security, timeout=15) as c:
-            out["other_scheduler_with_own_creds"] = f"connected to {c.scheduler_info()['id']}"
-    except Exception as exc:
-        out["other_scheduler_with_own_creds"] = type(exc).__name__
-    client.close()
+            return f"connected to {c.scheduler_info()['id']}"
+
+    out["other_scheduler_with_own_creds"] = attempt(other_scheduler)
     print("PROBES " + json.dumps(out), flush=True)
+    client.close()
+    mine.close()
+    gateway.close()
 
 
 if __name__ == "__main__":
