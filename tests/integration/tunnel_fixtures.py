@@ -8,6 +8,12 @@ the host lets a namespace reach only Traefik's Dask port and lets nothing on
 the host open a connection into a namespace. Namespaces have no default
 route, so they cannot reach each other either.
 
+Sites (``Network.add_site``): a site's nodes share a LAN (a bridge in the
+site's router namespace) and reach each other there; the router's uplink
+to the host carries everything that leaves the site (its byte counters are
+the relay's share), routes only to Traefik's address, and nothing on the
+host opens a connection into the site. Two sites cannot reach each other.
+
 Import explicitly: ``from tunnel_fixtures import facility_fixture  # noqa: F401``
 (the fixture is named ``facility``).
 """
@@ -191,9 +197,41 @@ class Node:
     veth_host: str
     host_ip: str
     ns_ip: str
+    site: Site | None = None
 
     def cmd(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns, *argv]
+
+    def refuse_site_peers(self) -> None:
+        """A node behind its own firewall: connections from the rest of its
+        site are dropped silently (a direct attempt times out); its own
+        outbound connections and their replies pass."""
+        assert self.site is not None
+        rules = f"""
+table inet gridhub_node_fw {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    ip saddr {self.site.lan} ct state new drop
+  }}
+}}
+"""
+        subprocess.run(self.cmd("nft", "-f", "-"), input=rules.encode(), check=True)
+
+
+@dataclass
+class Site:
+    """A grid site: a LAN behind a router namespace with one uplink."""
+
+    name: str  # the DIRAC site name its jobs see (DIRACSITE)
+    router: str  # the router's namespace
+    uplink: str  # host side of the router's uplink veth
+    lan: str  # the site network, e.g. 10.30.200.0/24
+    gateway_ip: str  # the router's address on the LAN
+
+    def uplink_bytes(self) -> int:
+        """Bytes both ways on the uplink: every byte relayed for the site."""
+        stats = Path("/sys/class/net") / self.uplink / "statistics"
+        return sum(int((stats / f).read_text()) for f in ("rx_bytes", "tx_bytes"))
 
 
 @dataclass
@@ -203,6 +241,7 @@ class Network:
     dask_port: int
     tag: str = field(default_factory=lambda: secrets.token_hex(2))
     nodes: list[Node] = field(default_factory=list)
+    sites: list[Site] = field(default_factory=list)
     _subnet: int = field(default_factory=lambda: secrets.randbelow(200) + 20)
 
     @property
@@ -250,10 +289,44 @@ table inet {self.table} {{
         ):
             subprocess.run(argv, check=True, capture_output=True)
 
-    def add_node(self) -> Node:
+    def add_site(self, name: str) -> Site:
+        """A site: router namespace with a LAN bridge and an uplink to the
+        host (routes: the site -> Traefik's address; the host -> the LAN)."""
+        k = len(self.sites)
+        if k >= 3:
+            raise RuntimeError("too many test sites")
+        p = self.prefix
+        router, uplink = f"{p}r{k}", f"{p}hs{k}"  # {p}h*: the host's rules apply
+        up = ipaddress.ip_network(f"10.{self._subnet}.{100 + k}.0/30")
+        host_ip, router_ip = (str(a) for a in list(up.hosts())[:2])
+        lan = f"10.{self._subnet}.{200 + k}.0/24"
+        site = Site(name, router, uplink, lan, f"10.{self._subnet}.{200 + k}.1")
+        self.sites.append(site)
+        for argv in (
+            ["ip", "netns", "add", router],
+            ["ip", "link", "add", uplink, "type", "veth", "peer", "name", f"{p}u{k}"],
+            ["ip", "link", "set", f"{p}u{k}", "netns", router],
+            ["ip", "addr", "add", f"{host_ip}/30", "dev", uplink],
+            ["ip", "link", "set", uplink, "up"],
+            ["ip", "-n", router, "addr", "add", f"{router_ip}/30", "dev", f"{p}u{k}"],
+            ["ip", "-n", router, "link", "set", f"{p}u{k}", "up"],
+            ["ip", "-n", router, "link", "set", "lo", "up"],
+            ["ip", "-n", router, "link", "add", "lan", "type", "bridge"],
+            ["ip", "-n", router, "addr", "add", f"{site.gateway_ip}/24", "dev", "lan"],
+            ["ip", "-n", router, "link", "set", "lan", "up"],
+            ["ip", "-n", router, "route", "add", f"{self.public_ip}/32", "via", host_ip],
+            ["ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            ["ip", "route", "add", lan, "via", router_ip],
+        ):
+            subprocess.run(argv, check=True, capture_output=True)
+        return site
+
+    def add_node(self, site: Site | None = None) -> Node:
         i = len(self.nodes)
         if i >= 8:
             raise RuntimeError("too many test namespaces")
+        if site is not None:
+            return self._add_site_node(i, site)
         ns = f"{self.prefix}n{i}"
         vh, vn = f"{self.prefix}h{i}", f"{self.prefix}p{i}"
         net = ipaddress.ip_network(f"10.{self._subnet}.{i}.0/30")
@@ -274,6 +347,26 @@ table inet {self.table} {{
             subprocess.run(argv, check=True, capture_output=True)
         return node
 
+    def _add_site_node(self, i: int, site: Site) -> Node:
+        """A node whose one interface is on ``site``'s LAN."""
+        ns, port = f"{self.prefix}n{i}", f"{self.prefix}l{i}"
+        ns_ip = f"{site.gateway_ip.rsplit('.', 1)[0]}.{10 + i}"
+        node = Node(ns, "", site.gateway_ip, ns_ip, site)
+        self.nodes.append(node)
+        for argv in (
+            ["ip", "netns", "add", ns],
+            ["ip", "link", "add", port, "type", "veth", "peer", "name", f"{self.prefix}p{i}"],
+            ["ip", "link", "set", f"{self.prefix}p{i}", "netns", ns],
+            ["ip", "link", "set", port, "netns", site.router],
+            ["ip", "-n", site.router, "link", "set", port, "master", "lan", "up"],
+            ["ip", "-n", ns, "addr", "add", f"{ns_ip}/24", "dev", f"{self.prefix}p{i}"],
+            ["ip", "-n", ns, "link", "set", f"{self.prefix}p{i}", "up"],
+            ["ip", "-n", ns, "link", "set", "lo", "up"],
+            ["ip", "-n", ns, "route", "add", f"{self.public_ip}/32", "via", site.gateway_ip],
+        ):
+            subprocess.run(argv, check=True, capture_output=True)
+        return node
+
     def teardown(self) -> None:
         for node in self.nodes:
             r = subprocess.run(["ip", "netns", "pids", node.ns], capture_output=True, text=True)
@@ -281,8 +374,14 @@ table inet {self.table} {{
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", node.ns], capture_output=True)
-            subprocess.run(["ip", "link", "del", node.veth_host], capture_output=True)
+            if node.veth_host:
+                subprocess.run(["ip", "link", "del", node.veth_host], capture_output=True)
         self.nodes.clear()
+        for site in self.sites:
+            subprocess.run(["ip", "route", "del", site.lan], capture_output=True)
+            subprocess.run(["ip", "netns", "del", site.router], capture_output=True)
+            subprocess.run(["ip", "link", "del", site.uplink], capture_output=True)
+        self.sites.clear()
         subprocess.run(["ip", "link", "del", f"{self.prefix}d"], capture_output=True)
         subprocess.run(["nft", "delete", "table", "inet", self.table], capture_output=True)
 
@@ -340,14 +439,18 @@ class Facility:
         gridhub_args: tuple[str, ...] = (),
         client: str | None = None,
         host_key: str | None = None,
+        site: Site | None = None,
+        env: dict[str, str] | None = None,
     ) -> Proc:
         """A gridhub-worker in its own namespace, as a DIRAC job runs it.
 
         ``client``: ``GRIDHUB_TUNNEL_CLIENT`` (None: the environment's);
         with ``openssh`` the tunnel server's host key is pinned
-        (``host_key`` overrides it)."""
+        (``host_key`` overrides it). ``site``: the node is on that site's
+        LAN and the job sees its name as DIRACSITE. ``env``: more job
+        environment."""
         assert self.network is not None
-        node = self.network.add_node()
+        node = self.network.add_node(site)
         creds = self.creds[cluster]
         keyc = self.creds[key_of or cluster]
         env = {
@@ -361,6 +464,8 @@ class Facility:
             "GRIDHUB_FACILITY_CA": str(self.facility_crt),
             "GRIDHUB_WORKER_NAME": name,
             "GRIDHUB_REVERSE_PATH": "1" if reverse else "0",
+            **({"DIRACSITE": site.name} if site else {}),
+            **(env or {}),
         }
         if client is not None:
             env["GRIDHUB_TUNNEL_CLIENT"] = client

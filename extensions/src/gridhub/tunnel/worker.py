@@ -23,8 +23,10 @@ Usage (what the DIRAC backend puts in the job)::
    SSH route, or a site passing only TLS), it falls back to ``asyncssh``;
 3. asks for the remote forward ``<cluster>-<worker>`` -> 127.0.0.1:P;
 4. runs ``dask worker`` with ``--listen-address tls://127.0.0.1:P
-   --contact-address gateway://<traefik>:8786/<cluster>-<worker>`` plus the
-   given arguments.
+   --contact-address gateway://<traefik>:8786/<cluster>-<worker>
+   --preload gridhub.tunnel.direct_peers`` plus the given arguments (the
+   preload lets workers of one site talk directly, see
+   :mod:`gridhub.tunnel.direct_peers`).
 
 If the tunnel drops, the worker is stopped (Dask reschedules its tasks); if
 the worker exits, the tunnel is closed and gridhub-worker exits with the
@@ -75,6 +77,7 @@ CLIENTS = ("auto", "openssh", "asyncssh")
 #: What may go wrong while opening the path (either client).
 OPEN_ERRORS = (OSError, asyncssh.Error, TimeoutError, ssl.SSLError, OpenSSHError, ValueError)
 DEFAULT_DASK_WORKER = [sys.executable, "-m", "distributed.cli.dask_worker"]
+DIRECT_PEERS_PRELOAD = "gridhub.tunnel.direct_peers"
 SSH_OPTIONS: dict[str, Any] = {
     # Bulk Dask transfers go through the channel: large windows, no zlib,
     # AES-GCM (hardware-accelerated through cryptography/OpenSSL).
@@ -303,6 +306,8 @@ def worker_command(ns: argparse.Namespace, port: int | None, route: str | None) 
         # The nanny would need a reverse path of its own: one process per job.
         if "--nanny" not in args and "--no-nanny" not in args:
             args.append("--no-nanny")
+        # Workers of one site also talk directly (off per site by the deployer).
+        args += ["--preload", DIRECT_PEERS_PRELOAD]
     # The protocol would otherwise follow the scheduler address (gateway://),
     # which can only dial, not listen.
     scheduler = _first_positional(args) or ""
