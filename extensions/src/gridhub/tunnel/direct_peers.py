@@ -204,18 +204,41 @@ def _log_to_worker_stream() -> None:
     log.setLevel(logging.INFO)
 
 
+def _timeout(value: str) -> float:
+    try:
+        t = float(value) if value else DEFAULT_TIMEOUT
+    except ValueError:
+        t = -1
+    if t <= 0:
+        log.warning(
+            "%s=%r is not a number of seconds > 0; using %g", TIMEOUT_ENV, value, DEFAULT_TIMEOUT
+        )
+        return DEFAULT_TIMEOUT
+    return t
+
+
+async def _listen_on_site_network(worker: Any) -> str:
+    """A second listener (same handlers, cluster TLS) on the local address
+    of the route to the facility: the site LAN of a NATed worker node."""
+    facility = gateway_comm.parse_gateway_address(worker.scheduler.address)[0]
+    ip = get_ip(ensure_ip(facility))
+    await worker.listen(f"tls://{ip}:0", **worker.security.get_listen_args("worker"))
+    return worker.listeners[-1].contact_address
+
+
 async def dask_setup(worker: Any) -> None:
     global _peers, _off
     _log_to_worker_stream()
     site = os.environ.get(SITE_ENV, "")
     off = off_reason(site, os.environ.get(OFF_ENV, ""))
-    timeout = float(os.environ.get(TIMEOUT_ENV) or DEFAULT_TIMEOUT)
+    timeout = _timeout(os.environ.get(TIMEOUT_ENV, ""))
     address = None
     if off is None:
-        facility = gateway_comm.parse_gateway_address(worker.scheduler.address)[0]
-        ip = get_ip(ensure_ip(facility))
-        await worker.listen(f"tls://{ip}:0", **worker.security.get_listen_args("worker"))
-        address = worker.listeners[-1].contact_address
+        try:
+            address = await _listen_on_site_network(worker)
+        except OSError as e:  # the worker must run anyway, on its reverse path
+            off = f"cannot listen on the site network: {e}"
+    if off is None:
         log.info("direct peers: on at site %s, listening on %s", site, address)
     else:
         log.info("direct peers: off (%s); every peer through the relay", off)
