@@ -4,7 +4,8 @@ with direct peers switched off, they use the relay (issue 19).
 Each site is a LAN of network namespaces behind a router namespace whose
 uplink to the host is the only way out (tunnel_fixtures.Network.add_site):
 bytes on that uplink are bytes the relay carried for the site. At most two
-sites and four workers per test (6 namespaces).
+sites and four workers per test (6 namespaces). The last test takes the
+deployed path (gateway, DIRAC jobs, the stand-in site) without namespaces.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import numpy as np
 import pytest
 from distributed import wait
+from gateway_fixtures import final_jobs
 from gridhub.tunnel.direct_peers import summary
 from tunnel_fixtures import Facility, facility_fixture  # noqa: F401
 
@@ -168,3 +170,25 @@ def test_direct_peers_off_for_a_site_use_the_relay(facility: Facility):
         for addrs in client.run(listening).values():
             assert len(addrs) == 1 and addrs[0].startswith("tls://127.0.0.1:"), addrs
     assert f"direct peers: off (switched off for {ALPHA}" in a1.text()
+
+
+def test_dirac_job_workers_of_one_site_transfer_directly(dirac_facility):
+    """The deployed path: the gateway submits DIRAC jobs, the stand-in site
+    runs them with DIRACSITE, gridhub-worker preloads direct peers. Both
+    jobs run at the one stand-in site (on this host), so one worker fetches
+    from the other directly; the scheduler still knows only reverse paths."""
+    with dirac_facility.client("peers") as gateway:
+        cluster = gateway.new_cluster()
+        try:
+            cluster.scale(2)
+            client = cluster.get_client()
+            a, b = sorted(_workers(client, 2).values())
+            assert _transfer(client, a, b, 5) == 5 * MB
+            s = _summary(client, b)
+            assert s["site"] and s["address"], s
+            peer = s["peers"][_route(a)]
+            assert peer["path"] == "direct" and peer["why"] == f"same site {s['site']}", peer
+            client.close()
+        finally:
+            cluster.shutdown()
+    final_jobs(dirac_facility.diracx, cluster.name, dirac_facility.logs, timeout=120)
