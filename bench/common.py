@@ -393,9 +393,12 @@ def bare_hub(workdir: Path, python: str, name: str) -> HttpsHub:
 
 
 def _user_cookies(client: httpx.Client, name: str) -> dict[str, str]:
-    """The cookies a browser sends to /user/<name>/ (the hub's _xsrf is at /hub/)."""
-    prefix = f"/user/{name}"
-    return {c.name: c.value for c in client.cookies.jar if c.path.startswith(prefix)}
+    """The cookies a browser sends to /user/<name>/ (the hub's _xsrf is at /hub/; the
+    session id at /, which the server's token cache is keyed by)."""
+    path = f"/user/{name}/"
+    return {
+        c.name: c.value for c in client.cookies.jar if path.startswith(c.path.rstrip("/") + "/")
+    }
 
 
 def _wait_spawn(client: httpx.Client, page: httpx.Response, deadline: float) -> None:
@@ -505,14 +508,30 @@ def student(
     optionally run a cell. Seconds since the login POST at each step, or the error."""
     t0 = time.monotonic()
     deadline = t0 + timeout
-    out: dict = {"user": name}
+    out: dict = {"user": name, "requests": []}
+    sent: dict[int, float] = {}
+
+    def on_response(r: httpx.Response) -> None:
+        # each request as (method, path with the user's name as X, seconds to its headers)
+        path = re.sub(r"/user/[^/]+", "/user/X", r.request.url.path)
+        took = time.monotonic() - sent.pop(id(r.request), t0)
+        out["requests"].append((r.request.method, path, round(took, 3)))
+
+    hooks = {
+        "request": [lambda req: sent.__setitem__(id(req), time.monotonic())],
+        "response": [on_response],
+    }
     try:
-        with httpx.Client(base_url=hub.public_url, timeout=60, follow_redirects=True) as c:
+        with httpx.Client(
+            base_url=hub.public_url, timeout=60, follow_redirects=True, event_hooks=hooks
+        ) as c:
             r = login_form(c, name, CODE)
             if r.status_code != 302:
                 raise RuntimeError(f"login answered {r.status_code}")
             out["login"] = time.monotonic() - t0
-            page = c.get("/hub/spawn")  # the hub waits a few s, then spawn-pending
+            # where the login sends the browser: a running (seat's) server, else
+            # /hub/spawn, which waits a few s, then shows spawn-pending
+            page = c.get(r.headers["location"])
             page.raise_for_status()
             if "/spawn-pending/" in page.url.path:
                 _wait_spawn(c, page, deadline)

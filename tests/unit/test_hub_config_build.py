@@ -329,3 +329,19 @@ def test_local_cluster_dashboards_go_through_the_users_server(tmp_path, monkeypa
     finally:
         monkeypatch.delenv("DASK_DISTRIBUTED__DASHBOARD__LINK")
         dask.config.refresh()
+
+
+def test_hub_database_commits_do_not_wait_for_the_disk(tmp_path):
+    """WAL, synced at checkpoints (gridhub.hub.config.sqlite_without_sync_per_commit):
+    JupyterHub's own session factory, as the hub makes it from the config."""
+    from jupyterhub.orm import new_session_factory
+
+    c = build({}, tmp_path)
+    (tmp_path / "state").mkdir(exist_ok=True)
+    db = new_session_factory(c.JupyterHub.db_url)()
+    try:
+        mode = db.connection().exec_driver_sql("PRAGMA journal_mode").scalar()
+        sync = db.connection().exec_driver_sql("PRAGMA synchronous").scalar()
+    finally:
+        db.close()
+    assert (mode, sync) == ("wal", 1)  # 1: NORMAL (2: FULL, the default)

@@ -47,6 +47,31 @@ def apply_defaults(c) -> None:
     c.Authenticator.enable_auth_state = False
 
 
+def _sqlite_pragmas(connection, _record) -> None:
+    import sqlite3
+
+    if isinstance(connection, sqlite3.Connection):
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def sqlite_without_sync_per_commit() -> None:
+    """The hub's SQLite database in WAL mode, synced at checkpoints, not at every commit.
+
+    JupyterHub commits several times per login and OAuth handshake, in its one event
+    loop; in SQLite's default mode each commit waits for the disk (fsyncs of a journal
+    and of the database), which on a busy host held every other student's request up.
+    WAL with synchronous=NORMAL keeps the database consistent after any crash; a crash
+    of the host (not of the hub) may lose the last commits before it. JupyterHub takes
+    no such setting (db_kwargs reach create_engine, not the connections), so this is a
+    SQLAlchemy connect listener, for the hub process's SQLite connections only."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not event.contains(Engine, "connect", _sqlite_pragmas):
+        event.listen(Engine, "connect", _sqlite_pragmas)
+
+
 def _hub_port(url: str) -> int:
     return urlsplit(url).port or 8081
 
@@ -59,6 +84,7 @@ def apply_settings(c, s: Settings, sec: HubSecrets, config_dir: Path) -> None:
     if s.hub_connect_host:
         c.JupyterHub.hub_connect_url = f"http://{s.hub_connect_host}:{_hub_port(s.hub_bind_url)}"
     c.JupyterHub.db_url = f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    sqlite_without_sync_per_commit()
     c.JupyterHub.cookie_secret = bytes.fromhex(sec.cookie_secret)
     c.CryptKeeper.keys = [sec.crypt_key.encode()]
     c.JupyterHub.template_paths = [str(config_dir / "templates")]

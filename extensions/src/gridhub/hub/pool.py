@@ -25,47 +25,72 @@ from .students import SEAT_PREFIX, read_students, seat_name
 log = logging.getLogger("gridhub.pool")
 
 
-def refill_once(
-    api: httpx.Client, students_file: str, size: int, concurrency: int, class_size: int = 0
-) -> int:
-    """Start servers so that ``size`` untaken seats run or start (no more than the
-    ``class_size`` less the students who joined, when set); at most ``concurrency``
-    starting at once. Returns how many it started."""
-    students = read_students(students_file)
-    taken = {entry["user"] for entry in students.values()}
-    if class_size:
-        size = min(size, max(0, class_size - len(students)))
-    users = {}
-    r = api.get("/users", params={"name_filter": SEAT_PREFIX, "limit": 1000})
-    r.raise_for_status()
-    for u in r.json():  # with their running or starting servers
-        if u["name"].startswith(SEAT_PREFIX):
-            users[u["name"]] = u
-    pending = sum(1 for u in users.values() if (u["servers"].get("") or {}).get("pending"))
-    free = [n for n, u in users.items() if n not in taken and u["servers"].get("")]
-    stopped = sorted(n for n, u in users.items() if n not in taken and not u["servers"].get(""))
-    want = min(size - len(free), concurrency - pending)
-    names: list[str] = []
-    i = len(users)
-    while len(names) < want:
-        if stopped:
-            names.append(stopped.pop(0))
-            continue
-        i += 1
-        if seat_name(i) not in users:
-            api.post(f"/users/{seat_name(i)}").raise_for_status()
-            names.append(seat_name(i))
+class Pool:
+    """Keeps ``size`` untaken seats running or starting (no more than the ``class_size``
+    less the students who joined, when set); at most ``concurrency`` starting at once.
 
-    def start(name: str) -> bool:
+    Listing the seats costs the hub a user model each, in its one event loop, which the
+    class's logins need. Between listings seats only go from free to taken, so while
+    enough of the seats seen with a server last time are still free (the students file
+    says which are taken) a round asks the hub nothing; it lists again every
+    ``recheck`` seconds all the same (a seat's server may have stopped)."""
+
+    def __init__(
+        self,
+        api: httpx.Client,
+        students_file: str,
+        size: int,
+        concurrency: int,
+        class_size: int = 0,
+        recheck: float = 60.0,
+    ):
+        self.api, self.students_file = api, students_file
+        self.size, self.concurrency, self.class_size = size, concurrency, class_size
+        self.recheck = recheck
+        self._seen: set[str] = set()  # seats with a server at the last listing
+        self._listed = float("-inf")
+
+    def refill(self) -> int:
+        """One round; returns how many servers it started."""
+        students = read_students(self.students_file)
+        taken = {entry["user"] for entry in students.values()}
+        size = self.size
+        if self.class_size:
+            size = min(size, max(0, self.class_size - len(students)))
+        if len(self._seen - taken) >= size and time.monotonic() - self._listed < self.recheck:
+            return 0
+        r = self.api.get("/users", params={"name_filter": SEAT_PREFIX, "limit": 1000})
+        r.raise_for_status()
+        self._listed = time.monotonic()
+        # with their running or starting servers
+        users = {u["name"]: u for u in r.json() if u["name"].startswith(SEAT_PREFIX)}
+        self._seen = {n for n, u in users.items() if u["servers"].get("")}
+        pending = sum(1 for u in users.values() if (u["servers"].get("") or {}).get("pending"))
+        free = [n for n in self._seen if n not in taken]
+        stopped = sorted(n for n in users if n not in taken and n not in self._seen)
+        want = min(size - len(free), self.concurrency - pending)
+        names: list[str] = []
+        i = len(users)
+        while len(names) < want:
+            if stopped:
+                names.append(stopped.pop(0))
+                continue
+            i += 1
+            if seat_name(i) not in users:
+                self.api.post(f"/users/{seat_name(i)}").raise_for_status()
+                names.append(seat_name(i))
+        with ThreadPoolExecutor(max(1, len(names))) as pool:
+            started = [n for n, ok in zip(names, pool.map(self._start, names), strict=True) if ok]
+        self._seen.update(started)
+        return len(started)
+
+    def _start(self, name: str) -> bool:
         # the hub answers when the server is up or after its slow_spawn_timeout (10 s):
         # in parallel, so the batch starts together
-        r = api.post(f"/users/{name}/server")
+        r = self.api.post(f"/users/{name}/server")
         if r.status_code not in (201, 202):
             log.warning("starting %s: %s %s", name, r.status_code, r.text[:200])
         return r.status_code in (201, 202)
-
-    with ThreadPoolExecutor(max(1, len(names))) as pool:
-        return sum(pool.map(start, names))
 
 
 def main() -> None:
@@ -83,10 +108,15 @@ def main() -> None:
         headers={"Authorization": f"token {os.environ['JUPYTERHUB_API_TOKEN']}"},
         timeout=30,
     )
+    pool = Pool(api, args.students_file, args.size, args.concurrency, args.class_size)
+    try:  # the hub compiles its login page's templates now, not when the class arrives
+        httpx.get(str(api.base_url.join("../login")), timeout=30)  # (as a browser: no token)
+    except httpx.HTTPError:
+        pass
     hub = os.getppid()
     while os.getppid() == hub:  # the hub died without stopping us (SIGKILL): stop too
         try:
-            n = refill_once(api, args.students_file, args.size, args.concurrency, args.class_size)
+            n = pool.refill()
             if n:
                 log.info("started %d seat server(s)", n)
         except httpx.HTTPError as exc:  # the hub restarting: try again next round

@@ -28,10 +28,17 @@ adds three things on top of the library's shared-code check:
 
 With a warm pool, a new student is seated on a free running seat (``seat-NN``), as
 before (gridhub.hub.pool); the students file maps names to hub users in both cases.
+
+A class logs in within the same minute, and every login passes through the hub's one
+event loop: a login decides on the students map the hub keeps in memory (``Roster``)
+and the seats the hub already has in memory, without a database query or a disk write
+in the loop; the file is written by a thread, one write for all the logins that came
+meanwhile.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -88,6 +95,97 @@ def locked_students(path: str | Path):
         os.close(fd)  # (releases the lock)
 
 
+def _signature(path: str | Path) -> tuple[int, int, int] | None:
+    """What changes whenever the file is replaced (each write makes a new inode)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class Roster:
+    """The students file as the hub keeps it: read again only when it changed on disk
+    (the teacher's view writes it too), changed in memory at once, written by a thread.
+
+    A login checks and takes a name (and a seat) in memory with no await in between, so
+    two logins cannot interleave there. ``saved()`` returns once the changes made so far
+    are in the file; changes made while a write runs go in the next one, so a class
+    logging in together shares a few writes (each synced, under the file's lock) rather
+    than queueing fifty in the hub's event loop. A failed write loses every change not yet
+    written (their logins fail) and the file is read again."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        self._map: dict[str, dict] = {}
+        self._sig: object = ()  # never a file's: the first look reads it
+        self._pending: dict[str, dict | None] = {}  # name -> entry, or None: removed
+        self._changes = self._written = 0
+        self._writing: asyncio.Future | None = None
+
+    def students(self) -> dict[str, dict]:
+        """{name: entry} now (read-only: change it with put and drop)."""
+        sig = _signature(self.path)
+        if sig != self._sig:
+            self._map = self._apply(read_students(self.path), self._pending)
+            self._sig = sig
+        return self._map
+
+    def put(self, name: str, entry: dict) -> None:
+        self._change(name, entry)
+
+    def drop(self, name: str) -> None:
+        self._change(name, None)
+
+    def _change(self, name: str, entry: dict | None) -> None:
+        self.students()  # (a change on disk first)
+        self._pending[name] = entry
+        self._apply(self._map, {name: entry})
+        self._changes += 1
+
+    @staticmethod
+    def _apply(students: dict, changes: dict) -> dict:
+        for name, entry in changes.items():
+            if entry is None:
+                students.pop(name, None)
+            else:
+                students[name] = entry
+        return students
+
+    async def saved(self) -> None:
+        target = self._changes
+        while self._written < target:
+            if self._writing is None:
+                self._writing = asyncio.ensure_future(self._write_pending())
+            await asyncio.shield(self._writing)  # (a cancelled login: the write goes on)
+
+    async def _write_pending(self) -> None:
+        upto, pending, self._pending = self._changes, self._pending, {}
+        try:
+            students, sig = await asyncio.to_thread(self._write, pending)
+        except BaseException:
+            # what the waiting logins took is not on disk: they fail, and so do those
+            # whose changes wait for the next write; the file is read again
+            self._pending, self._sig, self._written = {}, (), self._changes
+            raise
+        finally:
+            self._writing = None
+        self._map = self._apply(students, self._pending)  # (made during the write)
+        self._sig, self._written = sig, upto
+
+    def _write(self, changes: dict) -> tuple[dict, object]:
+        """The file's entries with ``changes`` applied, written under the lock; and the
+        written file's signature (taken under the lock: nobody wrote in between)."""
+        fd = os.open(f"{self.path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            students = self._apply(read_students(self.path), changes)
+            write_students(self.path, students)
+            return students, _signature(self.path)
+        finally:
+            os.close(fd)  # (releases the lock)
+
+
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -135,12 +233,19 @@ class MasterclassAuthenticator(SharedPasswordAuthenticator):
     class_group = Unicode("class", config=True, help="Group of everyone who logged in.")
 
     _failures: FailedLogins | None = None
+    _roster: Roster | None = None
 
     @property
     def failures(self) -> FailedLogins:
         if self._failures is None:
             self._failures = FailedLogins(self.failed_login_limit, self.failed_login_window)
         return self._failures
+
+    @property
+    def roster(self) -> Roster:
+        if self._roster is None:
+            self._roster = Roster(self.students_file)
+        return self._roster
 
     async def authenticate(self, handler, data):
         address = handler.request.remote_ip or "unknown"
@@ -156,7 +261,9 @@ class MasterclassAuthenticator(SharedPasswordAuthenticator):
             return None
         if model.get("admin"):
             return {**model, "groups": [self.class_group]}
-        return {**self.seat_student(handler, model, address), "groups": [self.class_group]}
+        model = self.seat_student(handler, model, address)
+        await self.roster.saved()  # the name (and its key) on disk before the cookie goes
+        return {**model, "groups": [self.class_group]}
 
     def seat_student(self, handler, model: dict, address: str) -> dict:
         """The hub user for the student ``model["name"]``; raises 403 for a taken name
@@ -170,14 +277,11 @@ class MasterclassAuthenticator(SharedPasswordAuthenticator):
                 "A name has 1 to 32 characters: lower-case letters, digits, '.', '_', '-'"
                 " (starting with a letter or digit).",
             )
-        with locked_students(self.students_file) as students:
-            return self._seat(handler, model, address, student, students)
-
-    def _seat(self, handler, model: dict, address: str, student: str, students: dict) -> dict:
+        students = self.roster.students()
         entry = students.get(student)
         if entry is not None and handler.find_user(entry["user"]) is None:
             entry = None  # its hub user was deleted (by the teacher): the name is free
-            del students[student]
+            self.roster.drop(student)
         cookie = COOKIE_PREFIX + student
         if entry is None:
             if len(students) >= self.class_size:
@@ -192,10 +296,10 @@ class MasterclassAuthenticator(SharedPasswordAuthenticator):
                 user = self._free_seat(handler, {e["user"] for e in students.values()})
                 if user is not None:
                     # a seat may have waited longer than the idle-culler's timeout: its
-                    # idle time starts now (its server reports activity only every 5 min)
-                    spawner = handler.find_user(user).spawner.orm_spawner
-                    spawner.last_activity = utcnow(with_tz=False)
-                    handler.db.commit()
+                    # idle time starts now (its server reports activity only every 5
+                    # min; JupyterHub commits it with the login)
+                    user.spawner.orm_spawner.last_activity = utcnow(with_tz=False)
+                    user = user.name
             if user is None:
                 # the hub user now, not after we return: the entry never names a user
                 # that does not exist (which would read as "deleted, name free")
@@ -218,17 +322,19 @@ class MasterclassAuthenticator(SharedPasswordAuthenticator):
             )
             return {**model, "name": entry["user"]}
         key = secrets.token_urlsafe(32)
-        entry["key"] = _digest(key)
-        students[student] = entry  # (written back by locked_students)
+        self.roster.put(student, {**entry, "key": _digest(key)})
         handler._set_cookie(
             cookie, key, encrypted=True, path=handler.hub.base_url, expires_days=COOKIE_DAYS
         )
         return {**model, "name": entry["user"]}
 
-    def _free_seat(self, handler, taken: set[str]) -> str | None:
-        i = 1
-        while (user := handler.find_user(seat_name(i))) is not None:
-            if user.name not in taken and user.spawner.ready:
-                return user.name
-            i += 1
-        return None
+    @staticmethod
+    def _free_seat(handler, taken: set[str]):
+        """The lowest-numbered seat with a ready server no student has, or None: from
+        the users the hub holds in memory (every user with a server), no database."""
+        free = [
+            u
+            for u in list(handler.users.values())
+            if u.name.startswith(SEAT_PREFIX) and u.name not in taken and u.spawner.ready
+        ]
+        return min(free, key=lambda u: (len(u.name), u.name), default=None)
