@@ -207,7 +207,26 @@ def main() -> None:
         ["step (s after login POST)", "n", "p50", "p95", "max"],
         [[k, v["n"], v["p50"], v["p95"], v["max"]] for k, v in steps.items()],
     )
+    # where a student's time goes: each kind of request, seconds to its response's headers
+    kinds: dict[tuple[str, str], list[float]] = {}
+    for s in students:
+        for method, path, took in s.get("requests", []):
+            kinds.setdefault((method, path), []).append(took)
+    requests = {f"{m} {p}": common.summary(v) for (m, p), v in kinds.items()}
+    common.print_table(
+        "requests of the students (seconds to the response)",
+        ["request", "n", "p50", "p95", "max"],
+        [
+            [k, v["n"], v["p50"], v["p95"], v["max"]]
+            for k, v in sorted(requests.items(), key=lambda kv: -kv[1]["p50"] * kv[1]["n"])
+        ],
+    )
     common.print_resources_and_failures(resources, failures)
+    each = {g: r["cpu_seconds"] / args.users for g, r in resources.items()}
+    print(
+        f"CPU-seconds per student after login: servers+kernels {each['servers+kernels']:.2f},"
+        f" hub {each['hub']:.3f}, Traefik {each['traefik']:.3f}"
+    )
     print(f"load average before {load_before}, at the end {load_during}")
     common.write_result(
         "masterclass_load",
@@ -225,6 +244,8 @@ def main() -> None:
             "server_cpu_seconds_each": round(
                 resources["servers+kernels"]["cpu_seconds"] / args.users, 2
             ),
+            "hub_cpu_seconds_each": round(resources["hub"]["cpu_seconds"] / args.users, 3),
+            "requests": requests,
             "load_average": {"before": load_before, "end": load_during},
             "machine": common.machine(),
             "versions": common.versions(
