@@ -134,3 +134,30 @@ def test_the_free_seat_is_the_lowest_numbered_ready_untaken_one():
     assert free(handler, {"seat-02", "seat-03"}).name == "seat-11"
     assert free(handler, {"seat-02", "seat-03", "seat-11"}).name == "seat-100"
     assert free(handler, {"seat-02", "seat-03", "seat-11", "seat-100"}) is None
+
+
+async def test_a_teachers_write_during_the_hubs_write_hides_no_login(tmp_path, monkeypatch):
+    """The file changes on disk while the hub's write waits for the lock: the names
+    being written are still taken in memory (a second 'alice' is not new)."""
+    path = tmp_path / "students.json"
+    roster = Roster(path)
+    roster.put("bob", {"user": "seat-02", "key": "k2"})
+    await roster.saved()
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the teacher's view, writing
+    roster.put("alice", {"user": "seat-01", "key": "k1"})
+    saving = asyncio.ensure_future(roster.saved())
+    try:
+        await asyncio.sleep(0.05)  # the hub's write now waits for the lock
+        data = on_disk(path)
+        data["bob"]["key"] = None
+        mod.write_students(path, data)
+        assert roster.students().get("alice") == {"user": "seat-01", "key": "k1"}
+        assert roster.students()["bob"]["key"] is None
+    finally:
+        os.close(fd)  # (releases the lock: the write's thread ends)
+    await asyncio.wait_for(saving, 10)
+    assert on_disk(path) == {
+        "alice": {"user": "seat-01", "key": "k1"},
+        "bob": {"user": "seat-02", "key": None},
+    }

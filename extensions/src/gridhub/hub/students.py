@@ -120,6 +120,7 @@ class Roster:
         self._map: dict[str, dict] = {}
         self._sig: object = ()  # never a file's: the first look reads it
         self._pending: dict[str, dict | None] = {}  # name -> entry, or None: removed
+        self._inflight: dict[str, dict | None] = {}  # the changes being written now
         self._changes = self._written = 0
         self._writing: asyncio.Future | None = None
 
@@ -127,7 +128,8 @@ class Roster:
         """{name: entry} now (read-only: change it with put and drop)."""
         sig = _signature(self.path)
         if sig != self._sig:
-            self._map = self._apply(read_students(self.path), self._pending)
+            on_disk = read_students(self.path)
+            self._map = self._apply(self._apply(on_disk, self._inflight), self._pending)
             self._sig = sig
         return self._map
 
@@ -160,16 +162,16 @@ class Roster:
             await asyncio.shield(self._writing)  # (a cancelled login: the write goes on)
 
     async def _write_pending(self) -> None:
-        upto, pending, self._pending = self._changes, self._pending, {}
+        upto, self._inflight, self._pending = self._changes, self._pending, {}
         try:
-            students, sig = await asyncio.to_thread(self._write, pending)
+            students, sig = await asyncio.to_thread(self._write, self._inflight)
         except BaseException:
             # what the waiting logins took is not on disk: they fail, and so do those
             # whose changes wait for the next write; the file is read again
             self._pending, self._sig, self._written = {}, (), self._changes
             raise
         finally:
-            self._writing = None
+            self._writing, self._inflight = None, {}
         self._map = self._apply(students, self._pending)  # (made during the write)
         self._sig, self._written = sig, upto
 
