@@ -5,7 +5,6 @@ only, and its key must not be able to vouch for any other host (issue 15)."""
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import socket
 import ssl
 import threading
@@ -21,18 +20,10 @@ REPO = Path(__file__).resolve().parents[2]
 NAMES = ["gridhub.example.org", "localhost", "127.0.0.1", "gridhub-tunnel"]
 
 
-def gridhub_init():
-    path = REPO / "images" / "hub" / "shared" / "gridhub_init.py"
-    spec = importlib.util.spec_from_file_location("gridhub_init", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def facility(tmp_path_factory):
+def facility(tmp_path_factory, gridhub_init):
     tls = tmp_path_factory.mktemp("tls")
-    gridhub_init()._self_signed(tls, NAMES)
+    gridhub_init._self_signed(tls, NAMES)
     return tls / "facility.crt", tls / "facility.key"
 
 
@@ -119,8 +110,8 @@ def test_its_key_cannot_vouch_for_any_host(facility, tmp_path, host):
         handshake(fcrt, fkey, crt, host)
 
 
-def test_a_ca_made_by_an_older_gridhub_init_is_replaced_by_a_leaf(tmp_path):
-    init = gridhub_init()
+def test_a_ca_made_by_an_older_gridhub_init_is_replaced_by_a_leaf(tmp_path, gridhub_init):
+    init = gridhub_init
     crt, key = tmp_path / "facility.crt", tmp_path / "facility.key"
     init._self_signed(tmp_path, NAMES)
     leaf = crt.read_bytes()

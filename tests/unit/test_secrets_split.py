@@ -3,20 +3,7 @@ lives in the shared directory; an older shared volume gives the hub's own back."
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from gridhub.hub import secrets
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def gridhub_init():
-    path = REPO / "images" / "hub" / "shared" / "gridhub_init.py"
-    spec = importlib.util.spec_from_file_location("gridhub_init", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_only_shared_secrets_go_to_the_shared_directory(tmp_path, monkeypatch) -> None:
@@ -36,14 +23,16 @@ def test_without_a_shared_directory_everything_stays_in_the_state(tmp_path, monk
     assert (tmp_path / "secrets" / "gateway_api_token").exists()
 
 
-def test_an_old_shared_volume_gives_the_hub_its_secrets_back(tmp_path, monkeypatch) -> None:
+def test_an_old_shared_volume_gives_the_hub_its_secrets_back(
+    tmp_path, monkeypatch, gridhub_init
+) -> None:
     state, shared = tmp_path / "state", tmp_path / "shared"
     shared.mkdir()
     (shared / "cookie_secret").write_text("old-cookie\n")
     (shared / "masterclass_access_code").write_text("abcd-efgh-jkmn\n")
     (shared / "gateway_api_token").write_text("shared-token\n")
     monkeypatch.setenv("FACILITY_SHARED_SECRETS", str(shared))
-    gridhub_init()._take_own_secrets_back(state)
+    gridhub_init._take_own_secrets_back(state)
     # kept (sessions and the class's code survive the upgrade), and moved
     assert secrets.load_or_create(state, "cookie_secret") == "old-cookie"
     assert secrets.load_or_create(state, "masterclass_access_code") == "abcd-efgh-jkmn"
