@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-REPO = Path(__file__).resolve().parents[2]
 NAMES = ["gridhub.example.org", "localhost", "127.0.0.1", "gridhub-tunnel"]
 
 
