@@ -16,7 +16,6 @@ request the module-scoped ``stack``.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import os
 import secrets
 import signal
@@ -24,6 +23,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import gridhub_init_module
 import pytest
 from gateway_fixtures import Facility
 from hub_fixtures import REPO, Hub
@@ -99,15 +99,6 @@ class Acme:
     storage: Path
 
 
-def _gridhub_init():
-    """images/hub/shared/gridhub_init.py, the module the containers run."""
-    path = REPO / "images" / "hub" / "shared" / "gridhub_init.py"
-    spec = importlib.util.spec_from_file_location("gridhub_init", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 class Stack(Facility):
     """Facility (gateway + DiracX + local site) behind the deployed Traefik, plus the hub."""
 
@@ -133,7 +124,7 @@ class Stack(Facility):
         self.dynamic_dir = self.work / "traefik" / "dynamic"
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         # what gridhub-init writes next to the hub's rules.toml
-        (self.dynamic_dir / "headers.yml").write_text(_gridhub_init().HEADERS_YML)
+        (self.dynamic_dir / "headers.yml").write_text(gridhub_init_module.load().HEADERS_YML)
         (self.dynamic_dir / "tls.yml").write_text(
             "tls:\n  stores:\n    default:\n      defaultCertificate:\n"
             f"        certFile: {self.cert}\n        keyFile: {self.key}\n"

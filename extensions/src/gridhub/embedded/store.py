@@ -29,6 +29,7 @@ recorded signatures have expired by then).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -322,40 +323,39 @@ class SandboxStore:
     def replay(self, recording: Path) -> int:
         """Replay moto's recording (JSON lines: method, url, headers, body)
         straight into moto's app: the requests were checked when first made."""
-        from moto.moto_api import recorder
-        from werkzeug.test import Client
-
-        client = Client(self.moto_app)
         n = 0
-        recorder.stop_recording()  # do not record the replay itself
-        try:
-            with recording.open() as fh:
-                for line in fh:
-                    entry = json.loads(line)
-                    body = entry.get("body") or b""
-                    if entry.get("body_encoded"):
-                        body = base64.b64decode(body)
-                    headers = {
-                        k: v
-                        for k, v in (entry.get("headers") or {}).items()
-                        if k.lower() not in ("transfer-encoding", "content-length")
-                    }
-                    client.open(entry["url"], method=entry["method"], headers=headers, data=body)
-                    n += 1
-        finally:
-            recorder.start_recording()
+        with self._direct() as client, recording.open() as fh:
+            for line in fh:
+                entry = json.loads(line)
+                body = entry.get("body") or b""
+                if entry.get("body_encoded"):
+                    body = base64.b64decode(body)
+                headers = {
+                    k: v
+                    for k, v in (entry.get("headers") or {}).items()
+                    if k.lower() not in ("transfer-encoding", "content-length")
+                }
+                client.open(entry["url"], method=entry["method"], headers=headers, data=body)
+                n += 1
         return n
 
     def warm_up(self) -> None:
         """Have moto build its S3 backend now (imports of seconds, minutes on a
         loaded machine), in-process: DiracX's first request, creating its
         bucket at start-up, timed out on it and stopped DiracX."""
+        with self._direct() as client:
+            client.get("/", headers={"Host": f"{self.host}:{self.port}"})
+
+    @contextlib.contextmanager
+    def _direct(self):
+        """A client of moto's app itself (no gate, no network), its requests not
+        recorded: for what the store does to itself."""
         from moto.moto_api import recorder
         from werkzeug.test import Client
 
-        recorder.stop_recording()  # nothing to keep
+        recorder.stop_recording()
         try:
-            Client(self.moto_app).get("/", headers={"Host": f"{self.host}:{self.port}"})
+            yield Client(self.moto_app)
         finally:
             recorder.start_recording()
 
