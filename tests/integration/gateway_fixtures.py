@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import httpx
 import pytest
 from dask_gateway import BasicAuth, Gateway, JupyterHubAuth
 from gridhub.dirac import FINAL_STATES
+from gridhub.refusals import release
 from processes import (
     dask_gateway_server,
     facility_tls,
@@ -35,6 +39,31 @@ from processes import (
 )
 
 PASSWORD = secrets.token_hex(8)
+
+
+class Refusal:
+    value: Exception
+
+
+@contextmanager
+def refused(match: str | None = None) -> Iterator[Refusal]:
+    """pytest.raises for dask-gateway client calls that the gateway refuses:
+    the error is released (gridhub.refusals) so that the failed cluster is
+    freed in the test's thread; pytest.raises would keep its traceback and
+    leave the cycle to the collector, which may run it on the client's IO
+    loop and deadlock it."""
+    got = Refusal()
+    try:
+        yield got
+    except Exception as exc:
+        release(exc)
+        got.value = exc
+    else:
+        raise AssertionError("the call was not refused")
+    if match is not None and not re.search(match, str(got.value)):
+        raise AssertionError(f"refused, but not with {match!r}: {got.value}")
+
+
 PREFIX = "/services/dask-gateway"
 HUB_SERVICE = "dask-gateway"  # the gateway's JupyterHub service name
 

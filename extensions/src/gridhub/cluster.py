@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .refusals import release
+
 #: DIRAC job states before a site took the job, and once it matched it.
 QUEUED = frozenset({"Submitting", "Received", "Checking", "Waiting", "Staging"})
 MATCHED = frozenset({"Matched"})
@@ -127,7 +129,11 @@ def get_cluster(
     gateway = Gateway()
     chosen = _choose(gateway, name)
     created = chosen is None
-    cluster = gateway.new_cluster() if created else gateway.connect(chosen)
+    try:
+        cluster = gateway.new_cluster() if created else gateway.connect(chosen)
+    except Exception as exc:  # e.g. a limit: nothing of it may hang the kernel later
+        release(exc)
+        raise
     if adapt and created:
         cluster.adapt(minimum=1, maximum=workers)
     elif created or len(cluster.scheduler_info.get("workers", {})) < workers:

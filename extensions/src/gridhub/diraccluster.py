@@ -29,6 +29,8 @@ from urllib.parse import urlsplit
 from dask.utils import parse_bytes
 from dask_gateway import GatewayCluster, JupyterHubAuth
 
+from .refusals import release
+
 #: dask-dirac arguments GridHub replaces, and by what
 REPLACED = {
     "user_proxy": "your DIRAC identity is the facility's doing (facility= and token=)",
@@ -102,7 +104,15 @@ class DiracCluster(GatewayCluster):
             if not token:
                 raise ValueError("DiracCluster(facility=...) needs token= (a JupyterHub token)")
             kwargs.update(connection(facility, token))
-        super().__init__(**kwargs, **options)
+        try:
+            super().__init__(**kwargs, **options)
+        except Exception as exc:
+            # the refused cluster's own Gateway: closed here, in the caller's
+            # thread, never by the collector on the IO loop (gridhub.refusals)
+            # (re-raised, the error holds this frame and so this cluster again)
+            release(exc)
+            self.__dict__.pop("gateway", None)
+            raise
 
     def scale(self, n: int | None = None, jobs: int | None = None, **kwargs: Any) -> Any:
         """Scale to ``n`` workers; ``jobs=`` as in dask-jobqueue (one worker per job)."""
