@@ -132,8 +132,12 @@ if ca.exists():  # self-signed: workers get it in the sandbox
 # --- DIRAC ---
 if s.diracx_url:
     b.diracx_url = s.diracx_url
-    if s.diracx_token_file:
+    if s.diracx_token_file:  # the deployer's choice: one robot identity for every user
         b.diracx_token_file = str(s.diracx_token_file)
+    else:  # each user's own DiracX login, handed over by the hub (docs/dirac-backend.md)
+        b.diracx_user_logins = True
+        b.diracx_login_handoff_token = c.JupyterHubAuthenticator.jupyterhub_api_token
+        b.diracx_login_url = f"{s.public_url}/hub/dirac-login"
 else:
     b.diracx_url = os.environ.get("FACILITY_EMBEDDED_DIRACX_URL", "http://dirac:8000")
     b.diracx_embedded_state_dir = os.environ.get("FACILITY_DIRACX_STATE", "/srv/gridhub/dirac")

@@ -16,9 +16,11 @@ from .errors import (
 )
 from .models import FINAL_STATES, JobState
 from .tokens import (
+    DiracXLoginRequired,
     LegacyExchangeToken,
     RefreshingToken,
     TokenSource,
+    UserLoginToken,
     write_credentials,
 )
 
@@ -28,6 +30,7 @@ __all__ = [
     "DiracXError",
     "DiracXForbidden",
     "DiracXJDLRejected",
+    "DiracXLoginRequired",
     "DiracXTokenExpired",
     "DiracXUnreachable",
     "JobState",
@@ -35,6 +38,7 @@ __all__ = [
     "RefreshingToken",
     "SandboxChecksumMismatch",
     "TokenSource",
+    "UserLoginToken",
     "extract_sandbox",
     "make_sandbox",
     "write_credentials",

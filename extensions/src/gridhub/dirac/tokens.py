@@ -10,6 +10,9 @@
   ``DIRACX_LEGACY_EXCHANGE_HASHED_API_KEY``) into access+refresh tokens for a
   user registered in the DIRAC configuration.  This is how the facility gets
   tokens for its own identity without a browser (see ``gridhub.embedded``).
+* ``UserLoginToken``: a user's own DiracX login (the authorization-code flow
+  the hub runs, ``gridhub.dirac.userlogin``), kept in a credentials file that
+  only its holder rewrites.
 
 No token is ever logged or put into an exception message.
 """
@@ -264,18 +267,107 @@ class LegacyExchangeToken(_CachedToken):
         logged (without the token) and the tokens are forgotten anyway."""
         refresh, self._refresh_token = self._refresh_token, None
         self._access, self._expires_at = None, 0.0
-        if not refresh:
-            return
+        if refresh:
+            await revoke_refresh_token(
+                self.url, refresh, self.client_id, verify=self.verify, timeout=self.timeout
+            )
+
+
+class DiracXLoginRequired(DiracXTokenExpired):
+    """A user's own DiracX login is missing, expired or revoked: only the user
+    can renew it (the message says where)."""
+
+
+class UserLoginToken(_CachedToken):
+    """A user's own DiracX login, from the credentials file ``path`` (0600).
+
+    Every fetch reads the file and refreshes with its refresh token, then
+    writes the rotated pair back: so the first use proves the DiracX session
+    is alive (a revoked or expired one is refused there, not at the first
+    job), the holder's copy becomes the only valid one (DiracX rotates
+    refresh tokens and revokes all of a user's tokens when a used one comes
+    back), and a new login written to the file is taken at the next refresh.
+    One holder per file: do not refresh it from two processes.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        path: str | Path,
+        *,
+        who: str,
+        login_url: str = "",
+        client_id: str = DEFAULT_CLIENT_ID,
+        verify: bool | str = True,
+        timeout: float = 10.0,
+    ) -> None:
+        super().__init__(url, verify=verify, timeout=timeout)
+        self.path = Path(path)
+        self.who = who
+        self.login_url = login_url
+        self.client_id = client_id
+
+    def _required(self, what: str) -> DiracXLoginRequired:
+        renew = f"; log in to DIRAC again at {self.login_url}" if self.login_url else ""
+        return DiracXLoginRequired(f"the DIRAC login of {self.who} {what}{renew}", self.url)
+
+    async def _fetch(self) -> TokenResponse:
         try:
-            async with httpx.AsyncClient(verify=self.verify, timeout=self.timeout) as http:
-                r = await http.post(
-                    self.url + "/api/auth/revoke",
-                    data={"token": refresh, "client_id": self.client_id},
-                )
-            if r.status_code != 200:
-                log.info("Revoking a refresh token at %s answered %d", self.url, r.status_code)
-        except httpx.HTTPError as exc:
-            log.info("Revoking a refresh token at %s failed: %s", self.url, type(exc).__name__)
+            refresh = json.loads(self.path.read_text())["refresh_token"]
+        except (FileNotFoundError, KeyError, ValueError):
+            raise self._required(
+                "is missing (it ends with your last cluster and at logout)"
+            ) from None
+        if not refresh:
+            raise self._required("is missing (it ends with your last cluster and at logout)")
+        try:
+            tok = await self._refresh_grant(refresh)
+        except DiracXTokenExpired as exc:
+            log.info("DiracX refused the refresh token of %s: %s", self.who, exc.msg)
+            raise self._required(f"has expired or was revoked ({exc.msg})") from None
+        if not tok.refresh_token:
+            raise DiracXError("the refresh grant returned no refresh token", self.url)
+        write_credentials(self.path, tok)
+        return tok
+
+    async def revoke(self) -> None:
+        """Forget the login: delete the file and revoke its refresh token at
+        DiracX (best effort, as LegacyExchangeToken.revoke)."""
+        self._access, self._expires_at = None, 0.0
+        try:
+            refresh = json.loads(self.path.read_text()).get("refresh_token")
+        except (FileNotFoundError, ValueError):
+            refresh = None
+        self.path.unlink(missing_ok=True)
+        if refresh:
+            await revoke_refresh_token(
+                self.url, refresh, self.client_id, verify=self.verify, timeout=self.timeout
+            )
+
+
+async def revoke_refresh_token(
+    url: str,
+    refresh_token: str,
+    client_id: str = DEFAULT_CLIENT_ID,
+    *,
+    verify: bool | str = True,
+    timeout: float = 10.0,  # noqa: ASYNC109 (httpx timeouts)
+) -> bool:
+    """Revoke a refresh token at DiracX (``POST /api/auth/revoke``, RFC 7009).
+    Best effort: a failure is logged without the token; returns success."""
+    try:
+        async with httpx.AsyncClient(verify=verify, timeout=timeout) as http:
+            r = await http.post(
+                url.rstrip("/") + "/api/auth/revoke",
+                data={"token": refresh_token, "client_id": client_id},
+            )
+    except httpx.HTTPError as exc:
+        log.info("Revoking a refresh token at %s failed: %s", url, type(exc).__name__)
+        return False
+    if r.status_code != 200:
+        log.info("Revoking a refresh token at %s answered %d", url, r.status_code)
+        return False
+    return True
 
 
 def write_credentials(path: str | Path, tok: TokenResponse) -> None:

@@ -33,8 +33,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def diracx_environment(state_dir: Path, url: str, s3_url: str) -> dict[str, str]:
-    """Every DIRACX_* variable DiracX's app factory needs for this state dir."""
+def diracx_environment(
+    state_dir: Path, url: str, s3_url: str, redirects: list[str] | None = None
+) -> dict[str, str]:
+    """Every DIRACX_* variable DiracX's app factory needs for this state dir
+    (``redirects``: more allowed redirect URIs of its authorization-code flow)."""
     from diracx.core.extensions import DiracEntryPoint, select_from_extension
 
     env = {
@@ -42,7 +45,9 @@ def diracx_environment(state_dir: Path, url: str, s3_url: str) -> dict[str, str]
         "DIRACX_SERVICE_AUTH_TOKEN_ISSUER": url,
         "DIRACX_SERVICE_AUTH_TOKEN_KEYSTORE": f"file://{state_dir / SIGNING_KEY}",
         "DIRACX_SERVICE_AUTH_STATE_KEY": (state_dir / STATE_KEY).read_text().strip(),
-        "DIRACX_SERVICE_AUTH_ALLOWED_REDIRECTS": json.dumps([f"{url}/api/docs/oauth2-redirect"]),
+        "DIRACX_SERVICE_AUTH_ALLOWED_REDIRECTS": json.dumps(
+            [f"{url}/api/docs/oauth2-redirect", *(redirects or [])]
+        ),
         "DIRACX_SANDBOX_STORE_BUCKET_NAME": BUCKET,
         "DIRACX_SANDBOX_STORE_AUTO_CREATE_BUCKET": "true",
         "DIRACX_SANDBOX_STORE_S3_CLIENT_KWARGS": json.dumps(
@@ -112,6 +117,13 @@ def main(argv: list[str] | None = None) -> None:
         "--s3-public-url",
         help="S3 URL put into presigned URLs (must be reachable by clients)",
     )
+    p.add_argument(
+        "--allowed-redirect",
+        action="append",
+        default=[],
+        help="another redirect URI DiracX's authorization-code flow accepts (repeatable;"
+        " a hub's <public URL>/hub/dirac-callback when the CS names an IdP)",
+    )
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     moto = start_sandbox_store(state_dir, s3_host, s3_port)
     s3_url = args.s3_public_url or f"http://{s3_host}:{s3_port}"
 
-    os.environ.update(diracx_environment(state_dir, url, s3_url))
+    os.environ.update(diracx_environment(state_dir, url, s3_url, args.allowed_redirect))
     os.environ.setdefault("DIRACX_LOG_LEVEL", "WARNING")
 
     import uvicorn

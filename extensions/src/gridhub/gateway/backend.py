@@ -40,6 +40,7 @@ from ..dirac import (
     DiracXClient,
     DiracXError,
     DiracXForbidden,
+    DiracXTokenExpired,
     DiracXUnreachable,
     TokenSource,
 )
@@ -139,7 +140,25 @@ class DiracBackend(UnsafeLocalBackend):
         "",
         help="""File holding a DiracX refresh token for the facility's robot
         identity: every user's jobs are submitted under it (the deployer's
-        explicit choice for an external DiracX, until per-user logins exist).""",
+        explicit choice for an external DiracX; else diracx_user_logins).""",
+        config=True,
+    )
+    diracx_user_logins = Bool(
+        False,
+        help="""External DiracX: each user's jobs go under the user's own DiracX
+        login, which the hub runs after the IAM login and hands over
+        (PUT /api/v1/dirac-logins/<user>, gridhub.gateway.diraclogins).""",
+        config=True,
+    )
+    diracx_login_handoff_token = Unicode(
+        "",
+        help="""Bearer token the hub presents to hand users' DiracX logins over
+        (the hub's dask-gateway service token).""",
+        config=True,
+    )
+    diracx_login_url = Unicode(
+        "",
+        help="Where a user renews their DiracX login (the hub's /hub/dirac-login), for messages.",
         config=True,
     )
     diracx_timeout = Float(10.0, help="Seconds for one DiracX request.", config=True)
@@ -292,6 +311,16 @@ class DiracBackend(UnsafeLocalBackend):
             "/api/v1/clusters/{cluster_name}/jobs",
             api_handler(self._handle_jobs, user_authenticated=True),
         )
+        if self.diracx_user_logins:
+            from .diraclogins import ROUTE
+
+            handle = self._logins.handler(
+                self.diracx_login_handoff_token,
+                lambda user: bool(self._clusters_of(user)),
+                self._drop_user,
+            )
+            app.router.add_route("PUT", ROUTE, handle)
+            app.router.add_route("DELETE", ROUTE, handle)
         from .observe import add_routes  # /api/v1/usage, /api/v1/metrics
 
         add_routes(app, self)
@@ -419,12 +448,13 @@ class DiracBackend(UnsafeLocalBackend):
         if not self.public_dask_address:
             raise ValueError("DiracBackend.public_dask_address is not set")
         self._facility_ca = self._read_facility_ca()  # once, at startup
-        self.dirac = DiracXClient(
-            self.diracx_url,
-            self.token_source(),
-            timeout=self.diracx_timeout,
-            verify=self._verify(),
-        )
+        if not self.diracx_user_logins:
+            self.dirac = DiracXClient(
+                self.diracx_url,
+                self.token_source(),
+                timeout=self.diracx_timeout,
+                verify=self._verify(),
+            )
         if self.reverse_path:
             host, _, port = self.tunnel_listen_address.rpartition(":")
             if not self.state_dir:
@@ -448,17 +478,42 @@ class DiracBackend(UnsafeLocalBackend):
         if hasattr(self, "dirac"):
             await self.dirac.aclose()
 
+    @property
+    def _logins(self) -> Any:  # gridhub.gateway.diraclogins.DiracLogins
+        if getattr(self, "_logins_store", None) is None:
+            from .diraclogins import DiracLogins
+
+            state = Path(self.state_dir or tempfile.mkdtemp(prefix="gridhub-gateway-"))
+            self._logins_store = DiracLogins(
+                state / "dirac-logins",
+                self.diracx_url,
+                login_url=self.diracx_login_url,
+                verify=self._verify(),
+                timeout=self.diracx_timeout,
+            )
+        return self._logins_store
+
     async def dirac_for(self, username: str) -> DiracXClient:
-        """The DiracX client with ``username``'s identity: with the embedded
-        DiracX, the user's own (registered on first use, idempotent, so it is
-        found again after a gateway restart); else the facility's robot."""
-        if not self.diracx_embedded_state_dir:
+        """The DiracX client with ``username``'s identity: with an external
+        DiracX and user logins, the user's own login (DiracXLoginRequired
+        naming it when missing or expired); with the embedded DiracX, the
+        user's own (registered on first use, idempotent, so it is found
+        again after a gateway restart); else the facility's robot."""
+        if not (self.diracx_embedded_state_dir or self.diracx_user_logins):
             return self.dirac
         client = self._user_dirac.get(username)
         if client is not None:
             return client
         async with self._user_locks.setdefault(username, asyncio.Lock()):
             client = self._user_dirac.get(username)
+            if client is None and self.diracx_user_logins:
+                login = self._logins.token_source(username)
+                await login.access_token()  # a missing or dead login is named here
+                client = DiracXClient(
+                    self.diracx_url, login, timeout=self.diracx_timeout, verify=self._verify()
+                )
+                self._user_dirac[username] = client
+                self.log.info("User %s submits with their own DiracX login", username)
             if client is None:
                 from ..embedded import register_user, user_token_source
 
@@ -507,6 +562,8 @@ class DiracBackend(UnsafeLocalBackend):
             raise PublicException(
                 f"Cannot create a cluster: DIRAC refused your identity ({exc})."
             ) from exc
+        except DiracXTokenExpired as exc:  # (DiracXLoginRequired: says where to renew it)
+            raise PublicException(f"Cannot create a cluster: {exc}") from exc
         except (DiracXError, TimeoutError, OSError) as exc:
             reason = (
                 exc

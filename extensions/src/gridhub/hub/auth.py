@@ -5,6 +5,9 @@ access token once the provider refuses it; here ``refresh_user`` refreshes it (w
 library's own ``get_token_info`` / ``build_refresh_token_request_params``) when less than
 ``refresh_margin`` seconds (at most half its lifetime) are left, so the token handed to
 the user's server is always valid for a while.  No token is ever logged.
+
+With ``diracx_url`` set (an external DiracX without a robot identity), the IAM login
+goes on through the user's own DiracX login (gridhub.hub.diraclogin).
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import time
 
 import httpx
 from oauthenticator.generic import GenericOAuthenticator
-from traitlets import Integer, Unicode
+from traitlets import Dict, Integer, Unicode
+
+from .diraclogin import HANDLERS as DIRAC_LOGIN_HANDLERS
+from .diraclogin import ChainedCallbackHandler, DiracLogoutHandler
 
 
 def discover(issuer: str, timeout: float = 60.0) -> dict:
@@ -39,6 +45,9 @@ def discover(issuer: str, timeout: float = 60.0) -> dict:
 class IAMAuthenticator(GenericOAuthenticator):
     """GenericOAuthenticator that refreshes access tokens before they expire."""
 
+    callback_handler = ChainedCallbackHandler
+    logout_handler = DiracLogoutHandler
+
     refresh_margin = Integer(
         300,
         config=True,
@@ -46,6 +55,28 @@ class IAMAuthenticator(GenericOAuthenticator):
     )
     groups_claim = Unicode("groups", config=True, help="userinfo claim with the user's groups.")
     facility_name = Unicode("GridHub", config=True)
+
+    # the user's own DiracX login after the IAM login (gridhub.hub.diraclogin)
+    diracx_url = Unicode("", config=True, help="External DiracX; empty: no DiracX login.")
+    diracx_ca_file = Unicode("", config=True, help="CA bundle for DiracX (empty: system CAs).")
+    diracx_vo = Unicode("", config=True, help="The DIRAC VO users log in to (scope vo:).")
+    diracx_groups = Dict(
+        config=True,
+        help='IAM group -> DIRAC group, first match in order, "default" for the rest.',
+    )
+    diracx_redirect_uri = Unicode(
+        "", config=True, help="<public URL>/hub/dirac-callback (DiracX must allow it)."
+    )
+    diracx_handoff_url = Unicode(
+        "", config=True, help="The gateway's <url>/api/v1/dirac-logins (hand-over)."
+    )
+    diracx_handoff_token = Unicode("", config=True, help="Bearer token for the hand-over.")
+
+    def get_handlers(self, app):
+        handlers = super().get_handlers(app)
+        if self.diracx_url:
+            handlers = [*handlers, *DIRAC_LOGIN_HANDLERS]
+        return handlers
 
     def build_auth_state_dict(self, token_info, user_info):
         state = super().build_auth_state_dict(token_info, user_info)

@@ -94,6 +94,8 @@ def apply_settings(c, s: Settings, sec: HubSecrets, config_dir: Path) -> None:
     _spawner(c, s)
     if s.mode == "iam":
         _iam(c, s)
+        if s.diracx_user_logins:
+            _dirac_login(c, s, sec)
     else:
         _masterclass(c, s, sec)
     _services(c, s, sec)
@@ -240,6 +242,18 @@ def _iam(c, s: Settings) -> None:
     else:
         env["BEARER_TOKEN_FILE"] = _token_file_path
     c.Spawner.environment = env
+
+
+def _dirac_login(c, s: Settings, sec: HubSecrets) -> None:
+    # each user's own DiracX login after the IAM one, handed to the gateway
+    # (gridhub.hub.diraclogin; the robot identity is diracx_token_file's choice)
+    a = c.IAMAuthenticator
+    a.diracx_url = s.diracx_url
+    a.diracx_vo = s.diracx_vo
+    a.diracx_groups = s.diracx_groups
+    a.diracx_redirect_uri = f"{s.public_url}/hub/dirac-callback"
+    a.diracx_handoff_url = s.gateway_url.rstrip("/") + "/api/v1/dirac-logins"
+    a.diracx_handoff_token = sec.gateway_api_token
 
 
 def _token_file_path(spawner) -> str:

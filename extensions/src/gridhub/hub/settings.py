@@ -280,11 +280,22 @@ class Settings(BaseModel):
         None,
         description="URL of an external DiracX. Unset: the embedded DiracX and local site.",
     )
-    # (read by the gateway: hub_config/dask_gateway_config.py)
     diracx_token_file: Path | None = Field(
         None,
         description="External DiracX: credentials file (dirac login JSON) of the facility's"
-        " robot identity, inside the gateway container; refreshed and rewritten 0600.",
+        " robot identity, inside the gateway container; refreshed and rewritten 0600. Set, every"
+        " user's jobs go under the robot (the deployer's choice); unset, each user's own DiracX"
+        " login (IAM mode, diracx_vo).",
+    )
+    diracx_vo: str | None = Field(
+        None,
+        description="External DiracX without a robot: the DIRAC VO users log in to (scope vo:).",
+    )
+    diracx_groups: dict[str, str] = Field(
+        default_factory=dict,
+        description="External DiracX without a robot: IAM group -> DIRAC group a user's jobs"
+        ' go under (JSON, e.g. {"cms-higgs": "cms_higgs", "default": "cms_user"}; the first'
+        ' listed group the user is in, else "default", else the VO\'s DefaultGroup in DiracX).',
     )
     gateway_max_workers: int = Field(
         8, ge=1, description="Most workers (DIRAC jobs) one Dask cluster may have."
@@ -361,7 +372,7 @@ class Settings(BaseModel):
         mode="before",
     )(_split_list)
 
-    @field_validator("grid_sites", "gateway_group_limits", mode="before")
+    @field_validator("grid_sites", "gateway_group_limits", "diracx_groups", mode="before")
     @classmethod
     def _json_object(cls, value: Any) -> Any:
         if isinstance(value, str):  # from the environment
@@ -425,12 +436,23 @@ class Settings(BaseModel):
             raise ValueError("local_unix_user is set, so local_home_root is required")
         if self.masterclass_pool_size and self.iam_issuer:
             raise ValueError("masterclass_pool_size is for masterclass mode, but iam_issuer is set")
+        if self.diracx_user_logins and not (self.iam_issuer and self.diracx_vo):
+            raise ValueError(
+                "diracx_url is set without diracx_token_file, so each user logs in to DiracX:"
+                " that needs iam_issuer (the same IAM as DiracX's) and diracx_vo"
+                " (or set diracx_token_file for the facility's robot identity)"
+            )
         if self.masterclass_pool_size > self.masterclass_class_size:
             raise ValueError(
                 f"masterclass_pool_size ({self.masterclass_pool_size}) is larger than"
                 f" masterclass_class_size ({self.masterclass_class_size}): seats nobody may take"
             )
         return self
+
+    @property
+    def diracx_user_logins(self) -> bool:
+        """An external DiracX and no robot: each user's own DiracX login."""
+        return bool(self.diracx_url and not self.diracx_token_file)
 
     @property
     def mode(self) -> Literal["iam", "masterclass"]:
