@@ -229,3 +229,37 @@ def stack_fixture(tmp_path_factory, diracx_server, diracx_local_site):
         yield s
     finally:
         s.stop()
+
+
+# -- DiracX with an identity provider (the production identity path) -------
+
+
+def configure_diracx_idp(
+    state_dir: Path, issuer: str, client_id: str, users: dict[str, tuple[str, list[str]]]
+) -> None:
+    """Make the embedded DiracX's CS (in ``state_dir``, before it starts) trust
+    ``issuer`` as its VO's identity provider, the way a production DiracX
+    trusts IAM (``Registry/<vo>/IdP``: URL and the OIDC client DiracX uses
+    there), and know ``users``: IdP subject -> (DIRAC user name, DIRAC groups),
+    each group created with ``NormalUser`` only (DiracX 0.7 registers no user
+    by itself: a VO's registry lists them)."""
+    import yaml
+    from diracx.core.config.schema import Config
+    from git import Repo
+    from gridhub.embedded import CS_DIR, ensure_state, load_facility
+
+    state = ensure_state(state_dir)
+    vo = load_facility(state).vo
+    path = state / CS_DIR / "default.yml"
+    data = yaml.safe_load(path.read_text())
+    registry = data["Registry"][vo]
+    registry["IdP"] = {"URL": issuer, "ClientID": client_id}
+    for sub, (name, groups) in users.items():
+        registry["Users"][sub] = {"PreferedUsername": name, "Email": None}
+        for group in groups:
+            g = registry["Groups"].setdefault(group, {"Properties": ["NormalUser"], "Users": []})
+            g["Users"] = [*g["Users"], sub]
+    path.write_text(Config.model_validate(data).model_dump_json(by_alias=True, exclude_unset=True))
+    repo = Repo(state / CS_DIR)
+    repo.index.add(["default.yml"])
+    repo.index.commit(f"IdP {issuer} and its users")
