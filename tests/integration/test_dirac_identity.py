@@ -198,8 +198,12 @@ def browse(client: httpx.Client, url: str, sub: str) -> tuple[httpx.Response, li
     raise AssertionError(f"more than 40 steps: {visited}")
 
 
-def log_in(stack: IdentityStack, sub: str, path: str = "/hub/oauth_login") -> httpx.Client:
-    client = httpx.Client(timeout=60, follow_redirects=False)
+def log_in(
+    stack: IdentityStack, sub: str, path: str = "/hub/oauth_login", client: httpx.Client | None = None
+) -> httpx.Client:
+    """Log in at the hub (``path`` /hub/dirac-login with a logged-in
+    ``client``: renew the DiracX login only) and check the DiracX login ran."""
+    client = client or httpx.Client(timeout=60, follow_redirects=False)
     r, visited = browse(client, f"{stack.hub_url}{path}?next=/hub/home", sub)
     assert r.status_code == 200 and urlsplit(str(r.url)).path == "/hub/home", (
         f"{r.status_code} at the end of:\n" + "\n".join(visited) + f"\n{r.text[-1500:]}\n"
@@ -374,8 +378,13 @@ def test_revoked_or_missing_login_is_named_at_cluster_creation(ident):
             g.new_cluster()
         assert "/hub/dirac-login" in str(err.value)
 
-    # alice renews hers (the link the message gives), then DiracX revokes it
-    log_in(stack, "alice-sub", path="/hub/dirac-login").close()
+    # alice logs in again, follows the link the message gives (renewing her
+    # DiracX login alone), then DiracX revokes it
+    browser = log_in(stack, "alice-sub")
+    try:
+        log_in(stack, "alice-sub", path="/hub/dirac-login", client=browser)
+    finally:
+        browser.close()
     refresh = tokens_in(stack.login_file("alice"))["refresh_token"]
     r = httpx.post(
         f"{stack.diracx.url}/api/auth/revoke",
