@@ -109,8 +109,12 @@ class PublicClientsOIDCMock(OIDCMock):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(Path(__file__).with_name("oidc_public_mock.py"))]
-                + ["--port", str(self.port)],
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("oidc_public_mock.py")),
+                    "--port",
+                    str(self.port),
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -199,7 +203,10 @@ def browse(client: httpx.Client, url: str, sub: str) -> tuple[httpx.Response, li
 
 
 def log_in(
-    stack: IdentityStack, sub: str, path: str = "/hub/oauth_login", client: httpx.Client | None = None
+    stack: IdentityStack,
+    sub: str,
+    path: str = "/hub/oauth_login",
+    client: httpx.Client | None = None,
 ) -> httpx.Client:
     """Log in at the hub (``path`` /hub/dirac-login with a logged-in
     ``client``: renew the DiracX login only) and check the DiracX login ran."""
@@ -323,7 +330,7 @@ def test_each_users_jobs_are_their_own_in_their_groups_dirac_group(ident):
 
         refresh_before_stop = tokens_in(stack.login_file("alice"))["refresh_token"]
     finally:
-        for name, cluster in clusters.items():
+        for cluster in clusters.values():
             cluster.shutdown()
         for g in gateways.values():
             g.close()
@@ -408,7 +415,11 @@ def test_logout_drops_and_revokes_the_login(ident):
     assert not stack.login_file("bob").exists()
     r = httpx.post(
         f"{stack.diracx.url}/api/auth/token",
-        data={"grant_type": "refresh_token", "client_id": "myDIRACClientID", "refresh_token": refresh},
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "myDIRACClientID",
+            "refresh_token": refresh,
+        },
         timeout=30,
     )
     assert r.status_code in (400, 401), r.status_code

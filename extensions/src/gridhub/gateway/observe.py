@@ -66,7 +66,7 @@ async def usage_of(backend: DiracBackend, username: str) -> dict[str, Any]:
         except UserNameError as exc:
             raise web.HTTPUnprocessableEntity(reason=str(exc)) from None
         cond = [{"parameter": "Owner", "operator": "eq", "value": owner}]
-    else:  # the robot owns every job: the user is in JobName
+    else:  # the robot owns every job (or the user's own login): the user is in JobName
         cond = [
             {
                 "parameter": "JobName",
@@ -75,15 +75,39 @@ async def usage_of(backend: DiracBackend, username: str) -> dict[str, Any]:
             }
         ]
     out: dict[str, Any]
+    dirac = backend.dirac
+    if backend.diracx_user_logins:  # no facility identity: the user's own login
+        try:
+            dirac = await backend.dirac_for(username)
+        except DiracXError as exc:
+            raise web.HTTPUnprocessableEntity(reason=str(exc)) from None
     try:
-        out = report(await job_records(backend.dirac, cond))
+        out = report(await job_records(dirac, cond))
     except DiracXError as exc:
         # a DiracX other than the embedded one has no accounting route
-        records = await job_records(backend.dirac, cond, parameters_from=_NoParameters())
+        records = await job_records(dirac, cond, parameters_from=_NoParameters())
         out = report(records)
         out["warning"] = f"no accounting parameters from DIRAC ({exc})"
     out["user"] = username
     return out
+
+
+async def _live_jobs(backend: DiracBackend, live: list[str]) -> list[dict[str, Any]]:
+    """The live clusters' jobs: with users' own DiracX logins (no facility
+    identity) each user's with their own token."""
+    fields = ["JobID", "Status", "Site"]
+    if not backend.diracx_user_logins:
+        cond = [{"parameter": "JobGroup", "operator": "in", "values": live}]
+        return await backend.dirac.search(cond, fields)
+    found: list[dict[str, Any]] = []
+    users: dict[str, list[str]] = {}
+    for cluster in backend.db.list_clusters():
+        if cluster.name in live:
+            users.setdefault(cluster.username, []).append(cluster.name)
+    for user, names in users.items():
+        cond = [{"parameter": "JobGroup", "operator": "in", "values": names}]
+        found += await (await backend.dirac_for(user)).search(cond, fields)
+    return found
 
 
 class _NoParameters:
@@ -104,10 +128,7 @@ async def _metrics(backend: DiracBackend) -> web.Response:
     up = Counter({(): 1})
     if live:
         try:
-            found = await backend.dirac.search(
-                [{"parameter": "JobGroup", "operator": "in", "values": live}],
-                ["JobID", "Status", "Site"],
-            )
+            found = await _live_jobs(backend, live)
         except DiracXError:
             up = Counter({(): 0})
         else:
