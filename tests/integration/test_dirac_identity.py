@@ -328,6 +328,13 @@ def test_each_users_jobs_are_their_own_in_their_groups_dirac_group(ident):
             run(kill_bobs())
         assert all(j["Status"] not in FINAL_STATES for j in all_jobs(stack, clusters["bob"].name))
 
+        # the gateway's usage route reads DIRAC with the caller's own login
+        from gridhub.accounting import fetch_usage
+
+        usage = fetch_usage(gateways["alice"])
+        assert usage["user"] == "alice"
+        assert {j["job_id"] for j in usage["jobs"]} == {int(j["JobID"]) for j in jobs["alice"]}
+
         refresh_before_stop = tokens_in(stack.login_file("alice"))["refresh_token"]
     finally:
         for cluster in clusters.values():

@@ -75,12 +75,13 @@ async def usage_of(backend: DiracBackend, username: str) -> dict[str, Any]:
             }
         ]
     out: dict[str, Any]
-    dirac = backend.dirac
     if backend.diracx_user_logins:  # no facility identity: the user's own login
         try:
             dirac = await backend.dirac_for(username)
         except DiracXError as exc:
             raise web.HTTPUnprocessableEntity(reason=str(exc)) from None
+    else:
+        dirac = backend.dirac
     try:
         out = report(await job_records(dirac, cond))
     except DiracXError as exc:
