@@ -39,6 +39,7 @@ from hub_fixtures import ARTIFACTS, OIDCMock, _stop
 from processes import EmbeddedDiracX, free_port, wait_for
 from stack import Stack, configure_diracx_idp
 
+METRICS_TOKEN = secrets.token_hex(16)
 VO_GROUPS = {"higgs": "gridhub_higgs", "default": "gridhub_analysis"}
 USERS = {
     # IdP subject: (hub name = DIRAC name, IAM groups, DIRAC groups in the CS)
@@ -76,6 +77,7 @@ class IdentityStack(Stack):
                 "JupyterHubAuthenticator__jupyterhub_api_token": self.link.api_token,
                 "JupyterHubAuthenticator__jupyterhub_service_name": HUB_SERVICE,
                 "DiracBackend__stop_clusters_on_shutdown": True,
+                "DiracBackend__metrics_token": METRICS_TOKEN,
                 **overrides,
             }
         )
@@ -334,6 +336,23 @@ def test_each_users_jobs_are_their_own_in_their_groups_dirac_group(ident):
         usage = fetch_usage(gateways["alice"])
         assert usage["user"] == "alice"
         assert {j["job_id"] for j in usage["jobs"]} == {int(j["JobID"]) for j in jobs["alice"]}
+
+        # ... and the metrics each user's jobs with that user's login
+        r = httpx.get(
+            f"{stack.public_url}/api/v1/metrics",
+            headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+            verify=str(stack.cert),
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        lines = r.text.splitlines()
+        assert "gridhub_gateway_dirac_up 1" in lines, r.text
+        counted = [
+            float(x.rsplit(" ", 1)[1])
+            for x in lines
+            if x.startswith("gridhub_gateway_worker_jobs{")
+        ]
+        assert sum(counted) == 3, r.text
 
         refresh_before_stop = tokens_in(stack.login_file("alice"))["refresh_token"]
     finally:
