@@ -286,7 +286,8 @@ class DiracBackend(UnsafeLocalBackend):
                 self.diracx_url, self.diracx_token_file, verify=self._verify()
             )
         raise ValueError(
-            "DiracBackend needs an identity: set diracx_embedded_state_dir or diracx_token_file"
+            "DiracBackend needs an identity: set diracx_embedded_state_dir, diracx_token_file"
+            " or diracx_user_logins"
         )
 
     def _read_facility_ca(self) -> bytes | None:
@@ -314,6 +315,11 @@ class DiracBackend(UnsafeLocalBackend):
         if self.diracx_user_logins:
             from .diraclogins import ROUTE
 
+            if not self.diracx_login_handoff_token:
+                raise ValueError(
+                    "DiracBackend.diracx_user_logins needs diracx_login_handoff_token:"
+                    " the hub could not hand users' DiracX logins over"
+                )
             handle = self._logins.handler(
                 self.diracx_login_handoff_token,
                 lambda user: bool(self._clusters_of(user)),
