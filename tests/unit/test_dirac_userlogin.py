@@ -92,3 +92,56 @@ def test_external_diracx_without_robot_needs_iam_and_vo():
         {"GRIDHUB_DIRACX_URL": "https://diracx.example", "GRIDHUB_DIRACX_TOKEN_FILE": "/r.json"}
     )
     assert not robot.diracx_user_logins
+
+
+# -- the gateway's hand-over route (gridhub.gateway.diraclogins) ----------
+
+
+def _request(method: str, user: str, token: str | None, body: object = None):
+    from aiohttp.test_utils import make_mocked_request
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    req = make_mocked_request(method, f"/api/v1/dirac-logins/{user}", headers=headers)
+    req.match_info.update({"user": user})
+
+    async def read_json():
+        return body
+
+    req.json = read_json  # type: ignore[method-assign]
+    return req
+
+
+async def test_handover_stores_0600_only_for_the_hub_and_keeps_it_while_clusters_live(tmp_path):
+    import stat
+
+    from gridhub.gateway.diraclogins import DiracLogins
+
+    logins = DiracLogins(tmp_path / "logins", "http://127.0.0.1:9")
+    live: set[str] = set()
+    forgotten: list[str] = []
+
+    async def forget(user: str) -> None:
+        forgotten.append(user)
+
+    handle = logins.handler("hub-secret", lambda u: u in live, forget)
+    good = {"access_token": "A", "refresh_token": "R", "expires_in": 1200}
+
+    assert (await handle(_request("PUT", "alice", None, good))).status == 403
+    assert (await handle(_request("PUT", "alice", "wrong", good))).status == 403
+    assert (await handle(_request("PUT", "alice", "hub-secret", {"x": 1}))).status == 422
+    no_refresh = {"access_token": "A", "expires_in": 1200}
+    assert (await handle(_request("PUT", "alice", "hub-secret", no_refresh))).status == 422
+    assert not logins.path("alice").exists()
+
+    assert (await handle(_request("PUT", "alice", "hub-secret", good))).status == 200
+    path = logins.path("alice")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert json.loads(path.read_text())["refresh_token"] == good["refresh_token"]
+
+    live.add("alice")  # logout while a cluster lives: kept, its jobs stay killable
+    assert (await handle(_request("DELETE", "alice", "hub-secret"))).status == 202
+    assert path.exists() and not forgotten
+    live.clear()
+    assert (await handle(_request("DELETE", "alice", "hub-secret"))).status == 200
+    assert not path.exists() and forgotten == ["alice"]
