@@ -145,3 +145,57 @@ async def test_handover_stores_0600_only_for_the_hub_and_keeps_it_while_clusters
     live.clear()
     assert (await handle(_request("DELETE", "alice", "hub-secret"))).status == 200
     assert not path.exists() and forgotten == ["alice"]
+
+
+# -- the hub's config: the DiracX login only without a robot ---------------
+
+
+def _iam_build(env, tmp_path, monkeypatch):
+    from gridhub.hub import auth as hub_auth
+    from gridhub.hub.config import apply_defaults, apply_settings
+    from gridhub.hub.secrets import load_secrets
+    from traitlets.config import Config
+
+    monkeypatch.setattr(
+        hub_auth,
+        "discover",
+        lambda issuer: {
+            "authorization_endpoint": issuer + "/authorize",
+            "token_endpoint": issuer + "/token",
+            "userinfo_endpoint": issuer + "/userinfo",
+        },
+    )
+    settings = load_settings(
+        {
+            "GRIDHUB_STATE_DIR": str(tmp_path / "state"),
+            "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
+            "GRIDHUB_IAM_CLIENT_ID": "gridhub",
+            "GRIDHUB_PUBLIC_URL": "https://hub.example.org",
+            "GRIDHUB_GATEWAY_URL": "http://gateway:8000",
+            "GRIDHUB_DIRACX_URL": "https://diracx.example.org",
+            **env,
+        }
+    )
+    c = Config()
+    apply_defaults(c)
+    apply_settings(c, settings, load_secrets(settings), tmp_path)
+    return c, load_secrets(settings)
+
+
+def test_hub_runs_the_diracx_login_without_a_robot(tmp_path, monkeypatch):
+    c, secrets = _iam_build(
+        {"GRIDHUB_DIRACX_VO": "cms", "GRIDHUB_DIRACX_GROUPS": '{"default": "cms_user"}'},
+        tmp_path,
+        monkeypatch,
+    )
+    a = c.IAMAuthenticator
+    assert a.diracx_url == "https://diracx.example.org"
+    assert a.diracx_vo == "cms" and a.diracx_groups == {"default": "cms_user"}
+    assert a.diracx_redirect_uri == "https://hub.example.org/hub/dirac-callback"
+    assert a.diracx_handoff_url == "http://gateway:8000/api/v1/dirac-logins"
+    assert a.diracx_handoff_token == secrets.gateway_api_token
+
+
+def test_robot_is_the_deployers_explicit_choice(tmp_path, monkeypatch):
+    c, _ = _iam_build({"GRIDHUB_DIRACX_TOKEN_FILE": "/srv/robot.json"}, tmp_path, monkeypatch)
+    assert "diracx_url" not in c.IAMAuthenticator
