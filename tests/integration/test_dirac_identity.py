@@ -46,6 +46,8 @@ USERS = {
     "alice-sub": ("alice", ["atlas"], ["gridhub_analysis"]),
     "bob-sub": ("bob", ["atlas", "higgs"], ["gridhub_analysis", "gridhub_higgs"]),
 }
+# in IAM group higgs, but not in DIRAC group gridhub_higgs in DiracX's registry
+CAROL = ("carol-sub", ("carol", ["higgs"], ["gridhub_analysis"]))
 
 
 class NoSite:
@@ -139,7 +141,7 @@ def oidc():
 
 @pytest.fixture(scope="module")
 def ident(tmp_path_factory, oidc):
-    for sub, (name, groups, _) in USERS.items():
+    for sub, (name, groups, _) in [*USERS.items(), CAROL]:
         oidc.set_user(sub, {"preferred_username": name, "groups": groups})
     work = tmp_path_factory.mktemp("identity")
     diracx = EmbeddedDiracX(work / "diracx" / "state")
@@ -157,7 +159,7 @@ def ident(tmp_path_factory, oidc):
         diracx.state_dir,
         oidc.url,
         r.json()["client_id"],
-        {sub: (name, dirac_groups) for sub, (name, _, dirac_groups) in USERS.items()},
+        {sub: (name, dirac_groups) for sub, (name, _, dirac_groups) in [*USERS.items(), CAROL]},
     )
     stack = IdentityStack(work, diracx)
     try:
@@ -449,3 +451,14 @@ def test_logout_drops_and_revokes_the_login(ident):
         timeout=30,
     )
     assert r.status_code in (400, 401), r.status_code
+
+
+def test_a_group_diracx_does_not_give_the_user_is_refused_by_name(ident):
+    stack = ident
+    with httpx.Client(timeout=60, follow_redirects=False) as browser:
+        r, visited = browse(browser, f"{stack.hub_url}/hub/oauth_login?next=/hub/home", CAROL[0])
+    assert visited[-1] == f"{stack.hub_url}/hub/dirac-callback", visited
+    assert r.status_code == 403, r.status_code
+    assert "DIRAC refused your login" in r.text
+    assert "User is not a member of the requested group (carol, gridhub_higgs)" in r.text
+    assert not stack.login_file("carol").exists()

@@ -32,7 +32,7 @@ from oauthenticator.oauth2 import OAuthCallbackHandler, OAuthLogoutHandler
 from tornado import web
 from tornado.httputil import url_concat
 
-from ..dirac import DiracXError
+from ..dirac import DiracXError, DiracXForbidden
 from ..dirac.userlogin import authorize_url, dirac_group, exchange_code, pkce_pair, scope
 
 #: seconds a started DiracX login may take (DiracX's own flow lasts 300 s)
@@ -109,7 +109,8 @@ class DiracCallbackHandler(BaseHandler):
             )
         except DiracXError as exc:  # (no token or code in its message)
             self.log.warning("DiracX login of %s refused: %s", user.name, exc)
-            raise web.HTTPError(502, f"DIRAC refused your login: {exc}") from None
+            status = 403 if isinstance(exc, DiracXForbidden) else 502
+            raise web.HTTPError(status, f"DIRAC refused your login: {exc}") from None
         try:
             async with httpx.AsyncClient(timeout=20) as http:
                 r = await http.put(
