@@ -18,7 +18,10 @@ legacy exchange anywhere:
 * the login file is 0600 in a 0700 directory, and no token is in a log;
 * the login ends (file gone, refresh token revoked) with the last cluster;
 * a revoked login, or none, makes cluster creation fail at once with a
-  message naming the DIRAC login and where to renew it.
+  message naming the DIRAC login and where to renew it;
+* logout drops and revokes the login;
+* an IAM group mapped to a DIRAC group DiracX does not give the user ends
+  the login with DiracX's reason (403).
 """
 
 from __future__ import annotations
