@@ -169,6 +169,9 @@ def ident(tmp_path_factory, oidc):
         # the hub's callback, as a DiracX deployment lists it
         # (DIRACX_SERVICE_AUTH_ALLOWED_REDIRECTS)
         diracx._proc.argv += ["--allowed-redirect", f"{stack.hub_url}/hub/dirac-callback"]
+        # access tokens of 1 minute: the gateway refreshes users' logins
+        # every ~30 s while their clusters live (DiracX's default: 20 min)
+        diracx._proc.env["DIRACX_SERVICE_AUTH_ACCESS_TOKEN_EXPIRE_MINUTES"] = "1"  # noqa: S105
         diracx.start()
         stack.start_hub(
             work / "hub",
@@ -430,10 +433,19 @@ def test_revoked_or_missing_login_is_named_at_cluster_creation(ident):
         timeout=30,
     )
     assert r.status_code == 200, r.text
-    with stack.gateway_for(hub_token(stack, "alice")) as g:
+    token = hub_token(stack, "alice")
+    with stack.gateway_for(token) as g:
         with pytest.raises(Exception, match=r"DIRAC login of alice has expired or was revoked"):
             g.new_cluster()
-        assert g.list_clusters() == []
+    # nothing was created (asked over plain HTTP: a second call of the dask
+    # client after a refusal once hung in its event loop thread)
+    r = httpx.get(
+        f"{stack.public_url}/api/v1/clusters/",
+        headers={"Authorization": f"jupyterhub {token}"},
+        verify=str(stack.cert),
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json() == {}, r.text
 
 
 def test_logout_drops_and_revokes_the_login(ident):
@@ -465,3 +477,84 @@ def test_a_group_diracx_does_not_give_the_user_is_refused_by_name(ident):
     assert "DIRAC refused your login" in r.text
     assert "User is not a member of the requested group (carol, gridhub_higgs)" in r.text
     assert not stack.login_file("carol").exists()
+
+
+def end_diracx_session(stack: IdentityStack, user: str) -> None:
+    """DiracX ends the user's session: their refresh token revoked, then
+    presented again, so DiracX revokes every refresh token of the user
+    (whichever the gateway holds by now)."""
+    refresh = tokens_in(stack.login_file(user))["refresh_token"]
+    httpx.post(
+        f"{stack.diracx.url}/api/auth/revoke",
+        data={"token": refresh, "client_id": "myDIRACClientID"},
+        timeout=30,
+    ).raise_for_status()
+    r = httpx.post(
+        f"{stack.diracx.url}/api/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "myDIRACClientID",
+            "refresh_token": refresh,
+        },
+        timeout=30,
+    )
+    assert r.status_code == 401, r.status_code
+
+
+def test_a_running_cluster_is_kept_fresh_and_takes_a_renewed_login(ident):
+    stack = ident
+    browser = log_in(stack, "alice-sub")
+    try:
+        with stack.gateway_for(hub_token(stack, "alice")) as g:
+            cluster = g.new_cluster()
+            try:
+                cluster.scale(1)
+                wait_for(
+                    lambda: len(all_jobs(stack, cluster.name)) == 1,
+                    120,
+                    "alice's first job",
+                    stack.gateway.logfile,
+                    retry=(),
+                )
+                # kept fresh: the gateway refreshes (rotates) her login while it lives
+                first = tokens_in(stack.login_file("alice"))["refresh_token"]
+                wait_for(
+                    lambda: tokens_in(stack.login_file("alice"))["refresh_token"] != first,
+                    120,
+                    "the gateway refreshing alice's DiracX login",
+                    stack.gateway.logfile,
+                )
+                end_diracx_session(stack, "alice")
+                # once her access token runs out the gateway's refresh is refused, by name
+                wait_for(
+                    lambda: (
+                        "the DIRAC login of alice has expired or was revoked" in stack.gateway.log()
+                    ),
+                    150,
+                    "the gateway naming alice's ended DiracX login",
+                    stack.gateway.logfile,
+                )
+                # she renews it (the link the message gives); the running cluster takes it
+                log_in(stack, "alice-sub", path="/hub/dirac-login", client=browser)
+                cluster.scale(2)
+                jobs = wait_for(
+                    lambda: len(js := all_jobs(stack, cluster.name)) == 2 and js,
+                    120,
+                    "alice's second job, after the renewal",
+                    stack.gateway.logfile,
+                    retry=(),
+                )
+                assert {(j["Owner"], j["OwnerGroup"]) for j in jobs} == {
+                    ("alice", "gridhub_analysis")
+                }
+            finally:
+                cluster.shutdown()
+        wait_for(
+            lambda: all(j["Status"] in FINAL_STATES for j in all_jobs(stack, cluster.name)),
+            60,
+            "alice's jobs final",
+            stack.gateway.logfile,
+            retry=(),
+        )
+    finally:
+        browser.close()
