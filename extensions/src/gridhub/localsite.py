@@ -789,7 +789,7 @@ class LocalSite:
     # ------------------------------------------------------------------
     # docker runner (blocking Docker SDK calls, run in threads)
 
-    def _client(self):  # type: ignore[no-untyped-def]
+    def _client(self):
         if self._docker is None:
             import docker
 
@@ -803,7 +803,7 @@ class LocalSite:
             with contextlib.suppress(Exception):
                 ctr.remove(force=True)
 
-    def _docker_start(self, job, argv, env, cpus, out: Path, err: Path):  # type: ignore[no-untyped-def]
+    def _docker_start(self, job, argv, env, cpus, out: Path, err: Path):
         import io
         import tarfile
         import threading
@@ -867,7 +867,7 @@ class LocalSite:
             t.start()
         return ctr
 
-    def _docker_wait(self, ctr) -> int:  # type: ignore[no-untyped-def]
+    def _docker_wait(self, ctr) -> int:
         try:
             rc = int(ctr.wait().get("StatusCode", 1))
         except Exception:  # removed under us (killed)

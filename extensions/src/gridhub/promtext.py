@@ -7,11 +7,13 @@ computed at scrape time are a few lines of text.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: (name, type, help, {((label, value), ...): sample})
-Metric = tuple[str, str, str, Mapping[tuple[tuple[str, str], ...], float]]
+#: (name, type, help, {((label, value), ...): sample}); the keys' tuple
+#: shapes vary by metric (Mapping's key type is invariant)
+Metric = tuple[str, str, str, Mapping[Any, float]]
 
 
 def _label(value: str) -> str:

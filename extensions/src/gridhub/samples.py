@@ -26,6 +26,7 @@ import zipfile
 from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 SKHEP_TESTDATA_VERSION = "0.3.12"
 
@@ -43,7 +44,7 @@ SKHEP_FILES = (
 
 # The AGC fileset of the shipped samples. Cross-sections in pb (the AGC's
 # ttbar value; Drell-Yan m_ll > 50 GeV at 13 TeV), nevts filled in from the files.
-FILESET_PROCESSES = {
+FILESET_PROCESSES: dict[str, dict[str, Any]] = {
     "ttbar": {
         "file": "nano_tt_v12.root",
         "metadata": {"process": "ttbar", "variation": "nominal", "xsec": 729.84},
@@ -102,7 +103,9 @@ def _extract(archive: Path, wanted: Iterable[str], dest: Path) -> list[str]:
             for m in tar:
                 base = m.name.rsplit("/", 1)[-1]
                 if m.isfile() and base in wanted and "/samples/" in m.name:
-                    _write(dest / base, tar.extractfile(m).read())
+                    data = tar.extractfile(m)
+                    assert data is not None  # a regular file's member
+                    _write(dest / base, data.read())
                     got.append(base)
     else:
         with zipfile.ZipFile(archive) as z:

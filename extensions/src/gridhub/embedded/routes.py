@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from DIRACCommon.WorkloadManagementSystem.DB.JobDBUtils import extractJDL
+from diracx.core.models import ScalarSearchOperator, VectorSearchOperator, VectorSearchSpec
 from diracx.core.properties import JOB_ADMINISTRATOR
 from diracx.db.os import JobParametersDB
 from diracx.db.sql import JobDB
@@ -69,14 +70,22 @@ async def job_accounting(
         )
     if not ids:
         return {"parameters": {}}
-    in_ids = {"parameter": "JobID", "operator": "in", "values": ids}
+    in_ids: VectorSearchSpec = {
+        "parameter": "JobID",
+        "operator": VectorSearchOperator.IN,
+        "values": ids,
+    }
     if JOB_ADMINISTRATOR not in user.properties:
         _, own = await job_db.search(
             ["JobID"],
             [
                 in_ids,
-                {"parameter": "Owner", "operator": "eq", "value": user.preferred_username},
-                {"parameter": "VO", "operator": "eq", "value": user.vo},
+                {
+                    "parameter": "Owner",
+                    "operator": ScalarSearchOperator.EQUAL,
+                    "value": user.preferred_username,
+                },
+                {"parameter": "VO", "operator": ScalarSearchOperator.EQUAL, "value": user.vo},
             ],
             [],
         )

@@ -39,8 +39,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote
+
+if TYPE_CHECKING:
+    from werkzeug.serving import BaseWSGIServer
 
 log = logging.getLogger("gridhub.embedded.store")
 
@@ -317,7 +320,7 @@ class SandboxStore:
         self.host, self.port = host, port
         self.moto_app = DomainDispatcherApplication(create_backend_app)
         self.app = SignatureGate(self.moto_app, access_key, secret_key)
-        self._server = None
+        self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def replay(self, recording: Path) -> int:
@@ -363,10 +366,10 @@ class SandboxStore:
         from moto.moto_server.werkzeug_app import MotoRequestHandler
         from werkzeug.serving import make_server
 
-        self._server = make_server(
+        self._server = server = make_server(
             self.host, self.port, self.app, threaded=True, request_handler=MotoRequestHandler
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:

@@ -38,7 +38,7 @@ class TokenFileRefresher:
         self.interval = interval
         self.current: str | None = None
         self.failures = 0
-        self._retry = None
+        self._retry: object | None = None
 
     async def refresh_once(self) -> bool:
         request = HTTPRequest(

@@ -74,7 +74,7 @@ def ssh_public_key(value: object) -> asyncssh.SSHKey:
     """
     if isinstance(value, asyncssh.SSHKey):
         return value.convert_to_public() if value.public_data else value
-    data = value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+    data = value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[call-overload]
     if b"BEGIN CERTIFICATE" in data:
         cert = x509.load_pem_x509_certificate(data)
         data = cert.public_key().public_bytes(

@@ -76,7 +76,7 @@ class _Forward:
         return self._listener.get_port()
 
     def get_addresses(self) -> list[tuple]:
-        return self._listener.get_addresses()
+        return self._listener.get_addresses()  # type: ignore[attr-defined]  # (not in its stubs)
 
     def close(self) -> None:
         self._listener.close()
@@ -372,7 +372,8 @@ class TunnelServer:
         peer = f"{addr[0]}:{addr[1]}"
         try:
             if self.proxy_protocol:
-                peer = await asyncio.wait_for(read_proxy_header(sock), 10) or peer
+                header = await asyncio.wait_for(read_proxy_header(sock), 10)
+                peer = header or peer
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = await asyncssh.run_server(
                 sock, options=self._options, server_factory=lambda: _Session(self, peer)

@@ -454,7 +454,7 @@ async def run(ns: argparse.Namespace) -> int:
     code = EXIT_TUNNEL
     try:
         while True:
-            waits = {worker_done, stopping}
+            waits: set[asyncio.Future[Any]] = {worker_done, stopping}
             tunnel_down = asyncio.ensure_future(conn.wait_closed()) if conn else None
             if tunnel_down is not None:
                 waits.add(tunnel_down)
