@@ -494,6 +494,68 @@ def _needles(facility: Facility, b_key: str) -> dict[str, str]:
     return found
 
 
+TAMPER = """
+import json, sys, time
+import boto3
+from gridhub.dirac import make_sandbox
+from gridhub.embedded import BUCKET, dirac_user_name, server_info, store_credentials
+STATE = "/srv/gridhub/dirac"
+key_id, secret = store_credentials(STATE)
+s3 = boto3.client("s3", endpoint_url=server_info(STATE)["s3_url"], region_name="us-east-1",
+                  aws_access_key_id=key_id, aws_secret_access_key=secret)
+owner = "/" + dirac_user_name(sys.argv[1]) + "/"
+evil = make_sandbox({"gridhub-job.sh": b"echo TAMPERED-PAYLOAD-RAN; exit 0\\n"})
+deadline = time.monotonic() + 120
+while True:  # the gateway uploads a cluster's sandbox right after creating it
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+            if owner in "/" + o["Key"]]
+    if keys or time.monotonic() > deadline:
+        break
+    time.sleep(2)
+for k in keys:
+    s3.put_object(Bucket=BUCKET, Key=k, Body=evil)
+print("TAMPERED", json.dumps(keys))
+"""
+
+JOB_OF = """
+import asyncio, json, sys
+from gridhub.dirac import DiracXClient
+from gridhub.embedded import facility_token_source
+URL = "http://dirac:8000"
+async def main():
+    async with DiracXClient(URL, facility_token_source("/srv/gridhub/dirac", URL)) as dx:
+        jobs = await dx.search([], ["JobID", "Status", "MinorStatus", "JobGroup"])
+    print("JOBS", json.dumps([j for j in jobs if j.get("JobGroup") == sys.argv[1]]))
+asyncio.run(main())
+"""
+
+
+def _tampered_sandbox_refused(facility: Facility, b_server: str, b_user: str, cluster: str) -> int:
+    out = facility.exec("dirac", "python", "-c", TAMPER, b_user)
+    keys = json.loads(out.split("TAMPERED", 1)[1])
+    assert keys, f"no sandbox of {b_user} in the store"
+    _python_in(
+        b_server, f"from dask_gateway import Gateway\nGateway().connect('{cluster}').scale(1)\n"
+    )
+    deadline, jobs = time.monotonic() + 240, []
+    while time.monotonic() < deadline:
+        out = facility.exec("dirac", "python", "-c", JOB_OF, cluster)
+        jobs = json.loads(out.split("JOBS", 1)[1])
+        failed = [j for j in jobs if j["Status"] == "Failed"]
+        if failed:
+            break
+        assert not any(j["Status"] in ("Running", "Done") for j in jobs), jobs
+        time.sleep(3)
+    else:
+        raise AssertionError(f"B's job was not refused: {jobs}")
+    job = failed[0]
+    assert job["MinorStatus"] == "Input sandbox checksum mismatch", job
+    logs = facility.compose("logs", "--no-color", *SITES.values(), check=False).stdout
+    assert f"Job {job['JobID']}: input sandbox refused" in logs, logs[-3000:]
+    assert "TAMPERED-PAYLOAD-RAN" not in facility.job_logs()
+    return int(job["JobID"])
+
+
 def test_trust_boundaries(facility, lab):
     """Issue 15 on the running facility, as students A (alice, the cluster of
     the first test) and B (bob, a cluster of his own)."""
@@ -579,6 +641,10 @@ def test_trust_boundaries(facility, lab):
     )
     # 401 (the hub's route, wrong credentials) or 404 (no route matches): never an answer
     assert "STATUS 401" in r or "STATUS 404" in r, r
+    # Someone holding the store's credential rewrites B's sandbox: B's next
+    # worker job is refused by the site, with the reason, and never runs it
+    job_id = _tampered_sandbox_refused(facility, b_server, b_user, b_cluster)
+    RESULTS["tampered_sandbox_job"] = job_id
     # B's cluster is untouched by A's attempts, and B stops it
     out = _python_in(
         b_server,
