@@ -697,6 +697,26 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
     assert "/hub/login" not in pg.url
     screenshot(pg, "compose-05-after-hub-restart")
 
+    # A new gateway container (an upgrade recreates it) takes over the running
+    # cluster: its scheduler container is the same one, the kernel's client computes
+    sched = docker("inspect", "-f", "{{.Id}}", _scheduler_container(STATE["cluster"])).stdout
+    t0 = time.monotonic()
+    facility.compose("up", "-d", "--no-build", "--no-deps", "--force-recreate", "gateway")
+    facility.wait_healthy(180)
+    RESULTS["gateway_recreate_to_healthy_seconds"] = round(time.monotonic() - t0, 1)
+    pg.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=120_000)
+    text = run_cell(
+        pg,
+        "print('AFTER', client.submit(lambda x: x * 2, 21).result(),"
+        " [c.name for c in gateway.list_clusters()])\n",
+        "AFTER",
+        180,
+    )
+    assert "AFTER 42" in text and STATE["cluster"] in text.split("AFTER 42")[-1], text
+    assert (
+        docker("inspect", "-f", "{{.Id}}", _scheduler_container(STATE["cluster"])).stdout == sched
+    )
+
     # stop the cluster: its DIRAC jobs end, its containers go
     facility.save_job_logs("cluster")
     pg.wait_for_selector(".jp-Notebook .jp-Cell .cm-content", timeout=120_000)
