@@ -23,6 +23,7 @@ environment variables that are not settings:
                           processes of the gateway (tests, a trusted single user)
   FACILITY_SCHEDULER_IMAGE  the image scheduler containers run (the gateway's own)
   FACILITY_PROJECT        the compose project: scheduler containers' names and labels
+  FACILITY_MONITORING_SECRETS  the monitoring volume (Prometheus' metrics token)
 """
 
 import base64
@@ -32,7 +33,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gridhub.gateway.backend import default_cluster_options
-from gridhub.hub.secrets import load_or_create, shared_dir
+from gridhub.hub.secrets import MONITORING_ENV, load_or_create, monitoring_dir, shared_dir
 from gridhub.hub.settings import SettingsError, load_settings
 
 c = get_config()  # noqa: F821  (provided by traitlets)
@@ -102,6 +103,11 @@ b.state_dir = str(state / "dirac-backend")
 b.clusters_directory = str(state / "clusters")
 b.api_url = f"http://{host}:{port}/api"
 b.traefik_token = _secret("traefik_provider_token", s.traefik_provider_token)
+# Prometheus' token for the metrics routes (the hub's gridhub-init writes it to
+# the monitoring volume, read-only here); without it: gateway admins only
+metrics_token = monitoring_dir(state) / "metrics_token"
+if os.environ.get(MONITORING_ENV) and metrics_token.is_file():
+    b.metrics_token = metrics_token.read_text().strip()
 
 # --- schedulers and the reverse path, reached by Traefik on the internal network ---
 # Schedulers unpickle the task graphs notebooks send (numpy, awkward, coffea

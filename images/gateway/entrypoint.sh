@@ -34,6 +34,8 @@ wait_for() {  # wait_for <what> <file>...
 need=""
 [ -n "${GRIDHUB_GATEWAY_API_TOKEN:-}" ] || need="$need $shared/gateway_api_token"
 [ -n "${GRIDHUB_TRAEFIK_PROVIDER_TOKEN:-}" ] || need="$need $shared/traefik_provider_token"
+# Prometheus' token (the monitoring volume; docs/monitoring.md)
+[ -z "${FACILITY_MONITORING_SECRETS:-}" ] || need="$need $FACILITY_MONITORING_SECRETS/metrics_token"
 # shellcheck disable=SC2086  # $need is a list of paths without spaces
 wait_for "shared secret from the hub's gridhub-init" $need "$shared/tls/facility.crt"
 if [ -z "${GRIDHUB_DIRACX_URL:-}" ]; then

@@ -9,10 +9,12 @@
 set -eu
 if [ "$(id -u)" = 0 ]; then
   for d in /srv/gridhub/state /srv/gridhub/state/secrets /srv/gridhub/shared \
-           /srv/gridhub/proxy /srv/gridhub/certs /srv/gridhub/masterclass; do
+           /srv/gridhub/proxy /srv/gridhub/certs /srv/gridhub/masterclass \
+           /srv/gridhub/monitoring; do
     [ -d "$d" ] && { chown gridhub:gridhub "$d" 2>/dev/null || true; }
   done
-  chmod 0700 /srv/gridhub/state /srv/gridhub/state/secrets /srv/gridhub/shared 2>/dev/null || true
+  chmod 0700 /srv/gridhub/state /srv/gridhub/state/secrets /srv/gridhub/shared \
+    /srv/gridhub/monitoring 2>/dev/null || true
   groups=1000
   sock=/var/run/docker.sock
   if [ -S "$sock" ]; then groups="1000,$(stat -c %g "$sock")"; fi

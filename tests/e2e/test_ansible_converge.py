@@ -48,7 +48,7 @@ pytestmark = pytest.mark.e2e
 
 ANSIBLE = ROOT / "ansible"
 HERE = Path(__file__).parent
-IMAGES = ("hub", "gateway", "dirac", "traefik", "notebook")
+IMAGES = ("hub", "gateway", "dirac", "traefik", "notebook", "prometheus")
 TARGET_IMAGE = "gridhub/ansible-target:test"
 FACILITY_NAME = "Ansible Converge Facility"
 PLAYBOOK_TIMEOUT = 900

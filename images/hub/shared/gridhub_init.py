@@ -22,6 +22,8 @@ What `gridhub-init` writes:
   $FACILITY_CERTS_DIR/ca-bundle.pem system CAs + facility.crt (SSL_CERT_FILE in notebooks)
   $FACILITY_PROXY_DIR/headers.yml   Traefik's HSTS middleware (used with ACME only)
   $FACILITY_PROXY_DIR/tls.yml       Traefik's default certificate (file provider)
+  $FACILITY_MONITORING_SECRETS/metrics_token  Prometheus' token (hub, gateway, Traefik metrics)
+  $FACILITY_PROXY_DIR/metrics.yml   Traefik's metrics router, basic auth with that token
 """
 
 from __future__ import annotations
@@ -153,6 +155,7 @@ def init() -> int:
     _take_own_secrets_back(state)
     load_or_create(state, "gateway_api_token", _value(s.gateway_api_token))
     load_or_create(state, "traefik_provider_token", _value(s.traefik_provider_token))
+    metrics_token = load_or_create(state, "metrics_token", _value(s.metrics_token))
     tls = shared_dir(state) / "tls"
     tls.mkdir(mode=0o700, exist_ok=True)
     host = urlsplit(s.public_url).hostname or "localhost"
@@ -174,6 +177,11 @@ def init() -> int:
         # first: Traefik starts once tls.yml exists, and with ACME its HTTPS
         # entrypoint uses this middleware (HSTS only with a trusted certificate)
         _write_atomic(proxy / "headers.yml", HEADERS_YML.encode(), 0o644)
+        from gridhub.hub.metrics_access import FILE, traefik_metrics_yml
+
+        old = proxy / FILE
+        text = traefik_metrics_yml(metrics_token, old.read_text() if old.is_file() else None)
+        _write_atomic(old, text.encode(), 0o644)  # a bcrypt hash, not the token
         tls_yml = (
             "# written by gridhub-init: Traefik's default certificate\n"
             "tls:\n  stores:\n    default:\n      defaultCertificate:\n"

@@ -21,6 +21,7 @@ TOKEN_SERVICE = "gridhub-tokens"  # noqa: S105  (a service name)
 GATEWAY_SERVICE = "dask-gateway"
 POOL_SERVICE = "gridhub-pool"
 TEACHER_SERVICE = "teacher"
+MONITORING_SERVICE = "monitoring"
 CLASS_GROUP = "class"  # every user the masterclass login let in (not the free seats)
 STUDENTS_FILE = "masterclass-seats.json"  # student name -> hub user, key (hub.students)
 BASE_SCOPES = ["openid", "profile", "email", "offline_access"]
@@ -416,6 +417,26 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                 # view: access:services!service=teacher, which admins (teachers) hold
                 "scopes": ["list:users", "read:users", "read:servers", "proxy", "access:servers"],
                 "services": [TEACHER_SERVICE],
+            }
+        )
+    if s.prometheus_url:
+        from .secrets import monitoring_dir
+
+        # who may open it: access:services!service=monitoring, which admins (and so
+        # masterclass teachers) hold; it needs no hub API scope (gridhub.hub.monitoring)
+        services.append(
+            {
+                "name": MONITORING_SERVICE,
+                "url": f"http://{s.connect_host}:{s.monitoring_port}",
+                "command": [
+                    sys.executable,
+                    "-m",
+                    "gridhub.hub.monitoring",
+                    f"--prometheus-url={s.prometheus_url}",
+                    f"--gateway-url={s.gateway_url}",
+                    f"--token-file={monitoring_dir(Path(s.state_dir)) / 'metrics_token'}",
+                ],
+                "oauth_no_confirm": True,
             }
         )
     if s.mode == "iam":

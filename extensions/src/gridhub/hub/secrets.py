@@ -10,7 +10,11 @@ the shared secrets directory instead: ``$FACILITY_SHARED_SECRETS`` where the
 container layout gives each service its own state (the compose facility: the
 `secrets` volume, written by the hub, read-only elsewhere), else the same
 ``<state_dir>/secrets``. Everything else stays in the state directory of the
-one service that uses it.
+one service that uses it. The token Prometheus scrapes with (MONITORING:
+``metrics_token``, for the hub's /hub/metrics, the gateway's metrics and
+Traefik's metrics entrypoint) lives in ``$FACILITY_MONITORING_SECRETS`` when
+set (the compose facility's `monitoring` volume: the hub writes it, only
+Prometheus and the gateway read it), else with the hub's own.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def _private_dir(path: Path) -> Path:
 
 
 SHARED = frozenset({"gateway_api_token", "traefik_provider_token"})
+MONITORING = frozenset({"metrics_token"})
+MONITORING_ENV = "FACILITY_MONITORING_SECRETS"
 
 
 def shared_dir(state_dir: Path) -> Path:
@@ -41,12 +47,42 @@ def shared_dir(state_dir: Path) -> Path:
     return Path(os.environ.get("FACILITY_SHARED_SECRETS") or Path(state_dir) / "secrets")
 
 
+def monitoring_dir(state_dir: Path) -> Path:
+    """Where the metrics token lives (see the module)."""
+    return Path(os.environ.get(MONITORING_ENV) or Path(state_dir) / "secrets")
+
+
 def load_or_create(state_dir: Path, name: str, configured: str | None = None, generate=None) -> str:
     """Return the secret `name`: configured value, else stored value, else a new one."""
+    own = Path(state_dir) / "secrets"
+    if name in MONITORING and os.environ.get(MONITORING_ENV):
+        return _monitoring_secret(monitoring_dir(state_dir), own, name, configured)
     if configured:
         return configured
-    own = Path(state_dir) / "secrets"
     directory = _private_dir(shared_dir(state_dir) if name in SHARED else own)
+    return load_or_create_in(directory, name, generate)
+
+
+def _monitoring_secret(directory: Path, own: Path, name: str, configured: str | None) -> str:
+    """The readers (Prometheus, the gateway) find the value in the monitoring
+    directory: a configured one is written there too; an older GridHub's, kept
+    with the hub's own secrets, moves there (an external scraper keeps working)."""
+    path = _private_dir(directory) / name
+    if configured:
+        if not path.is_file() or path.read_text().strip() != configured:
+            write_private(path, configured + "\n")
+        return configured
+    old = own / name
+    if not path.exists() and old.is_file() and old.read_text().strip():
+        try:
+            write_private(path, old.read_text(), replace=False)
+        except FileExistsError:
+            pass
+    return load_or_create_in(directory, name)
+
+
+def load_or_create_in(directory: Path, name: str, generate=None) -> str:
+    """The stored value of `name` in `directory`, else a new one, written once."""
     path = directory / name
     try:
         value = path.read_text().strip()

@@ -341,6 +341,18 @@ class Settings(BaseModel):
         " site's containers use its own image setting). Unset: the node's environment.",
     )
 
+    # --- monitoring (docs/monitoring.md) ---
+    prometheus_url: str | None = Field(
+        None,
+        description="Prometheus the admins' monitoring service (/services/monitoring/) reads"
+        " and relays (compose: the facility's own, http://prometheus:9090). Unset: no"
+        " monitoring service.",
+    )
+    monitoring_port: int = Field(
+        10103,
+        description="Port of the admins' monitoring service (hub-managed, /services/monitoring/).",
+    )
+
     # --- secrets (each generated once into the state dir when unset) ---
     cookie_secret: SecretStr | None = Field(None, description="Hub cookie secret (hex).")
     crypt_key: SecretStr | None = Field(
@@ -351,7 +363,9 @@ class Settings(BaseModel):
         None, description="API token of the dask-gateway hub service."
     )
     metrics_token: SecretStr | None = Field(
-        None, description="Token Prometheus uses for /hub/metrics (read:metrics)."
+        None,
+        description="Token Prometheus scrapes with: /hub/metrics (read:metrics), the gateway's"
+        " metrics and Traefik's metrics entrypoint.",
     )
     traefik_provider_token: SecretStr | None = Field(
         None,
@@ -382,7 +396,9 @@ class Settings(BaseModel):
                 raise ValueError(f"not JSON: {exc}") from None
         return value
 
-    @field_validator("public_url", "hub_bind_url", "proxy_api_url", "gateway_url", "iam_issuer")
+    @field_validator(
+        "public_url", "hub_bind_url", "proxy_api_url", "gateway_url", "iam_issuer", "prometheus_url"
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
