@@ -15,13 +15,16 @@ retention="${FACILITY_RETENTION:-30d}"
 case "$retention" in ''|*[!0-9smhdwy]*) fail "PROMETHEUS_RETENTION '$retention' is not a duration like 30d";; esac
 list=""
 for t in $(printf '%s' "$sites" | tr ',' ' '); do list="$list${list:+, }\"$t\""; done
+conf="${FACILITY_CONFIG_DIR:-/etc/gridhub/prometheus}"   # (another: the unit tests)
+out="${TMPDIR:-/tmp}/prometheus"
 umask 077
-mkdir -p /tmp/prometheus
+mkdir -p "$out"
 sed -e "s|@SITE_TARGETS@|[$list]|" \
     -e "s|@MONITORING@|${FACILITY_MONITORING_SECRETS:-/srv/gridhub/monitoring}|g" \
-    /etc/gridhub/prometheus/prometheus.yml.tmpl > /tmp/prometheus/prometheus.yml
+    -e "s|@CONFIG_DIR@|$conf|g" \
+    "$conf/prometheus.yml.tmpl" > "$out/prometheus.yml"
 exec prometheus \
-  --config.file=/tmp/prometheus/prometheus.yml \
+  --config.file="$out/prometheus.yml" \
   --storage.tsdb.path=/prometheus \
   --storage.tsdb.retention.time="$retention" \
   --web.listen-address=:9090 \

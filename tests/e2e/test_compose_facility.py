@@ -18,6 +18,8 @@ through Traefik on https://localhost:<free port> (self-signed):
    no internal port, cannot use, stop or connect to B's cluster; a second
    login under A's name is refused, and so are logins past the failure limit;
 5. no generated secret, user token or JWT in any container's log or grid job's output;
+   monitoring (issue 20), while the cluster runs: every Prometheus scrape target up,
+   the cluster and its workers counted, the usage page for an admin, 403 for a student;
 6. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
 
 Timings, image sizes and the build times (first build and cached rebuild)
@@ -42,8 +44,8 @@ from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, image_ta
 
 pytestmark = pytest.mark.e2e
 
-IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik")
-SERVICES = ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu")
+IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik", "prometheus")
+SERVICES = ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu", "prometheus")
 SITES = {"LCG.Local.gridhub": "localsite", "LCG.GPU.gridhub": "localsite-gpu"}  # stand-ins
 PROJECT = f"gridhubtest{RUN_ID}"
 USER = "alice"
@@ -89,6 +91,7 @@ class Facility:
             "GRIDHUB_GATEWAY_IMAGE": tags["gateway"],
             "GRIDHUB_DIRAC_IMAGE": tags["dirac"],
             "GRIDHUB_TRAEFIK_IMAGE": tags["traefik"],
+            "GRIDHUB_PROMETHEUS_IMAGE": tags["prometheus"],
             "GRIDHUB_CULL_IDLE_TIMEOUT": 0,
             "GRIDHUB_GATEWAY_IDLE_TIMEOUT": 0,
             "GRIDHUB_START_TIMEOUT": 300,
@@ -435,6 +438,115 @@ def test_login_lab_cluster_on_grid(facility, lab):
     RESULTS["dirac_jobs"] = running
 
 
+# Prometheus' scrape jobs (images/prometheus/prometheus.yml.tmpl)
+SCRAPE_JOBS = {"prometheus", "hub", "traefik", "gateway", "schedulers", "sites"}
+CLF = re.compile(r'^\S+ - \S+ \[[^\]]+\] "GET /hub/\S* HTTP/[\d.]+" \d{3} ', re.M)
+
+
+def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, browser):
+    """Issue 20 while the first test's cluster runs: Prometheus has every scrape
+    target up (the scheduler's through the gateway) and counts the user's cluster
+    and workers; a student gets 403 from the monitoring service, an admin (the
+    teacher) its usage page and Prometheus' answers; Prometheus is out of reach of
+    user code, Traefik's metrics want the token; Traefik logs requests in CLF."""
+    cluster = STATE.get("cluster")
+    assert cluster, "needs the cluster of the first test"
+    student, r = _login(facility, "carol", facility.exec("hub", "gridhub-access-code").strip())
+    assert r.status_code == 302, r.text[-500:]
+    refused = student.get("/services/monitoring/", follow_redirects=True)
+    assert refused.status_code == 403, (refused.status_code, refused.text[-300:])
+    refused = student.get(
+        "/services/monitoring/prometheus/api/v1/query",
+        params={"query": "up"},
+        follow_redirects=True,
+    )
+    assert refused.status_code == 403 and '"status":"success"' not in refused.text
+
+    teacher_code = facility.exec("hub", "gridhub-access-code", "--teacher").strip()
+    admin, r = _login(facility, "teacher", teacher_code)
+    assert r.status_code == 302, r.text[-500:]
+    api = "/services/monitoring/prometheus/api/v1"
+
+    def query(expr: str) -> float:
+        r = admin.get(f"{api}/query", params={"query": expr}, follow_redirects=True)
+        assert r.status_code == 200, r.text[-500:]
+        return sum(float(x["value"][1]) for x in r.json()["data"]["result"])
+
+    def targets() -> dict[str, list[dict]]:
+        r = admin.get(f"{api}/targets", follow_redirects=True)
+        assert r.status_code == 200, r.text[-500:]
+        out: dict[str, list[dict]] = {}
+        for target in r.json()["data"]["activeTargets"]:
+            out.setdefault(target["labels"]["job"], []).append(target)
+        return out
+
+    t0 = time.monotonic()
+    while True:  # scrapes every 15 s, service discovery of schedulers every 15 s
+        found = targets()
+        down = {
+            f"{job}/{x['labels']['instance']}: {x['health']} {x.get('lastError')}"
+            for job, xs in found.items()
+            for x in xs
+            if x["health"] != "up"
+        }
+        schedulers = {x["labels"].get("cluster") for x in found.get("schedulers", [])}
+        if set(found) == SCRAPE_JOBS and not down and cluster in schedulers:
+            break
+        assert time.monotonic() - t0 < 180, f"targets {sorted(found)}, down {down}, {schedulers}"
+        time.sleep(5)
+    RESULTS["monitoring_targets_up_seconds"] = round(time.monotonic() - t0, 1)
+    assert len(found["sites"]) == len(SITES)
+    # the user's cluster and its workers, as the gateway, DIRAC, the scheduler and
+    # the sites count them
+    assert query(f'gridhub_gateway_clusters{{user="{SEAT}"}}') >= 1
+    assert query(f'gridhub_gateway_workers{{user="{SEAT}",state="RUNNING"}}') >= 2
+    assert query('gridhub_gateway_worker_jobs{status="Running"}') >= 2
+    assert query(f'dask_scheduler_workers{{cluster="{cluster}"}}') >= 2
+    assert query("gridhub_localsite_jobs") >= 2
+    assert query("gridhub_gateway_dirac_up") == 1
+    assert query("jupyterhub_running_servers") >= 1
+    assert query("traefik_entrypoint_requests_total") > 0
+    rules = admin.get(f"{api}/rules", follow_redirects=True).json()["data"]["groups"]
+    assert {x["name"] for g in rules for x in g["rules"]} >= {
+        "ScrapeTargetDown",
+        "GatewayCannotReachDirac",
+        "GridJobsFailingAtSite",
+        "SiteHasNoFreeSlots",
+    }
+    # the usage page, in a browser, for the admin
+    ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1500, "height": 1000})
+    try:
+        pg = ctx.new_page()
+        # (next=: straight to the page, no server for the teacher)
+        pg.goto(facility.url + "/hub/login?next=%2Fservices%2Fmonitoring%2F")
+        pg.fill("#username_input", "teacher")
+        pg.fill("#password_input", teacher_code)
+        pg.click("#login_submit")
+        pg.wait_for_selector("#usage", timeout=60_000)
+        pg.goto(facility.url + "/services/monitoring/?hours=1")
+        pg.wait_for_selector("#usage", timeout=60_000)
+        for ident in ("active-users", "servers", "clusters", "workers", "cpu-owner"):
+            assert pg.locator(f"#plot-{ident}").count() == 1, ident
+        assert pg.locator("#plot-workers polyline").count() >= 1  # workers were running
+        screenshot(pg, "compose-05-monitoring-usage")
+    finally:
+        ctx.close()
+    # Prometheus is not reachable from user code; Traefik's metrics want the token
+    probe = (
+        "import socket, urllib.request, urllib.error\n"
+        "try:\n    socket.create_connection(('prometheus', 9090), 3).close(); print('OPEN')\n"
+        "except OSError as e:\n    print('CLOSED', type(e).__name__)\n"
+        "try:\n    urllib.request.urlopen(f'http://{PUBLIC_HOST}:8083/metrics', timeout=5)\n"
+        "    print('METRICS OPEN')\n"
+        "except urllib.error.HTTPError as e:\n    print('METRICS', e.code)\n"
+    ).replace("{PUBLIC_HOST}", PUBLIC_HOST)
+    for where in (STATE["server"][0], _scheduler_container(cluster)):
+        out = _python_in(where, probe)
+        assert "CLOSED" in out and "METRICS 401" in out, (where, out)
+    # Traefik's access log: one line per request in the Common Log Format
+    assert CLF.search(facility.compose("logs", "--no-color", "--no-log-prefix", "traefik").stdout)
+
+
 def _scheduler_container(cluster: str) -> str:
     return f"{PROJECT}-scheduler-{cluster}"
 
@@ -481,6 +593,7 @@ def _needles(facility: Facility, b_key: str) -> dict[str, str]:
     found |= _secret_files(facility, "hub", "/srv/gridhub/shared")
     found |= _secret_files(facility, "gateway", "/srv/gridhub/state/secrets")
     found |= _secret_files(facility, "dirac", "/srv/gridhub/dirac")
+    found |= _secret_files(facility, "hub", "/srv/gridhub/monitoring")
     key = facility.exec(  # (where the hub keeps it: before issue 15, in its state)
         "hub",
         "sh",
@@ -818,7 +931,9 @@ def test_no_secret_or_token_in_any_log(facility, lab):
     secrets_ |= _secret_files(facility, "hub", "/srv/gridhub/shared")
     secrets_ |= _secret_files(facility, "gateway", "/srv/gridhub/state/secrets")
     secrets_ |= _secret_files(facility, "dirac", "/srv/gridhub/dirac")
+    secrets_ |= _secret_files(facility, "hub", "/srv/gridhub/monitoring")
     assert any("traefik_provider_token" in k for k in secrets_), sorted(secrets_)
+    assert any("metrics_token" in k for k in secrets_), sorted(secrets_)
     (server,) = facility.server_of(SEAT)
     token = docker("exec", server, "printenv", "JUPYTERHUB_API_TOKEN").stdout.strip()
     assert len(token) >= 16
