@@ -99,6 +99,8 @@ class Facility:
             "GRIDHUB_MEM_LIMIT": "3G",
             "GRIDHUB_WORKER_MEM_LIMIT": "3G",
             "GRIDHUB_MASTERCLASS_POOL_SIZE": 1,
+            # an admin, for the monitoring view (with the teacher code)
+            "GRIDHUB_MASTERCLASS_TEACHERS": "teacher",
             # small, so that the test can reach it (default 30 per 600 s)
             "GRIDHUB_MASTERCLASS_FAILED_LOGIN_LIMIT": FAILED_LOGIN_LIMIT,
         }
