@@ -174,7 +174,7 @@ class Target:
 
 @pytest.fixture(scope="module")
 def image_archive(notebook_image: str, tmp_path_factory) -> Path:
-    """The five facility images as one `docker save` archive (shared layers once)."""
+    """The six facility images as one `docker save` archive (shared layers once)."""
     tags = [notebook_image] + [build_image(n) for n in IMAGES if n != "notebook"]
     d = tmp_path_factory.mktemp("images")
     t0 = time.monotonic()
@@ -281,7 +281,8 @@ def test_converge_serves_the_login_page(converged: Target):
         assert t.sh(f"cat /opt/gridhub/{name}") == (ROOT / name).read_text()
     assert t.sh("stat -c '%a %U' /opt/gridhub/.env").split() == ["600", "root"]
     assert "docker-compose version 1.29" in t.sh("docker-compose version")
-    for service in ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu"):
+    services = ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu", "prometheus")
+    for service in services:
         assert t.container(service)["State"]["Health"]["Status"] == "healthy", service
     # the host firewall: a service on a port not in gridhub_firewall_tcp_ports
     # answers on the host's loopback but not from outside
