@@ -22,7 +22,7 @@ def _nice_ticks(top: float, n: int = 4) -> list[float]:
     raw = top / n
     mag = 10 ** math.floor(math.log10(raw))
     step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
-    return [i * step for i in range(int(math.ceil(top / step)) + 1)]
+    return [i * step for i in range(math.ceil(top / step) + 1)]
 
 
 def _time_label(t: float, span: float) -> str:
