@@ -46,6 +46,31 @@ def metrics(facility: Facility, token: str | None = METRICS_TOKEN) -> httpx.Resp
     )
 
 
+def get(facility: Facility, path: str, token: str | None = METRICS_TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.get(
+        facility.public_url + path, headers=headers, verify=str(facility.cert), timeout=30
+    )
+
+
+def check_scheduler_relay(facility: Facility, cluster: str) -> None:
+    """Prometheus' service discovery of the running schedulers, and a scheduler's own
+    metrics relayed by the gateway (gateway/scrape.py; docs/monitoring.md)."""
+    assert get(facility, "/api/v1/metrics/schedulers", None).status_code == 401
+    found = get(facility, "/api/v1/metrics/schedulers").json()
+    (target,) = [t for t in found if t["labels"]["cluster"] == cluster]
+    assert target["labels"]["user"] == USER
+    relayed = get(facility, target["labels"]["__metrics_path__"])
+    assert relayed.status_code == 200, relayed.text[-500:]
+    workers = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in relayed.text.splitlines()
+        if line.startswith("dask_scheduler_workers{")
+    )
+    assert workers == 2, relayed.text[:2000]
+    assert get(facility, "/api/v1/metrics/schedulers/no-such-cluster").status_code == 404
+
+
 def sample(text: str, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     prefix = f"{name}{{{want}}} " if labels else f"{name} "
@@ -82,6 +107,7 @@ def check_accounting(facility, gateway) -> None:
         running_here = sample(r.text, "gridhub_gateway_worker_jobs", status="Running", site=SITE)
         assert running_here >= 2, r.text
         assert sample(r.text, "gridhub_gateway_dirac_up") == 1
+        check_scheduler_relay(facility, name)
         client.close()
     finally:
         cluster.shutdown()
@@ -107,6 +133,11 @@ def check_accounting(facility, gateway) -> None:
     )
     records = {r["job_id"]: r for r in data["jobs"]}
     assert set(records) == {j["JobID"] for j in jobs}, (data, jobs)
+    # every user's jobs, for the admins' usage page (docs/monitoring.md): the same records
+    assert get(facility, "/api/v1/usage/all", None).status_code == 401
+    everyone = get(facility, "/api/v1/usage/all").json()
+    mine = {r["job_id"]: r for r in everyone["jobs"] if r["job_id"] in records}
+    assert mine == records
     for j in jobs:
         rec = records[j["JobID"]]
         assert rec["job_group"] == name
