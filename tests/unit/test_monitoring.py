@@ -290,6 +290,7 @@ def test_monitoring_service_only_with_prometheus_and_without_hub_scopes(tmp_path
     token_file = tmp_path / "b" / "state" / "secrets" / "metrics_token"
     assert f"--token-file={token_file}" in svc["command"]  # a path, never the token
     assert not any(token_file.read_text().strip() in a for a in svc["command"])
+    assert "--listen-host=127.0.0.1" in svc["command"]  # where the hub listens
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert not any("monitoring" in r.get("services", []) for r in roles.values())
     # users do not hold access to it: only admins (and so teachers) do

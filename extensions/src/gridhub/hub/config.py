@@ -435,6 +435,7 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                     f"--prometheus-url={s.prometheus_url}",
                     f"--gateway-url={s.gateway_url}",
                     f"--token-file={monitoring_dir(Path(s.state_dir)) / 'metrics_token'}",
+                    f"--listen-host={urlsplit(s.hub_bind_url).hostname or '127.0.0.1'}",
                 ],
                 "oauth_no_confirm": True,
             }

@@ -256,6 +256,12 @@ def main() -> None:
     )
     p.add_argument("--gateway-url", required=True, help="the gateway's internal URL")
     p.add_argument("--token-file", required=True, help="the metrics token (the gateway's usage)")
+    p.add_argument(
+        "--listen-host",
+        default="",
+        help="address to listen on (the hub's own bind address; default: the host of"
+        " JUPYTERHUB_SERVICE_URL)",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="[gridhub-monitoring %(asctime)s] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -272,7 +278,10 @@ def main() -> None:
         xsrf_cookies=False,
     )
     url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])  # where the hub routes us
-    app.listen(url.port or 80, url.hostname or "127.0.0.1")
+    # in compose the hub listens on every network it is on (0.0.0.0), and so does this:
+    # Traefik may reach the hub's host name by another network than the one it
+    # resolves to here
+    app.listen(url.port or 80, args.listen_host or url.hostname or "127.0.0.1")
     log.info("monitoring at %s (Prometheus %s)", prefix, args.prometheus_url)
     hub = os.getppid()
 
