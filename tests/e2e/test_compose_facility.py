@@ -527,7 +527,7 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
         pg.wait_for_selector("#usage", timeout=60_000)
         pg.goto(facility.url + "/services/monitoring/?hours=1")
         pg.wait_for_selector("#usage", timeout=60_000)
-        for ident in ("active-users", "servers", "clusters", "workers", "cpu-owner"):
+        for ident in ("active-users", "servers", "clusters", "workers", "cpu-user"):
             assert pg.locator(f"#plot-{ident}").count() == 1, ident
         assert pg.locator("#plot-workers polyline").count() >= 1  # workers were running
         screenshot(pg, "compose-05-monitoring-usage")

@@ -150,7 +150,7 @@ def test_admins_see_usage_and_query_prometheus_students_are_refused(hub_factory)
             assert login_form(teacher, "teacher", TEACHER_CODE).status_code == 302
             page = teacher.get("/services/monitoring/")
             assert page.status_code == 200, page.text[-500:]
-            for ident in ("active-users", "servers", "clusters", "workers", "cpu-owner"):
+            for ident in ("active-users", "servers", "clusters", "workers", "cpu-user"):
                 assert f"id='plot-{ident}'" in page.text, ident
             svg = page.text[page.text.index("<svg") : page.text.index("</svg>") + 6]
             ElementTree.fromstring(svg)  # noqa: S314 (our own page): well-formed SVG

@@ -301,29 +301,29 @@ def test_monitoring_service_only_with_prometheus_and_without_hub_scopes(tmp_path
 
 
 def test_cpu_hours_run_up_per_user_and_group_as_jobs_end():
+    def job(name, group, cpu_s, end, owner="robot"):
+        return {
+            "job_name": f"dask-worker {name} w-1" if name else "",
+            "owner": owner,
+            "owner_group": group,
+            "cpu_s": cpu_s,
+            "end_time": end,
+        }
+
     jobs = [
-        {
-            "owner": "alice",
-            "owner_group": "atlas",
-            "cpu_s": 3600,
-            "end_time": "2026-01-01T10:00:00",
-        },
-        {"owner": "bob", "owner_group": "atlas", "cpu_s": 1800, "end_time": "2026-01-01T11:00:00Z"},
-        {
-            "owner": "alice",
-            "owner_group": "atlas",
-            "cpu_s": 7200,
-            "end_time": "2026-01-01T12:00:00",
-        },
-        {"owner": "alice", "owner_group": "atlas", "cpu_s": 9e9, "end_time": "2025-01-01T00:00:00"},
-        {"owner": "carol", "owner_group": "cms", "cpu_s": None, "end_time": None},  # not ended
+        job("alice", "atlas", 3600, "2026-01-01T10:00:00"),
+        job("bob", "atlas", 1800, "2026-01-01T11:00:00Z"),
+        job("alice", "atlas", 7200, "2026-01-01T12:00:00"),
+        job("alice", "atlas", 9e9, "2025-01-01T00:00:00"),  # before the period
+        job("carol", "cms", None, None),  # not ended
+        job("", "cms", 360, "2026-01-01T12:00:00", owner="dave"),  # no GridHub JobName
     ]
-    start = 1767225600.0  # 2026-01-01T00:00Z: the year before is not in the period
-    series, totals = cpu_hours_over_time(jobs, "owner", start)
-    assert totals == {"alice": 3.0, "bob": 0.5}
+    start = 1767225600.0  # 2026-01-01T00:00Z
+    series, totals = cpu_hours_over_time(jobs, "user", start)
+    assert totals == {"alice": 3.0, "bob": 0.5, "dave": 0.1}
     assert series["alice"][0] == (start, 0.0) and [v for _, v in series["alice"]] == [0, 1, 3]
     _, groups = cpu_hours_over_time(jobs, "owner_group", start)
-    assert groups == {"atlas": 3.5}
+    assert groups == {"atlas": 3.5, "cms": 0.1}
 
 
 def test_line_chart_is_svg_with_a_line_per_series_escaped_labels_and_no_data_said():

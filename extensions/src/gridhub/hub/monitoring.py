@@ -109,13 +109,25 @@ def _epoch(text: str | None) -> float | None:
     return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()
 
 
+def hub_user(job: dict[str, Any]) -> str:
+    """The hub user a worker job ran for: from its JobName ("dask-worker <user>
+    <worker>", gateway/jdl.py), which holds it also where a robot identity owns
+    every job (an external DiracX); else the DIRAC owner."""
+    parts = str(job.get("job_name") or "").split()
+    if len(parts) == 3 and parts[0] == "dask-worker":
+        return parts[1]
+    return str(job.get("owner") or "(none)")
+
+
 def cpu_hours_over_time(
     jobs: list[dict[str, Any]], by: str, start: float
 ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, float]]:
-    """Running totals of CPU hours per ``by`` ("owner" or "owner_group") as jobs
-    ended, from ``start`` on, and each one's total over the period."""
+    """Running totals of CPU hours per ``by`` ("user": the hub user, or a job
+    record's field, e.g. "owner_group") as jobs ended, from ``start`` on, and
+    each one's total over the period."""
+    key = hub_user if by == "user" else (lambda j: str(j.get(by) or "(none)"))
     ended = sorted(
-        (t, str(j.get(by) or "(none)"), (j.get("cpu_s") or 0.0) / 3600)
+        (t, key(j), (j.get("cpu_s") or 0.0) / 3600)
         for j in jobs
         if (t := _epoch(j.get("end_time"))) is not None and t >= start and j.get("cpu_s")
     )
@@ -184,7 +196,7 @@ class UsagePage(Base):
         except (httpx.HTTPError, OSError, KeyError, ValueError) as exc:
             problems.append(f"CPU hours: the gateway's accounting did not answer ({exc})")
             jobs = []
-        for by, title in (("owner", "CPU hours by user"), ("owner_group", "CPU hours by group")):
+        for by, title in (("user", "CPU hours by user"), ("owner_group", "CPU hours by group")):
             series, _ = cpu_hours_over_time(jobs, by, start)
             charts.append(
                 line_chart(
