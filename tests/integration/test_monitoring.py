@@ -6,10 +6,14 @@ prometheus; .ci/run installs it) and a real JupyterHub with GridHub's monitoring
 2. A masterclass hub whose monitoring service relays a Prometheus on loopback that
    scrapes the hub's /hub/metrics with the hub's metrics token: a student gets 403, the
    teacher (an admin) gets the usage page with its plots and Prometheus' answers.
+3. Prometheus finds each running Dask scheduler by the gateway's HTTP service discovery
+   and scrapes it through the gateway's relay (a real dask-gateway with the DIRAC
+   backend, the embedded DiracX, the local site), as the compose facility does.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +32,7 @@ except ImportError:
     from hub_fixtures import ARTIFACTS, REPO, login_form
     from test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub
 
+from gateway_fixtures import Facility
 from processes import free_port, wait_for
 
 PROMETHEUS = shutil.which("prometheus")
@@ -176,3 +181,95 @@ def test_admins_see_usage_and_query_prometheus_students_are_refused(hub_factory)
             assert refused.status_code == 405
     finally:
         prom.stop()
+
+
+METRICS_TOKEN = secrets.token_hex(16)
+
+
+class ScrapedFacility(Facility):
+    def config(self, **overrides: object) -> str:
+        return super().config(DiracBackend__metrics_token=METRICS_TOKEN, **overrides)
+
+
+def query(url: str, expr: str) -> list[dict]:
+    r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10)
+    r.raise_for_status()
+    return r.json()["data"]["result"]
+
+
+@needs_prometheus
+def test_prometheus_scrapes_each_running_scheduler_through_the_gateway(
+    tmp_path_factory, diracx_server, diracx_local_site
+):
+    work = tmp_path_factory.mktemp("scrape")
+    facility = ScrapedFacility(work, diracx_server, diracx_local_site)
+    token = work / "metrics_token"
+    token.write_text(METRICS_TOKEN)
+    token.chmod(0o600)
+    # (through Traefik, under the gateway's prefix; compose scrapes gateway:8000 directly)
+    gateway, _, prefix = facility.public_url.split("://", 1)[1].partition("/")
+    auth = f"authorization: {{type: Bearer, credentials_file: {token}}}"
+    tls = f"tls_config: {{ca_file: {facility.cert}}}"
+    prom = Prometheus(
+        "global: {scrape_interval: 2s}\n"
+        "scrape_configs:\n"
+        "  - job_name: gateway\n"
+        f"    metrics_path: /{prefix}/api/v1/metrics\n"
+        f"    scheme: https\n    {auth}\n    {tls}\n"
+        f"    static_configs: [{{targets: ['{gateway}']}}]\n"
+        "  - job_name: schedulers\n"
+        f"    scheme: https\n    {auth}\n    {tls}\n"
+        "    http_sd_configs:\n"
+        f"      - url: {facility.public_url}/api/v1/metrics/schedulers\n"
+        "        refresh_interval: 2s\n"
+        f"        {auth}\n        {tls}\n",
+        free_port(),
+    )
+    try:
+        with facility.client("scraped") as gw:
+            cluster = gw.new_cluster()
+            try:
+                cluster.scale(1)
+                client = cluster.get_client()
+                client.wait_for_workers(1, timeout=120)
+                prom.start()
+
+                def scheduler_scraped() -> bool:
+                    up = query(prom.url, f'up{{job="schedulers",cluster="{cluster.name}"}}')
+                    workers = query(
+                        prom.url, f'sum(dask_scheduler_workers{{cluster="{cluster.name}"}})'
+                    )
+                    return bool(up and up[0]["value"][1] == "1" and workers) and (
+                        workers[0]["value"][1] == "1"
+                    )
+
+                wait_for(scheduler_scraped, 90, "the scheduler scraped via the gateway", prom.log)
+                (target,) = query(prom.url, f'up{{job="schedulers",cluster="{cluster.name}"}}')
+                assert target["metric"]["user"] == "scraped"
+                assert target["metric"]["instance"] == f"scheduler-{cluster.name}"
+                # the gateway's own metrics count the cluster (the same token)
+                wait_for(
+                    lambda: (
+                        [
+                            x["value"][1]
+                            for x in query(prom.url, 'gridhub_gateway_clusters{user="scraped"}')
+                        ]
+                        == ["1"]
+                    ),
+                    30,
+                    "the gateway scraped",
+                    lambda: httpx.get(prom.url + "/api/v1/targets", timeout=10).text,
+                )
+                client.close()
+            finally:
+                cluster.shutdown()
+
+        # a stopped cluster leaves the service discovery: no target left to be "down"
+        def gone() -> bool:
+            r = httpx.get(prom.url + "/api/v1/targets", timeout=10).json()
+            return not [t for t in r["data"]["activeTargets"] if t["labels"]["job"] == "schedulers"]
+
+        wait_for(gone, 60, "the stopped cluster's target to go", prom.log)
+    finally:
+        prom.stop()
+        facility.stop()

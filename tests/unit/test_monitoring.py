@@ -118,12 +118,13 @@ def test_prometheus_scrapes_every_part_and_nothing_on_the_users_side(tmp_path):
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert set(jobs) == {"prometheus", "hub", "traefik", "gateway", "schedulers", "sites"}
     token = str(tmp_path / "mon" / "metrics_token")
-    assert jobs["hub"]["authorization"]["credentials_file"] == token
-    assert jobs["gateway"]["authorization"]["credentials_file"] == token
+    bearer = {"type": "Bearer", "credentials_file": token}
+    assert jobs["hub"]["authorization"] == jobs["gateway"]["authorization"] == bearer
+    assert jobs["schedulers"]["authorization"] == bearer
     assert jobs["traefik"]["basic_auth"] == {"username": "prometheus", "password_file": token}
     sd = jobs["schedulers"]["http_sd_configs"][0]
     assert sd["url"] == "http://gateway:8000/api/v1/metrics/schedulers"
-    assert sd["authorization"]["credentials_file"] == token
+    assert sd["authorization"] == {"type": "Bearer", "credentials_file": token}
     assert jobs["sites"]["static_configs"][0]["targets"] == ["localsite:9100", "localsite-gpu:9100"]
     assert config["rule_files"] == [str(IMAGE / "alerts.yml")]
     assert "--web.route-prefix=/" in args
@@ -248,6 +249,13 @@ def test_gateway_relays_each_running_schedulers_metrics_to_the_token_only():
                 assert c1["labels"]["__metrics_path__"] == "/api/v1/metrics/schedulers/c1"
                 r = await gw.get(c1["labels"]["__metrics_path__"], headers=auth)
                 assert r.status == 200 and "dask_scheduler_workers 2" in await r.text()
+                # behind a proxy that strips a prefix (Traefik: X-Forwarded-Prefix)
+                r = await gw.get(
+                    "/api/v1/metrics/schedulers",
+                    headers={**auth, "X-Forwarded-Prefix": "/services/dask-gateway"},
+                )
+                paths = [t["labels"]["__metrics_path__"] for t in await r.json()]
+                assert paths[0] == "/services/dask-gateway/api/v1/metrics/schedulers/c1"
                 # not running, unknown, or not answering: no metrics, a named reason
                 r = await gw.get("/api/v1/metrics/schedulers/c2", headers=auth)
                 assert r.status == 404

@@ -16,6 +16,7 @@ is relayed: nothing else of a scheduler is reachable this way.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,12 @@ def add_routes(
     """``guarded`` wraps a handler in the metrics routes' check (token or admin)."""
 
     async def targets(request: web.Request) -> web.StreamResponse:
-        return web.json_response(scheduler_targets(backend, request.host))
+        # behind Traefik, which strips the gateway's prefix (and says which), the
+        # scrape path keeps it; Prometheus in compose asks gateway:8000 directly
+        prefix = request.headers.get("X-Forwarded-Prefix", "").rstrip("/")
+        if not re.fullmatch(r"(/[A-Za-z0-9._-]+)*", prefix):
+            prefix = ""
+        return web.json_response(scheduler_targets(backend, request.host, prefix))
 
     async def relay(request: web.Request) -> web.StreamResponse:
         name = request.match_info["cluster"]
@@ -70,9 +76,10 @@ def add_routes(
     app.router.add_get(PREFIX + "/{cluster:[A-Za-z0-9._-]+}", guarded(relay))
 
 
-def scheduler_targets(backend: DiracBackend, gateway_host: str) -> list[dict]:
+def scheduler_targets(backend: DiracBackend, gateway_host: str, prefix: str = "") -> list[dict]:
     """Prometheus http_sd: every running cluster with a dashboard, scraped at the
-    gateway (``gateway_host``, as Prometheus reached it) on its relay path."""
+    gateway (``gateway_host``, as Prometheus reached it) on its relay path
+    (under ``prefix``, the path a proxy in front strips)."""
     out = []
     for cluster in backend.db.list_clusters():
         if cluster.status != JobStatus.RUNNING or not cluster.dashboard_address:
@@ -81,7 +88,7 @@ def scheduler_targets(backend: DiracBackend, gateway_host: str) -> list[dict]:
             {
                 "targets": [gateway_host],
                 "labels": {
-                    "__metrics_path__": f"{PREFIX}/{cluster.name}",
+                    "__metrics_path__": f"{prefix}{PREFIX}/{cluster.name}",
                     "instance": f"scheduler-{cluster.name}",
                     "cluster": cluster.name,
                     "user": cluster.username,
