@@ -60,7 +60,16 @@ def check_scheduler_relay(facility: Facility, cluster: str) -> None:
     found = get(facility, "/api/v1/metrics/schedulers").json()
     (target,) = [t for t in found if t["labels"]["cluster"] == cluster]
     assert target["labels"]["user"] == USER
-    relayed = get(facility, target["labels"]["__metrics_path__"])
+    # the path as Prometheus scrapes it: with the prefix Traefik strips
+    path = target["labels"]["__metrics_path__"]
+    origin, _, prefix = facility.public_url.partition("://")[2].partition("/")
+    assert path.startswith(f"/{prefix}/api/v1/metrics/schedulers/"), path
+    relayed = httpx.get(
+        f"https://{origin}{path}",
+        headers={"Authorization": f"Bearer {METRICS_TOKEN}"},
+        verify=str(facility.cert),
+        timeout=30,
+    )
     assert relayed.status_code == 200, relayed.text[-500:]
     workers = sum(
         float(line.rsplit(" ", 1)[1])
