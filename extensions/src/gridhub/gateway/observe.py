@@ -158,7 +158,7 @@ async def _metrics(backend: DiracBackend) -> web.Response:
         for w in cluster.workers.values():
             workers[(("user", cluster.username), ("state", w.status.name))] += 1
     jobs: Counter = Counter()
-    up = Counter({(): 1})
+    up: Counter = Counter({(): 1})
     try:
         # within Prometheus' scrape timeout (12 s): a hung DiracX reads as down
         found = await asyncio.wait_for(_live_jobs(backend, live), DIRAC_PROBE_TIMEOUT)

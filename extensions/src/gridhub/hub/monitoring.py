@@ -125,9 +125,9 @@ def cpu_hours_over_time(
     """Running totals of CPU hours per ``by`` ("user": the hub user, or a job
     record's field, e.g. "owner_group") as jobs ended, from ``start`` on, and
     each one's total over the period."""
-    key = hub_user if by == "user" else (lambda j: str(j.get(by) or "(none)"))
+    group_of = hub_user if by == "user" else (lambda j: str(j.get(by) or "(none)"))
     ended = sorted(
-        (t, key(j), (j.get("cpu_s") or 0.0) / 3600)
+        (t, group_of(j), (j.get("cpu_s") or 0.0) / 3600)
         for j in jobs
         if (t := _epoch(j.get("end_time"))) is not None and t >= start and j.get("cpu_s")
     )
