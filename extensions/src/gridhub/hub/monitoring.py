@@ -256,7 +256,7 @@ class PrometheusRelay(Base):
 PAGE = """<!doctype html><html><head><meta charset=utf-8><title>Facility usage</title>
 <style>body{{font-family:sans-serif;margin:2em}} .chart{{display:inline-block;margin:.5em}}
 .problem{{color:#b00}}</style></head><body>
-<h1 id=usage>Facility usage, the last {hours} hours</h1>
+<h1 id=usage>Facility usage over the last {hours} h</h1>
 <p>{links} · <a href='{prometheus}'>Prometheus</a> · <a href='{alerts}'>alerts</a>
 · logged in as {who}</p>{problems}{charts}</body></html>"""
 
