@@ -126,12 +126,12 @@ async def _live_jobs(backend: DiracBackend, live: list[str]) -> list[dict[str, A
     if not backend.diracx_user_logins:
         # with no live cluster, a search that finds nothing: DiracX is still
         # probed (an alert fires when it does not answer; docs/monitoring.md)
-        cond = (
+        probe: dict[str, Any] = (
             {"parameter": "JobGroup", "operator": "in", "values": live}
             if live
             else {"parameter": "JobID", "operator": "eq", "value": 0}
         )
-        return await backend.dirac.search([cond], fields)
+        return await backend.dirac.search([probe], fields)
     found: list[dict[str, Any]] = []
     users: dict[str, list[str]] = {}
     for cluster in backend.db.list_clusters():
