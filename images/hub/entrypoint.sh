@@ -10,7 +10,7 @@ set -eu
 if [ "$(id -u)" = 0 ]; then
   for d in /srv/gridhub/state /srv/gridhub/state/secrets /srv/gridhub/shared \
            /srv/gridhub/proxy /srv/gridhub/certs /srv/gridhub/masterclass \
-           /srv/gridhub/monitoring; do
+           /srv/gridhub/monitoring /srv/gridhub/lake; do
     [ -d "$d" ] && { chown gridhub:gridhub "$d" 2>/dev/null || true; }
   done
   chmod 0700 /srv/gridhub/state /srv/gridhub/state/secrets /srv/gridhub/shared \

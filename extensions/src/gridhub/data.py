@@ -15,6 +15,11 @@
 - :func:`reachable` answers quickly whether a remote file's server can be
   reached at all, so a notebook can fall back to the shipped samples instead
   of hanging on a site that has no route to the internet.
+- The data lake (docs/data-lake.md): ``$GRIDHUB_LAKE_URL`` is the facility's
+  XCache (``root://lake-cache:1094`` in the compose facility). :func:`lake_url`
+  names a path there, :func:`sample` and :func:`choose_fileset` read the
+  shipped samples through it by default (the local copy is the fallback),
+  :func:`storage_token` asks the hub's issuer for a short-lived read token.
 """
 
 from __future__ import annotations
@@ -23,12 +28,16 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 DATA_DIR_ENV = "GRIDHUB_DATA_DIR"
+LAKE_URL_ENV = "GRIDHUB_LAKE_URL"
+STORAGE_TOKEN_URL_ENV = "GRIDHUB_STORAGE_TOKEN_URL"  # noqa: S105 (a variable name)
+#: where the lake's origin serves the shipped samples (readable without a token)
+LAKE_SAMPLES = "/public/samples"
 FILESET_NAME = "fileset.json"
 REMOTE_SCHEMES = ("https", "http", "root", "xroot", "davs", "dav")
 DEFAULT_PORTS = {"https": 443, "davs": 443, "http": 80, "dav": 80, "root": 1094, "xroot": 1094}
@@ -64,12 +73,23 @@ def load_fileset(
     """
     fileset_path = Path(path) if path is not None else data_dir() / FILESET_NAME
     raw = json.loads(Path(fileset_path).read_text())
+    base = str(fileset_path.resolve().parent)
+    return _resolve(raw, fileset_path, lambda name: os.path.join(base, name), processes, max_files)
+
+
+def _resolve(
+    raw: Any,
+    fileset_path: str | os.PathLike[str],
+    join: Callable[[str], str],
+    processes: Iterable[str] | None,
+    max_files: int | None,
+) -> dict[str, dict[str, Any]]:
+    """A parsed fileset with each relative file name made ``join(name)``."""
     if not isinstance(raw, dict):
         raise ValueError(f"{fileset_path}: a fileset is a JSON object of processes")
     wanted = None if processes is None else set(processes)
     if wanted is not None and (unknown := wanted - set(raw)):
         raise KeyError(f"{fileset_path} has no process {sorted(unknown)}; it has {sorted(raw)}")
-    base = fileset_path.resolve().parent
     out: dict[str, dict[str, Any]] = {}
     for process, spec in raw.items():
         if wanted is not None and process not in wanted:
@@ -81,7 +101,7 @@ def load_fileset(
             raise ValueError(f"{fileset_path}: process {process!r} has no 'files' mapping")
         resolved = {}
         for name, tree in list(files.items())[:max_files]:
-            key = name if is_remote(name) or os.path.isabs(name) else str(base / name)
+            key = name if is_remote(name) or os.path.isabs(name) else join(name)
             resolved[key] = tree
         out[process] = {"files": resolved, "metadata": dict(spec.get("metadata") or {})}
     return out
@@ -199,16 +219,95 @@ def pick(url: str | None, local: str | os.PathLike[str], timeout: float = 3.0) -
     return str(local), f"shipped sample {local}{why}"
 
 
+def lake_url(path: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """``path`` on the facility's data lake, read through its XCache
+    (``$GRIDHUB_LAKE_URL``); None when the facility has no lake."""
+    env = os.environ if environ is None else environ
+    base = (env.get(LAKE_URL_ENV) or "").strip().rstrip("/")
+    if not base:
+        return None
+    return f"{base}//{path.lstrip('/')}"
+
+
+def read_bytes(url: str, timeout: float = 10.0) -> bytes:
+    """A small remote file's content, every wait bounded by ``timeout``;
+    an OSError naming the storage's answer when it cannot be read."""
+    if urlsplit(url).scheme.lower() not in ("root", "roots", "xroot"):
+        import fsspec
+
+        with fsspec.open(url, "rb", **storage_options(url)) as f:
+            return f.read()
+    from XRootD import client
+
+    seconds = max(1, int(timeout))
+    with client.File() as f:
+        status, _ = f.open(url, timeout=seconds)
+        if not status.ok:
+            raise OSError(f"{url}: {status.message.strip()}")
+        status, data = f.read(timeout=seconds)
+        if not status.ok:
+            raise OSError(f"{url}: {status.message.strip()}")
+        return bytes(data)
+
+
+def lake_fileset(
+    path: str = f"{LAKE_SAMPLES}/{FILESET_NAME}",
+    *,
+    timeout: float = 10.0,
+    environ: Mapping[str, str] | None = None,
+    processes: Iterable[str] | None = None,
+    max_files: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The fileset at ``path`` on the lake, read through the XCache; its
+    relative file names become URLs through the XCache too."""
+    url = lake_url(path, environ)
+    if url is None:
+        raise OSError(f"no data lake: ${LAKE_URL_ENV} is not set")
+    raw = json.loads(read_bytes(url, timeout=timeout))
+    folder = path.rsplit("/", 1)[0]
+    return _resolve(
+        raw, url, lambda name: lake_url(f"{folder}/{name}", environ) or name, processes, max_files
+    )
+
+
+def sample(name: str, url: str | None = None, timeout: float = 3.0) -> tuple[str, str]:
+    """``(path, description)`` of a shipped sample: ``url`` when given, else its
+    copy on the lake (through the XCache), when it opens within ``timeout``
+    seconds; else the local copy (:func:`data_dir`)."""
+    return pick(url or lake_url(f"{LAKE_SAMPLES}/{name}"), data_dir() / name, timeout=timeout)
+
+
+def storage_token(environ: Mapping[str, str] | None = None, timeout: float = 20.0) -> dict:
+    """A short-lived read-only token for the lake from the hub's issuer:
+    ``{"access_token", "expires_at", "scope"}``. Asked with this server's
+    JupyterHub token; the token is returned, never printed or logged."""
+    import httpx
+
+    env = os.environ if environ is None else environ
+    url, hub_token = env.get(STORAGE_TOKEN_URL_ENV), env.get("JUPYTERHUB_API_TOKEN")
+    if not url or not hub_token:
+        raise RuntimeError(
+            f"no storage-token issuer here (${STORAGE_TOKEN_URL_ENV} and a JupyterHub token"
+            " are set on the facility's notebook servers)"
+        )
+    r = httpx.post(url, headers={"Authorization": f"token {hub_token}"}, timeout=timeout)
+    if r.status_code != 200:
+        raise RuntimeError(f"the storage-token issuer refused: HTTP {r.status_code}")
+    return r.json()
+
+
 def choose_fileset(
     remote: str | os.PathLike[str] | None = None,
     *,
-    timeout: float = 2.0,
+    timeout: float = 3.0,
     **kwargs: Any,
 ) -> tuple[dict[str, dict[str, Any]], str]:
-    """The remote fileset when its first file's server answers, else the shipped one.
+    """The fileset to analyse and a description of where it comes from.
 
-    Returns ``(fileset, description)``; ``description`` says which was used.
-    ``remote`` defaults to ``$GRIDHUB_FILESET`` (unset: the shipped samples).
+    ``remote`` (default ``$GRIDHUB_FILESET``) when its first file's server
+    answers; else the shipped samples on the data lake, through its XCache,
+    when the facility has one and it answers within ``timeout`` seconds; else
+    the shipped samples' local copy.
     """
     remote = remote if remote is not None else os.environ.get("GRIDHUB_FILESET") or None
     if remote:
@@ -216,6 +315,14 @@ def choose_fileset(
         first = next((f for p in fileset.values() for f in p["files"]), None)
         if first is not None and reachable(first, timeout=timeout):
             return fileset, f"{remote} (first file {first})"
-    local = data_dir() / FILESET_NAME
     why = f" ({remote} not reachable)" if remote else ""
+    lake = lake_url(f"{LAKE_SAMPLES}/{FILESET_NAME}")
+    if not remote and lake:
+        try:
+            if not reachable(lake, timeout=timeout):
+                raise OSError("not reachable")
+            return lake_fileset(timeout=timeout, **kwargs), f"the data lake: {lake}"
+        except Exception as exc:  # any failure: the local copy
+            why = f" ({lake} could not be read: {_reason(exc)})"
+    local = data_dir() / FILESET_NAME
     return load_fileset(local, **kwargs), f"shipped samples {local}{why}"

@@ -18,6 +18,8 @@ from .secrets import HubSecrets
 from .settings import Settings
 
 TOKEN_SERVICE = "gridhub-tokens"  # noqa: S105  (a service name)
+STORAGE_SERVICE = "gridhub-storage"  # the data lake's token issuer (storagetokens.py)
+STORAGE_SERVICE_PORT = 10107
 GATEWAY_SERVICE = "dask-gateway"
 POOL_SERVICE = "gridhub-pool"
 TEACHER_SERVICE = "teacher"
@@ -185,6 +187,10 @@ def _spawner(c, s: Settings) -> None:
 
         c.Spawner.args = [*_list(c.Spawner.args), "--KernelManager.transport=ipc"]
         env["JUPYTER_RUNTIME_DIR"] = RuntimeDir(str(s.local_runtime_root))
+    if s.lake_url:
+        # gridhub.data reads through the XCache and asks the issuer for read tokens
+        env["GRIDHUB_LAKE_URL"] = s.lake_url
+        env["GRIDHUB_STORAGE_TOKEN_URL"] = f"{s.public_url}/services/{STORAGE_SERVICE}/token"
     c.Spawner.environment = env
 
 
@@ -263,6 +269,27 @@ def _token_file_path(spawner) -> str:
     info = unix_home_and_ids(spawner)
     home = info[0] if info else os.path.expanduser("~")
     return os.path.join(home, ".gridhub", "bearer_token")
+
+
+def _storage_service(s: Settings) -> dict:
+    """The data lake's token issuer: its key in the hub's state, never elsewhere;
+    with FACILITY_LAKE_TOKENS (compose) it also keeps the XCache's own token there."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "gridhub.hub.storagetokens",
+        f"--issuer={s.public_url}/services/{STORAGE_SERVICE}",
+        f"--audience={s.public_url}/lake",
+        f"--key-file={Path(s.state_dir) / 'storage-issuer.pem'}",
+    ]
+    if os.environ.get("FACILITY_LAKE_TOKENS"):
+        cmd.append(f"--cache-token-file={Path(os.environ['FACILITY_LAKE_TOKENS']) / 'cache-token'}")
+    return {
+        "name": STORAGE_SERVICE,
+        "url": f"http://{s.connect_host}:{STORAGE_SERVICE_PORT}",
+        "command": cmd,
+        "display": False,
+    }
 
 
 def _list(value) -> list:
@@ -456,6 +483,8 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
                 "services": [TOKEN_SERVICE],
             }
         )
+    if s.lake_url:
+        services.append(_storage_service(s))
     server_scopes = list(SERVER_TOKEN_SCOPES)
     if s.mode == "iam":
         # reading one's IAM token from the token service takes this scope: users

@@ -210,6 +210,12 @@ class Settings(BaseModel):
     docker_network: str = Field(
         "gridhub", description="Docker network the user containers join (docker spawner)."
     )
+    lake_url: str | None = Field(
+        None,
+        description="root:// URL of the data lake's XCache that notebooks and grid workers"
+        " read through (docs/data-lake.md); the hub then runs the storage-token issuer."
+        " Unset: no lake, notebooks read the shipped samples.",
+    )
     local_unix_user: str | None = Field(
         None,
         description="local spawner: run every server as this one unix account, each hub user"
@@ -405,6 +411,15 @@ class Settings(BaseModel):
             return value
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("lake_url")
+    @classmethod
+    def _lake_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.startswith(("root://", "roots://")):
+            raise ValueError(f"must start with root:// or roots://, got {value!r}")
         return value.rstrip("/")
 
     @field_validator("local_runtime_root")

@@ -1,0 +1,217 @@
+"""The facility's storage-token issuer: a hub-managed service (docs/data-lake.md).
+
+    GET  <prefix>.well-known/openid-configuration   anyone: issuer and jwks_uri
+    GET  <prefix>jwks                               anyone: the public key
+    POST <prefix>token    Authorization: token <a user's JupyterHub token>
+         -> {"access_token", "expires_at", "scope"}: a WLCG token that can only
+            read (``storage.read:/``) and expires after ``--lifetime`` seconds
+
+The XRootD origin trusts this issuer (its SciTokens config names
+``<public URL>/services/gridhub-storage``; it fetches the keys through Traefik
+with the facility certificate). The signing key is made once in the hub's
+state (0600) and never leaves this process: users, their schedulers and
+workers only ever hold tokens it signed. With ``--cache-token-file`` the
+service also keeps the XCache's own read token there (rewritten every
+``--cache-token-every`` seconds, 0640 for the cache's group), so the cache
+reads the origin as itself, never with a user's token.
+
+Tokens are never logged: a line names the user, the scope and the expiry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from tornado import ioloop, web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from gridhub.files import write_private
+
+log = logging.getLogger("gridhub.storagetokens")
+
+#: what every token this issuer signs may do: read, anywhere the origin serves
+READ_SCOPE = "storage.read:/"
+DEFAULT_LIFETIME = 3600
+CACHE_TOKEN_EVERY = 900
+
+
+def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The issuer's EC P-256 key, made once (0600) and kept across restarts."""
+    if not path.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            write_private(path, pem, replace=False)
+        except FileExistsError:
+            pass  # another start won the race: use its key
+    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise SystemExit(f"gridhub-storage: {path} is not an EC private key")
+    return loaded
+
+
+class Issuer:
+    """Signs WLCG-profile read tokens with one key; publishes its public half."""
+
+    def __init__(self, url: str, audience: str, key: ec.EllipticCurvePrivateKey) -> None:
+        self.url = url.rstrip("/")
+        self.audience = audience
+        self.key = key
+        public = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        # the key id follows the key: a new key is never taken for a cached old one
+        self.kid = (
+            "gridhub-"
+            + jwt.utils.base64url_encode(json.dumps(public, sort_keys=True).encode()).decode()[-16:]
+        )
+        public.update(kid=self.kid, alg="ES256", use="sig")
+        self.jwks = {"keys": [public]}
+        self.discovery = {"issuer": self.url, "jwks_uri": f"{self.url}/jwks"}
+
+    def token(self, sub: str, lifetime: int, scope: str = READ_SCOPE) -> tuple[str, int]:
+        now = int(time.time())
+        claims: dict[str, str | int] = {
+            "iss": self.url,
+            "sub": sub,
+            "aud": self.audience,
+            "wlcg.ver": "1.0",
+            "scope": scope,
+            "iat": now,
+            "nbf": now - 60,  # clocks of the readers may lag a little
+            "exp": now + lifetime,
+            "jti": uuid.uuid4().hex,
+        }
+        token = jwt.encode(claims, self.key, algorithm="ES256", headers={"kid": self.kid})
+        return token, now + lifetime
+
+
+def write_group_readable(path: Path, data: str) -> None:
+    """Replace ``path`` in one step with a 0640 file (the cache reads it by group)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o640)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class _Base(web.RequestHandler):
+    def initialize(self, issuer: Issuer, api_url: str = "", lifetime: int = 0) -> None:
+        self.issuer = issuer
+        self.api_url = api_url
+        self.lifetime = lifetime
+
+    def set_default_headers(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+
+
+class DiscoveryHandler(_Base):
+    def get(self) -> None:
+        self.finish(self.issuer.discovery)
+
+
+class JWKSHandler(_Base):
+    def get(self) -> None:
+        self.finish(self.issuer.jwks)
+
+
+class TokenHandler(_Base):
+    async def post(self) -> None:
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, caller = header.partition(" ")
+        if scheme.lower() not in ("token", "bearer") or not caller.strip():
+            raise web.HTTPError(401, "a JupyterHub token of a user is required")
+        request = HTTPRequest(
+            self.api_url + "/user",
+            headers={"Authorization": f"token {caller.strip()}"},
+            request_timeout=20,
+        )
+        try:
+            who = json.loads((await AsyncHTTPClient().fetch(request)).body)
+        except HTTPClientError as exc:
+            raise web.HTTPError(403 if exc.code in (401, 403) else 502) from None
+        if who.get("kind") != "user":
+            raise web.HTTPError(403, "storage tokens are for users")
+        token, expires = self.issuer.token(who["name"], self.lifetime)
+        log.info("read token for %s (scope %s) until %s", who["name"], READ_SCOPE, expires)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"access_token": token, "expires_at": expires, "scope": READ_SCOPE}))
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.finish({"ok": True})
+
+
+def make_app(prefix: str, issuer: Issuer, api_url: str, lifetime: int) -> web.Application:
+    prefix = "/" + prefix.strip("/") + "/"
+    args = {"issuer": issuer, "api_url": api_url.rstrip("/"), "lifetime": lifetime}
+    return web.Application(
+        [
+            (prefix + ".well-known/openid-configuration", DiscoveryHandler, {"issuer": issuer}),
+            (prefix + "jwks", JWKSHandler, {"issuer": issuer}),
+            (prefix + "token", TokenHandler, args),
+            (prefix + "health", HealthHandler),
+        ]
+    )
+
+
+def write_cache_token(issuer: Issuer, path: Path, every: int) -> None:
+    """The XCache's own read token; valid for three rewrites (a late one is harmless)."""
+    token, expires = issuer.token("xcache", 3 * every)
+    write_group_readable(path, token + "\n")
+    log.info("cache token in %s until %s", path, expires)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="gridhub-storage", description=__doc__.splitlines()[0])
+    ap.add_argument("--issuer", required=True, help="this issuer's public URL")
+    ap.add_argument("--audience", required=True, help="the audience the storage accepts")
+    ap.add_argument("--key-file", type=Path, required=True, help="signing key (made once)")
+    ap.add_argument("--lifetime", type=int, default=DEFAULT_LIFETIME, help="users' tokens (s)")
+    ap.add_argument("--cache-token-file", type=Path, help="keep the XCache's token here")
+    ap.add_argument("--cache-token-every", type=int, default=CACHE_TOKEN_EVERY)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
+    issuer = Issuer(args.issuer, args.audience, load_or_create_key(args.key_file))
+    url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
+    app = make_app(
+        os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gridhub-storage/"),
+        issuer,
+        os.environ["JUPYTERHUB_API_URL"],
+        args.lifetime,
+    )
+    app.listen(url.port or 80, url.hostname or "127.0.0.1")
+    log.info("storage-token issuer %s on %s", issuer.url, url.geturl())
+    loop = ioloop.IOLoop.current()
+    if args.cache_token_file:
+        path, every = args.cache_token_file, args.cache_token_every
+        write_cache_token(issuer, path, every)
+        renew = ioloop.PeriodicCallback(lambda: write_cache_token(issuer, path, every), every * 1e3)
+        renew.start()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
+    loop.start()
+
+
+if __name__ == "__main__":
+    main()
