@@ -20,7 +20,7 @@ pytestmark = [
     pytest.mark.skipif(not COLD, reason="cold builds run with GRIDHUB_COLD_BUILD=1 (.ci/run)"),
 ]
 
-IMAGES = ("traefik", "hub", "gateway", "dirac", "notebook", "prometheus")
+IMAGES = ("traefik", "hub", "gateway", "dirac", "notebook", "prometheus", "xrootd")
 
 
 def pinned_pip() -> str:
@@ -47,7 +47,17 @@ def test_image_builds_from_an_empty_cache(name: str):
         "hub": ["jupyterhub", "--version"],
         "gateway": ["dask-gateway-server", "--version"],
         "dirac": ["python", "-c", "import diracx.routers, moto, gridhub.localsite"],
-        "notebook": ["python", "-c", "import coffea, dask_awkward, dask_histogram, gridhub"],
         "prometheus": ["prometheus", "--version"],
+        "notebook": [
+            "python",
+            "-c",
+            "import coffea, dask_awkward, dask_histogram, gridhub, XRootD.client, fsspec_xrootd",
+        ],
+        # Debian's xrootd and the datasets the build installed
+        "xrootd": [
+            "sh",
+            "-c",
+            "test -x /usr/bin/xrootd && test -s /srv/lake/data/public/samples/fileset.json",
+        ],
     }[name]
     docker("run", "--rm", "--network", "none", "--entrypoint", probe[0], tag, *probe[1:])

@@ -20,6 +20,10 @@ through Traefik on https://localhost:<free port> (self-signed):
 5. no generated secret, user token or JWT in any container's log or grid job's output;
    monitoring (issue 20), while the cluster runs: every Prometheus scrape target up,
    the cluster and its workers counted, the usage page for an admin, 403 for a student;
+   the data lake (issue 17): the cluster's grid workers read the shipped
+   samples over root:// through the XCache, which then holds them; a read of
+   a non-public path without a token is refused; a read token from the hub's
+   issuer opens it at the origin; notebooks and workers reach the cache only;
 6. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
 
 Timings, image sizes and the build times (first build and cached rebuild)
@@ -44,8 +48,18 @@ from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, image_ta
 
 pytestmark = pytest.mark.e2e
 
-IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik", "prometheus")
-SERVICES = ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu", "prometheus")
+IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik", "prometheus", "xrootd")
+SERVICES = (
+    "traefik",
+    "hub",
+    "gateway",
+    "dirac",
+    "localsite",
+    "localsite-gpu",
+    "lake-origin",
+    "lake-cache",
+    "prometheus",
+)
 SITES = {"LCG.Local.gridhub": "localsite", "LCG.GPU.gridhub": "localsite-gpu"}  # stand-ins
 PROJECT = f"gridhubtest{RUN_ID}"
 USER = "alice"
@@ -92,6 +106,7 @@ class Facility:
             "GRIDHUB_DIRAC_IMAGE": tags["dirac"],
             "GRIDHUB_TRAEFIK_IMAGE": tags["traefik"],
             "GRIDHUB_PROMETHEUS_IMAGE": tags["prometheus"],
+            "GRIDHUB_XROOTD_IMAGE": tags["xrootd"],
             "GRIDHUB_CULL_IDLE_TIMEOUT": 0,
             "GRIDHUB_GATEWAY_IDLE_TIMEOUT": 0,
             "GRIDHUB_START_TIMEOUT": 300,
@@ -548,6 +563,129 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
         assert "CLOSED" in out and "METRICS 401" in out, (where, out)
     # Traefik's access log: one line per request in the Common Log Format
     assert CLF.search(facility.compose("logs", "--no-color", "traefik").stdout)
+
+
+LAKE_READ = r"""
+import json, socket, sys
+from dask_gateway import Gateway
+from gridhub import data
+
+fileset, source = data.choose_fileset(timeout=10)
+files = {f: spec["metadata"].get("nevts") for spec in fileset.values() for f in spec["files"]}
+client = Gateway().connect(sys.argv[1]).get_client()
+
+def read(url):
+    import socket, uproot
+    with uproot.open(url, timeout=60) as f:
+        return int(f["Events"].num_entries), socket.gethostname()
+
+def refused(url):
+    import uproot
+    try:
+        with uproot.open(url, timeout=30) as f:
+            return "READ " + ",".join(f.keys())
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300]
+
+def reaches(url):
+    from gridhub import data
+    return data.reachable(url, timeout=3)
+
+protected = data.lake_url("/protected/samples/nano_tt_v12.root")
+origin = "root://lake-origin:1094//public/samples/fileset.json"
+out = {
+    "source": source,
+    "files": files,
+    "reads": client.gather(client.map(read, list(files), pure=False)),
+    "here": socket.gethostname(),
+    "refused_worker": client.submit(refused, protected, pure=False).result(),
+    "refused_notebook": refused(protected),
+    "worker_reaches_origin": client.submit(reaches, origin, pure=False).result(),
+    "notebook_reaches_origin": reaches(origin),
+    "token": data.storage_token(),
+}
+token = out.pop("token")
+out["scope"], out["expires_at"] = token["scope"], token["expires_at"]
+print("LAKE", json.dumps(out))
+print("TOKEN", token["access_token"])
+"""
+
+
+def _origin_read(facility: Facility, token: str | None) -> subprocess.CompletedProcess[str]:
+    """xrdcp of the protected sample at the origin, inside its container (the
+    only place that reaches it), the token given on stdin, never in argv."""
+    script = (
+        'read -r t; if [ -n "$t" ]; then export BEARER_TOKEN="$t"; fi; '
+        "xrdcp -f root://localhost:1094//protected/samples/nano_tt_v12.root /dev/null "
+        "&& echo READ-OK"
+    )
+    (cid,) = facility.containers(
+        f"label=com.docker.compose.project={PROJECT}",
+        "label=com.docker.compose.service=lake-origin",
+    )
+    return subprocess.run(
+        ["docker", "exec", "-i", cid, "sh", "-c", script],
+        input=(token or "") + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_lake_reads_through_the_xcache(facility, lab):
+    """The grid workers of the first test's cluster read the shipped samples
+    over root:// through the XCache, which keeps them; the protected copy is
+    refused without a token and opens at the origin with a hub-issued one."""
+    cluster = STATE.get("cluster")
+    assert cluster, "needs the cluster of the first test"
+    (server,) = facility.server_of(SEAT)
+    out = _python_in(server, LAKE_READ, cluster)
+    lake = json.loads(out.split("LAKE ", 1)[1].splitlines()[0])
+    token = out.split("TOKEN ", 1)[1].split()[0]
+    RESULTS["lake"] = {k: v for k, v in lake.items()}
+    _save_results()
+    assert lake["source"] == "the data lake: root://lake-cache:1094//public/samples/fileset.json"
+    files = lake["files"]
+    assert sorted(u.rsplit("/", 1)[1] for u in files) == ["nano_dy.root", "nano_tt_v12.root"]
+    assert all(u.startswith("root://lake-cache:1094//public/samples/") for u in files)
+    # every file read on a grid worker (not the notebook), all its events
+    assert [n for n, _ in lake["reads"]] == list(files.values()) == [200, 40], lake
+    assert all(host != lake["here"] for _, host in lake["reads"])
+    for where in ("refused_worker", "refused_notebook"):
+        assert "3010" in lake[where] or "ermission denied" in lake[where], lake[where]
+    assert lake["worker_reaches_origin"] is False and lake["notebook_reaches_origin"] is False
+    # the cache served them: its volume holds both files (and their .cinfo)
+    cached = facility.exec("lake-cache", "find", "/var/cache/xrootd", "-type", "f").split()
+    RESULTS["lake"]["cached"] = cached
+    for name in ("nano_tt_v12.root", "nano_dy.root"):
+        assert f"/var/cache/xrootd/public/samples/{name}" in cached, cached
+        assert f"/var/cache/xrootd/public/samples/{name}.cinfo" in cached, cached
+    assert not [f for f in cached if "/protected/" in f], cached
+    assert "with the cache's own token" in facility.compose("logs", "lake-cache").stdout
+    # the hub's issuer: a read-only token that the origin accepts (its keys
+    # fetched through Traefik); without it the same read is refused
+    assert lake["scope"] == "storage.read:/"
+    assert 0 < lake["expires_at"] - time.time() <= 3600
+    refused = _origin_read(facility, None)
+    assert "READ-OK" not in refused.stdout, refused
+    assert "3010" in refused.stderr or "ermission denied" in refused.stderr, refused.stderr
+    granted = _origin_read(facility, token)
+    assert "READ-OK" in granted.stdout, f"{granted.stdout}\n{granted.stderr}"
+    # each container of the lake: read-only, not root; the origin on the
+    # internal network only, the cache also on the users' and grid networks
+    for service, nets in (
+        ("lake-origin", {"internal"}),
+        ("lake-cache", {"internal", "users", "grid"}),
+    ):
+        (cid,) = facility.containers(
+            f"label=com.docker.compose.project={PROJECT}",
+            f"label=com.docker.compose.service={service}",
+        )
+        info = json.loads(docker("inspect", cid).stdout)[0]
+        assert info["HostConfig"]["ReadonlyRootfs"], service
+        assert info["Config"]["User"] == "xrootd", service
+        assert set(info["NetworkSettings"]["Networks"]) == {f"{PROJECT}_{n}" for n in nets}
 
 
 def _scheduler_container(cluster: str) -> str:

@@ -302,3 +302,57 @@ def test_xcache_second_read_from_cache(tmp_path, origin, xcache, issuer, expecte
     assert _origin_reads(origin, path) == after_first, "second read went to the origin"
     # the cache authorizes its own clients with the same issuer
     assert_refused(read(xcache.url(path)), xcache)
+
+
+@pytest.fixture(scope="module")
+def hub_issuer(lake_dir):
+    """The facility's own issuer (gridhub.hub.storagetokens, what the hub runs
+    in the compose facility), its tornado app on HTTPS with the test certificate."""
+    import asyncio
+    import ssl
+    import threading
+
+    from gridhub.hub import storagetokens
+    from lake_fixtures import AUDIENCE
+    from processes import free_port
+    from tornado import ioloop
+
+    tls, port = facility_tls(), free_port()
+    url = f"https://127.0.0.1:{port}/services/gridhub-storage"
+    key = storagetokens.load_or_create_key(lake_dir / "storage-issuer.pem")
+    issuer = storagetokens.Issuer(url, AUDIENCE, key)
+    app = storagetokens.make_app("/services/gridhub-storage/", issuer, "http://127.0.0.1:9", 600)
+    ready, held = threading.Event(), {}
+
+    def serve() -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(tls.cert, tls.key)
+        app.listen(port, "127.0.0.1", ssl_options=ctx)
+        held["loop"] = ioloop.IOLoop.current()
+        ready.set()
+        held["loop"].start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert ready.wait(10), "the issuer did not start"
+    yield issuer
+    held["loop"].add_callback(held["loop"].stop)
+
+
+def test_tokens_of_the_hub_issuer(tmp_path, lake_dir, export, hub_issuer, expected):
+    """The origin trusts the hub's issuer: its read token opens a protected
+    file; an expired one of the same issuer is refused."""
+    server = _origin(lake_dir, export, hub_issuer)
+    try:
+        read = Reader(tmp_path, server)
+        url = server.url(f"/protected/{SAMPLE}")
+        token, _ = hub_issuer.token("alice", 600)
+        result = read(url, token)
+        assert "error" not in result, f"{result}\n{server.log()}"
+        assert {k: result[k] for k in expected} == expected
+        assert "Grant authorization based on scopes for operation=read" in server.log(200000)
+        expired, _ = hub_issuer.token("alice", -120)
+        assert_refused(read(url, expired), server)
+        assert token not in server.log(10_000_000)
+    finally:
+        server.stop()
