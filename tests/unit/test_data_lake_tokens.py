@@ -128,7 +128,7 @@ def test_hub_runs_the_issuer_only_with_a_lake(tmp_path, monkeypatch):
     (svc,) = [s for s in c.JupyterHub.services if s["name"] == "gridhub-storage"]
     cmd = " ".join(svc["command"])
     assert f"--issuer={ISSUER}" in cmd and f"--audience={AUDIENCE}" in cmd
-    assert f"--key-file={tmp_path / 'state' / 'storage-issuer.pem'}" in cmd
+    assert f"--key-file={tmp_path / 'state' / 'secrets' / 'storage-issuer.pem'}" in cmd
     assert f"--cache-token-file={tmp_path / 'lake' / 'cache-token'}" in cmd
     env = c.Spawner.environment
     assert env["GRIDHUB_LAKE_URL"] == "root://lake-cache:1094"

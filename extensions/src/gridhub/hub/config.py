@@ -280,7 +280,7 @@ def _storage_service(s: Settings) -> dict:
         "gridhub.hub.storagetokens",
         f"--issuer={s.public_url}/services/{STORAGE_SERVICE}",
         f"--audience={s.public_url}/lake",
-        f"--key-file={Path(s.state_dir) / 'storage-issuer.pem'}",
+        f"--key-file={Path(s.state_dir) / 'secrets' / 'storage-issuer.pem'}",
     ]
     if os.environ.get("FACILITY_LAKE_TOKENS"):
         cmd.append(f"--cache-token-file={Path(os.environ['FACILITY_LAKE_TOKENS']) / 'cache-token'}")
