@@ -80,6 +80,11 @@ def export(lake_samples, lake_dir) -> Path:
     for area in ("protected", "public", "other"):
         (root / area).mkdir(parents=True)
         shutil.copy(lake_samples / SAMPLE, root / area / SAMPLE)
+    # the layout of the compose facility's origin: /public/samples + fileset.json
+    (root / "public" / "samples").mkdir()
+    shutil.copy(lake_samples / SAMPLE, root / "public" / "samples" / SAMPLE)
+    fileset = {"ttbar": {"files": {SAMPLE: "Events"}, "metadata": {"nevts": 200}}}
+    (root / "public" / "samples" / "fileset.json").write_text(json.dumps(fileset))
     for path in [root, *root.rglob("*")]:
         shutil.chown(path, RUN_AS, RUN_AS)
     return root
@@ -356,3 +361,40 @@ def test_tokens_of_the_hub_issuer(tmp_path, lake_dir, export, hub_issuer, expect
         assert token not in server.log(10_000_000)
     finally:
         server.stop()
+
+
+LAKE_FILESET = r"""
+import json
+import uproot
+from gridhub import data
+fileset, source = data.choose_fileset(timeout=10)
+(url,) = fileset["ttbar"]["files"]
+with uproot.open(url, timeout=20) as f:
+    n = int(f["Events"].num_entries)
+print(json.dumps({"source": source, "url": url, "entries": n,
+                  "nevts": fileset["ttbar"]["metadata"]["nevts"]}))
+"""
+
+
+def test_choose_fileset_reads_the_lake_through_the_xcache(tmp_path, xcache, expected):
+    """What the AGC notebook does by default: the lake's fileset.json through
+    the XCache (gridhub.data.read_bytes, the XRootD client), its files as
+    root:// URLs through the cache, readable without a token (/public)."""
+    env = Reader(tmp_path, xcache).env(None)
+    env["GRIDHUB_LAKE_URL"] = f"root://127.0.0.1:{xcache.port}"
+    env.pop("GRIDHUB_FILESET", None)
+    r = subprocess.run(
+        [sys.executable, "-c", LAKE_FILESET],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PROMPT + 30,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    lake = f"root://127.0.0.1:{xcache.port}//public/samples"
+    assert got["source"] == f"the data lake: {lake}/fileset.json", got
+    assert got["url"] == f"{lake}/{SAMPLE}"
+    assert got["entries"] == got["nevts"] == expected["entries"]
+    assert xcache.cache_dir is not None
+    assert (xcache.cache_dir / "public" / "samples" / "fileset.json").is_file()
