@@ -59,12 +59,13 @@ def test_tokens_read_only_expiring_verifiable_with_the_published_key(tmp_path):
         )
 
 
-def test_cache_token_file_group_readable_replaced_whole(tmp_path):
+def test_cache_token_file_private_replaced_whole(tmp_path):
     issuer = _issuer(tmp_path)
     path = tmp_path / "cache-token"
     storagetokens.write_cache_token(issuer, path, every=900)
     first = path.read_text()
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    # 0600: the XRootD client (ztn) ignores a token file others may read
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     claims = jwt.decode(first.strip(), options={"verify_signature": False})
     assert claims["sub"] == "xcache" and claims["exp"] - claims["iat"] == 2700
     storagetokens.write_cache_token(issuer, path, every=900)

@@ -12,7 +12,8 @@ with the facility certificate). The signing key is made once in the hub's
 state (0600) and never leaves this process: users, their schedulers and
 workers only ever hold tokens it signed. With ``--cache-token-file`` the
 service also keeps the XCache's own read token there (rewritten every
-``--cache-token-every`` seconds, 0640 for the cache's group), so the cache
+``--cache-token-every`` seconds, 0600: the XRootD client reads a token only
+from a file no one else may read; the cache runs as the same uid), so the cache
 reads the origin as itself, never with a user's token.
 
 Tokens are never logged: a line names the user, the scope and the expiry.
@@ -25,7 +26,6 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -100,20 +100,6 @@ class Issuer:
         return token, now + lifetime
 
 
-def write_group_readable(path: Path, data: str) -> None:
-    """Replace ``path`` in one step with a 0640 file (the cache reads it by group)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o640)
-        with os.fdopen(fd, "w") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 class _Base(web.RequestHandler):
     def initialize(self, issuer: Issuer, api_url: str = "", lifetime: int = 0) -> None:
         self.issuer = issuer
@@ -178,7 +164,7 @@ def make_app(prefix: str, issuer: Issuer, api_url: str, lifetime: int) -> web.Ap
 def write_cache_token(issuer: Issuer, path: Path, every: int) -> None:
     """The XCache's own read token; valid for three rewrites (a late one is harmless)."""
     token, expires = issuer.token("xcache", 3 * every)
-    write_group_readable(path, token + "\n")
+    write_private(path, token + "\n")
     log.info("cache token in %s until %s", path, expires)
 
 
