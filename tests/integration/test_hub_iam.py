@@ -39,6 +39,16 @@ from processes import wait_for
 TOKEN_LIFETIME = 45  # refreshed when half is left
 FACILITY = "IAM Test Facility"
 WORKER_TIMEOUT = 240_000  # ms: a DIRAC job is matched, started, and joins (loaded machine)
+# a dashboard pane shows tasks: rows in the Task Stream's Bokeh data source
+TASKS_SHOWN = """() => {
+  let rows = 0;
+  for (const doc of (window.Bokeh && window.Bokeh.documents) || []) {
+    for (const m of doc.all_models) {
+      if (m.data && m.data.duration) rows = Math.max(rows, m.data.duration.length);
+    }
+  }
+  return rows > 0;
+}"""
 
 
 @pytest.fixture
@@ -221,31 +231,46 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     assert "SUM=500500 WORKERS=1" in text, text
     shot(page, "6-result")
 
-    # the cluster's dashboard, through the hub's URL and Traefik: the card's link opens
+    # the cluster's dashboard, through the hub's URL and Traefik. The card's link is
+    # relative to the page (it opens under whatever name the browser used) and opens
     # Dask's status page ...
-    link = card.locator(".dask-ClusterListingItem-link a").get_attribute("href")
-    assert link == f"{hub.public_url}/services/dask-gateway/clusters/{cluster}/status", link
-    status = context.new_page()
-    loopback_only(status)
-    assert status.goto(link).ok
+    prefix = f"/services/dask-gateway/clusters/{cluster}/"
+    anchor = card.locator(".dask-ClusterListingItem-link a")
+    assert anchor.get_attribute("href") == prefix + "status"
+    with context.expect_page() as opened:
+        anchor.click()
+    status = opened.value
+    status.wait_for_load_state()
+    assert status.url == hub.public_url + prefix + "status", status.url
     status.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
     shot(status, "7-dashboard-link")
     status.close()
-    # ... and its plots open in JupyterLab tabs once the link is in the sidebar's
-    # dashboard URL field. (Clicking the cluster's card fills in the labextension's
-    # own proxy, dask/dashboard/<id>, which keeps only host and port of the link and
-    # so misses a dashboard under a path: dask-labextension issues #203, #274.)
-    url_field = page.locator(".dask-URLInput input")
-    url_field.fill(link)
-    url_field.press("Enter")
-    plot = page.locator('.dask-DashboardListing-item button[value="Progress"]')
+    # ... and, while a computation runs, a click on the card brings up its panes: the
+    # labextension asks this server's dask/dashboard/<id>/, which gridhub.hub.dashboards
+    # sends on to the dashboard's path (dask-labextension's own proxy keeps only host
+    # and port of the link and misses it: "Dashboard not connected").
+    run_cell(
+        page,
+        "import time\n"
+        "def slow(i):\n"
+        "    time.sleep(1)\n"
+        "    return i\n"
+        "running = client.map(slow, range(60))\n"
+        "print('STARTED')\n",
+        "STARTED",
+    )
+    card.locator(".dask-ClusterListingItem-title").click()
+    plot = page.locator('.dask-DashboardListing-item button[value="Task Stream"]')
     expect(plot).to_be_enabled(timeout=60_000)
+    assert "dask/dashboard/" in page.locator(".dask-URLInput input").input_value()
     plot.click()
     frame = page.locator(".jp-MainAreaWidget iframe").last
     frame.wait_for(timeout=30_000)
-    src = frame.get_attribute("src")
-    assert src.startswith(link.removesuffix("status")), src
-    frame.content_frame.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
+    pane = frame.element_handle().content_frame()
+    pane.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
+    # the pane is this cluster's Task Stream, straight from its dashboard, with tasks in it
+    assert pane.url == hub.public_url + prefix + "individual-task-stream", pane.url
+    pane.wait_for_function(TASKS_SHOWN, timeout=60_000)
     shot(page, "8-dashboard-tab")
 
     # the access token reaches the server as a private file ...

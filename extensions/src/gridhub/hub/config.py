@@ -132,6 +132,10 @@ def _dask_env(s: Settings) -> dict[str, str]:
         "DASK_LABEXTENSION__FACTORY__MODULE": "dask_gateway",
         "DASK_LABEXTENSION__FACTORY__CLASS": "GatewayCluster",
         "DASK_GATEWAY__ADDRESS": f"{s.public_url}/services/{GATEWAY_SERVICE}",
+        # Dashboard links relative to the page the user is on (docs/hub.md, "Dask"):
+        # they open under whatever name the user's browser reached the facility by,
+        # where the public URL (https://gridhub.internal by default) may not resolve.
+        "DASK_GATEWAY__PUBLIC_ADDRESS": f"{urlsplit(s.public_url).path}/services/{GATEWAY_SERVICE}",
         "DASK_GATEWAY__AUTH__TYPE": "jupyterhub",
         "GRIDHUB_FACILITY_NAME": s.facility_name,
         # A LocalCluster's dashboard through the user's own server
@@ -153,6 +157,11 @@ def _spawner(c, s: Settings) -> None:
     c.Spawner.cpu_limit = s.cpu_limit
     c.Spawner.mem_limit = s.mem_limit
     env = _dask_env(s)
+    # a click on a cluster card in the Dask sidebar opens its dashboard panes
+    c.Spawner.args = [
+        *_list(c.Spawner.args),
+        "--ServerApp.jpserver_extensions=gridhub.hub.dashboards=True",
+    ]
     if s.spawner == "docker":
         c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
         d = c.DockerSpawner
