@@ -41,6 +41,7 @@ N_BTAG_VARS = 4
 BTAG_VARIATION = 0.075
 FLAT_VARIATION = 0.025
 SIGNAL = "ttbar"
+PSEUDODATA = "pseudodata"  # histograms.root's Asimov dataset, per region
 
 
 def variations() -> list[str]:
@@ -299,7 +300,9 @@ def root_name(region: str, process_name: str, variation: str) -> str:
 
 def save_root(output: dict, path: str | Path) -> Path:
     """One TH1D per region, process and variation (sumw and sumw2, flow bins
-    included), written with uproot under the AGC reference's names."""
+    included), written with uproot under the AGC reference's names, and per
+    region ``<region>_pseudodata``: the sum of the nominal predictions, the
+    Asimov dataset the fit uses (the shipped samples carry no collision data)."""
     import uproot
 
     h = output["hist"]
@@ -310,6 +313,8 @@ def save_root(output: dict, path: str | Path) -> Path:
                 for variation in h.axes["variation"]:
                     key = dict(region=region, process=process_name, variation=variation)
                     f[root_name(region, process_name, variation)] = h[key]
+            nominal = h[dict(region=region, variation="nominal")]
+            f[f"{region}_{PSEUDODATA}"] = nominal.project("observable")
     return path
 
 
@@ -327,77 +332,61 @@ def save(output: dict, directory: str | Path) -> Path:
     return directory / "histograms.json"
 
 
-def pyhf_spec(output: dict, min_expected: float = 1e-6) -> tuple[dict, list[float]]:
-    """A pyhf workspace spec from the histograms: ttbar signal with a free
-    normalisation, the other processes as backgrounds, JES and b-tag
-    variations as shape systematics (histosys) and an Asimov dataset (the
-    shipped samples carry no collision data). Bins with no expected events
-    in a region are dropped, and so are regions with none."""
-    h = output["hist"]
+def cabinetry_config(path: str | Path, output: dict, output_dir: str | Path) -> dict:
+    """The cabinetry configuration in ``path`` (cabinetry_config.yml), reading
+    the histograms.root that ``save`` wrote to ``output_dir``, with a sample for
+    each background process of the fileset (its flat ``scale_var`` variation a
+    systematic of theirs). Validated by cabinetry."""
+    import cabinetry
+
+    config = cabinetry.configuration.load(path)
+    output_dir = Path(output_dir)
+    general = config["General"]
+    names = general["InputPath"].rpartition(":")[2]  # {RegionPath}_{SamplePath}...
+    general["InputPath"] = f"{output_dir / 'histograms.root'}:{names}"
+    general["HistogramFolder"] = str(output_dir / "templates")
+    backgrounds = [p for p in output["hist"].axes["process"] if p != SIGNAL]
+    config["Samples"] += [{"Name": p, "SamplePath": p} for p in backgrounds]
+    if backgrounds:
+        config["Systematics"].append(
+            {
+                "Name": "Background normalisation",
+                "Type": "NormPlusShape",
+                "Up": {"VariationPath": "_scale_var_up"},
+                "Down": {"VariationPath": "_scale_var_down"},
+                "Samples": backgrounds,
+            }
+        )
+    cabinetry.configuration.validate(config)
+    return config
+
+
+def drop_empty_bins(workspace: dict) -> dict:
+    """The pyhf workspace without the bins where no sample expects events:
+    their statistical uncertainty is 0/0, which derails the fit (the shipped
+    samples leave most bins empty). Regions left with no bins are dropped."""
     channels, observations = [], []
-
-    def content(region, process_name, variation):
-        return h[dict(region=region, process=process_name, variation=variation)].values()
-
-    processes = list(h.axes["process"])
-    for region in REGIONS:
-        total = sum(content(region, p, "nominal") for p in processes)
-        keep = total > min_expected
+    observed = {o["name"]: o["data"] for o in workspace["observations"]}
+    for channel in workspace["channels"]:
+        total = np.sum([s["data"] for s in channel["samples"]], axis=0)
+        keep = total > 0
         if not keep.any():
             continue
+
+        def cut(values, keep=keep):
+            return np.asarray(values)[keep].tolist()
+
         samples = []
-        for p in processes:
-            nominal = content(region, p, "nominal")[keep]
-            if not (nominal > 0).any():
-                continue
-            modifiers = [{"name": "lumi", "type": "lumi", "data": None}]
-            if p == SIGNAL:
-                modifiers.append({"name": "mu", "type": "normfactor", "data": None})
-            systematics = [("jes", "pt_scale_up", "pt_scale_down")]
-            systematics += [
-                (f"btag_{i}", f"btag_var_{i}_up", f"btag_var_{i}_down") for i in range(N_BTAG_VARS)
-            ]
-            if p != SIGNAL:
-                systematics.append(("scale_var", "scale_var_up", "scale_var_down"))
-            for name, up, down in systematics:
-                modifiers.append(
-                    {
-                        "name": name,
-                        "type": "histosys",
-                        "data": {
-                            "hi_data": content(region, p, up)[keep].tolist(),
-                            "lo_data": content(region, p, down)[keep].tolist(),
-                        },
-                    }
-                )
-            modifiers.append({"name": f"staterror_{region}", "type": "staterror", "data": None})
-            sample = {"name": p, "data": nominal.tolist(), "modifiers": modifiers}
-            variances = h[dict(region=region, process=p, variation="nominal")].variances()
-            sample["modifiers"][-1]["data"] = np.sqrt(variances[keep]).tolist()
-            samples.append(sample)
-        channels.append({"name": region, "samples": samples})
-        observations.append({"name": region, "data": total[keep].tolist()})
-    spec = {
-        "channels": channels,
-        "observations": observations,
-        "measurements": [
-            {
-                "name": "ttbar_xsec",
-                "config": {
-                    "poi": "mu",
-                    "parameters": [
-                        {
-                            "name": "lumi",
-                            "auxdata": [1.0],
-                            "sigmas": [0.025],
-                            "bounds": [[0.9, 1.1]],
-                            "inits": [1.0],
-                        },
-                        {"name": "mu", "bounds": [[0.0, 5.0]], "inits": [1.0]},
-                    ],
-                },
-            }
-        ],
-        "version": "1.0.0",
-    }
-    return spec, [x for o in observations for x in o["data"]]
+        for sample in channel["samples"]:
+            modifiers = []
+            for m in sample["modifiers"]:
+                data = m["data"]
+                if m["type"] in ("staterror", "shapesys"):
+                    data = cut(data)
+                elif m["type"] == "histosys":
+                    data = {"hi_data": cut(data["hi_data"]), "lo_data": cut(data["lo_data"])}
+                modifiers.append({**m, "data": data})
+            samples.append({**sample, "data": cut(sample["data"]), "modifiers": modifiers})
+        channels.append({**channel, "samples": samples})
+        observations.append({"name": channel["name"], "data": cut(observed[channel["name"]])})
+    return {**workspace, "channels": channels, "observations": observations}
