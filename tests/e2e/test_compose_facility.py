@@ -8,7 +8,9 @@ through Traefik on https://localhost:<free port> (self-signed):
    and is seated on the warm pool's running server (seat-01), JupyterLab
    opens, NEW in the Dask sidebar creates a dask-gateway cluster whose
    workers are DIRAC jobs run by the local site as containers on the `grid`
-   network only, a cell scales it, computes and gathers a result;
+   network only, a cell scales it, computes and gathers a result; the
+   cluster's dashboard link opens in the browser (PUBLIC_HOST stays the
+   default gridhub.internal), and a click on its card opens its Task Stream pane;
 2. the hub container restarts while the server and cluster run: both
    survive, and so does the browser session;
 3. `down` then `up`: the user's files and the hub database are still there;
@@ -70,6 +72,16 @@ CLUSTER_TIMEOUT = 600
 RESULTS: dict = {"project": PROJECT}
 FAILED_LOGIN_LIMIT = 3
 PUBLIC_HOST = "gridhub.internal"  # the default: no PUBLIC_HOST in the test's settings
+# a dashboard pane shows tasks: rows in the Task Stream's Bokeh data source
+TASKS_SHOWN = """() => {
+  let rows = 0;
+  for (const doc of (window.Bokeh && window.Bokeh.documents) || []) {
+    for (const m of doc.all_models) {
+      if (m.data && m.data.duration) rows = Math.max(rows, m.data.duration.length);
+    }
+  }
+  return rows > 0;
+}"""
 
 
 def _free_port() -> int:
@@ -434,6 +446,45 @@ def test_login_lab_cluster_on_grid(facility, lab):
     assert parts[3:5] == ["4000000", "285"], line
     assert parts[-1] == "2", line
     STATE["cluster"] = cluster
+
+    # Every dashboard link shown opens in this browser of the default facility, whose
+    # public name (gridhub.internal) the browser cannot resolve: cluster.dashboard_link
+    # and the card's "Dashboard URL" are relative to the page ...
+    prefix = f"/services/dask-gateway/clusters/{cluster}/"
+    text = run_cell(pg, "print('LINK', cluster.dashboard_link)\n", "LINK ", 120)
+    assert f"LINK {prefix}status" in text, text
+    anchor = pg.locator(".dask-ClusterListingItem-link a").first
+    assert anchor.get_attribute("href") == prefix + "status"
+    with pg.context.expect_page() as opened:
+        anchor.click()
+    status = opened.value
+    status.wait_for_load_state()
+    assert status.url == facility.url + prefix + "status", status.url
+    status.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
+    screenshot(status, "compose-04b-dashboard-link")
+    status.close()
+    # ... and, while a computation runs, a click on the cluster's card opens its Task
+    # Stream pane with the cluster's tasks in it (gridhub.hub.sidebar)
+    run_cell(
+        pg,
+        "import time\n"
+        "def slow(i):\n"
+        "    time.sleep(1)\n"
+        "    return i\n"
+        "running = client.map(slow, range(60))\n"
+        "print('STARTED')\n",
+        "STARTED",
+        120,
+    )
+    pg.locator(".dask-ClusterListingItem-title").first.click()
+    pg.locator('.dask-DashboardListing-item button[value="Task Stream"]').click(timeout=60_000)
+    frame = pg.locator(".jp-MainAreaWidget iframe").last
+    frame.wait_for(timeout=30_000)
+    pane = frame.element_handle().content_frame()
+    pane.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
+    assert pane.url == facility.url + prefix + "individual-task-stream", pane.url
+    pane.wait_for_function(TASKS_SHOWN, timeout=60_000)
+    screenshot(pg, "compose-04c-dashboard-pane")
 
     # the workers are DIRAC jobs of this cluster, run by the local site ...
     jobs = [j for j in facility.dirac_jobs() if j.get("JobGroup") == cluster]

@@ -4,16 +4,24 @@ Real parts: DiracX, dask-gateway with the DIRAC backend, Traefik. The clusters
 of this module's gateway send their jobs to a site no stand-in serves at
 first (DiracClusterConfig.sites), so they stay queued in DIRAC; then a local
 site stand-in for that site starts and runs them. What get_cluster reports is
-checked against DiracX's own job records.
+checked against DiracX's own job records, and so is what the Dask sidebar's
+card shows (dask-labextension's server side with gridhub.hub.sidebar, in a
+real Jupyter server configured as the hub configures users' servers).
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import subprocess
+import sys
+
 import dask
+import httpx
 import pytest
 from gateway_fixtures import PASSWORD, HeldFacility, jobs_of
 from gridhub.cluster import get_cluster, worker_jobs
-from processes import LocalSiteProcess
+from processes import LocalSiteProcess, free_port, wait_for
 
 HELD_SITE = HeldFacility.HELD_SITE
 USER = "pat"
@@ -87,3 +95,93 @@ def test_get_cluster_reports_held_jobs_with_their_dirac_status(
             cluster.shutdown()
     finally:
         site.stop()
+
+
+@pytest.fixture
+def jupyter_server(held_facility, tmp_path):
+    """A Jupyter server with the Dask sidebar's server side, configured as the hub
+    configures a user's server (gridhub.hub.config), acting as USER."""
+    port, token = free_port(), secrets.token_hex(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    env.update(
+        DASK_LABEXTENSION__FACTORY__MODULE="dask_gateway",
+        DASK_LABEXTENSION__FACTORY__CLASS="GatewayCluster",
+        DASK_GATEWAY__ADDRESS=held_facility.public_url,
+        DASK_GATEWAY__PUBLIC_ADDRESS="/services/dask-gateway",
+        DASK_GATEWAY__PROXY_ADDRESS=held_facility.proxy_address,
+        DASK_GATEWAY__AUTH__TYPE="basic",
+        DASK_GATEWAY__AUTH__KWARGS__USERNAME=USER,
+        DASK_GATEWAY__AUTH__KWARGS__PASSWORD=PASSWORD,
+    )
+    log = tmp_path / "jupyter-server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                f"--port={port}",
+                "--ip=127.0.0.1",
+                "--no-browser",
+                "--allow-root",
+                f"--ServerApp.root_dir={tmp_path}",
+                f"--IdentityProvider.token={token}",
+                "--ServerApp.jpserver_extensions=gridhub.hub.sidebar=True",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"token {token}"}
+    )
+    try:
+        wait_for(lambda: api.get("/api/status").status_code == 200, 60, "jupyter server", log)
+        yield api
+    finally:
+        api.close()
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_sidebar_card_shows_held_jobs_and_opens_the_dashboard(
+    held_facility, jupyter_server, diracx_server
+):
+    """The Dask sidebar's server side (dask-labextension + gridhub.hub.sidebar): NEW
+    makes a gateway cluster; its card then names the worker job DIRAC holds back and
+    why, and the card's dashboard route sends the browser to the cluster's dashboard."""
+    api = jupyter_server
+    held_facility.client(USER).close()
+    card = api.put("/dask/clusters", json={"workers": 1}, timeout=120)  # NEW
+    assert card.status_code == 200, card.text
+    card = card.json()
+    name = card["scheduler_address"].rsplit("/", 1)[-1]
+    try:
+        prefix = f"/services/dask-gateway/clusters/{name}/"
+        assert card["dashboard_link"] == prefix + "status"
+        scaled = api.patch(f"/dask/clusters/{card['id']}", json={"workers": 1}, timeout=60)
+        assert scaled.status_code == 200, scaled.text  # SCALE on the card
+
+        seen: list = []
+
+        def card_matches_dirac():
+            (job,) = jobs_of(diracx_server, name)  # DiracX's own record
+            expected = "worker jobs in DIRAC: 1 queued, 0 matched, 0 running"
+            if job["MinorStatus"] and job["MinorStatus"] != "Unknown":
+                expected += f" ({job['Status']}: {job['MinorStatus']})"
+            (listed,) = api.get("/dask/clusters").json()
+            seen[:] = [job, listed["name"]]
+            return listed["name"] == f"GatewayCluster 1 · {expected}" and listed
+
+        try:
+            listed = wait_for(card_matches_dirac, 90, "the held job on the card")
+        except TimeoutError as exc:
+            raise AssertionError(f"card and DiracX differ: {seen}\n{exc}") from None
+        one = api.get(f"/dask/clusters/{card['id']}").json()
+        assert one["name"] == listed["name"] and one["workers"] == 0
+        # the card's dashboard: dask/dashboard/<id>/<path> -> the dashboard's path
+        plots = api.get(f"/dask/dashboard/{card['id']}/individual-plots.json?x=1")
+        assert plots.status_code == 302, plots.text
+        assert plots.headers["Location"] == prefix + "individual-plots.json?x=1"
+    finally:
+        assert api.delete(f"/dask/clusters/{card['id']}", timeout=60).status_code == 204

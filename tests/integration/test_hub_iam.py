@@ -246,7 +246,7 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     shot(status, "7-dashboard-link")
     status.close()
     # ... and, while a computation runs, a click on the card brings up its panes: the
-    # labextension asks this server's dask/dashboard/<id>/, which gridhub.hub.dashboards
+    # labextension asks this server's dask/dashboard/<id>/, which gridhub.hub.sidebar
     # sends on to the dashboard's path (dask-labextension's own proxy keeps only host
     # and port of the link and misses it: "Dashboard not connected").
     run_cell(

@@ -16,7 +16,6 @@ are queued, matched and running in DIRAC and why the waiting ones wait
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +54,16 @@ class JobsReport:
     def running(self) -> int:
         return self.count(RUNNING)
 
+    def summary(self) -> str:
+        """One line: the counts, and why the first waiting job waits."""
+        line = f"{self.queued} queued, {self.matched} matched, {self.running} running"
+        waiting = next((j for j in self.jobs if j["status"] in QUEUED | MATCHED), None)
+        if waiting and waiting["minor_status"] and waiting["minor_status"] != "Unknown":
+            line += f" ({waiting['status']}: {waiting['minor_status']})"
+        if self.failures:
+            line += f"; failed: {self.failures[-1]}"
+        return line
+
     def __str__(self) -> str:
         line = (
             f"{self.cluster}: {len(self.jobs)} worker job(s) in DIRAC: {self.queued} queued, "
@@ -79,13 +88,15 @@ def worker_jobs(cluster: Any) -> JobsReport:
     """The worker jobs of a dask_gateway.GatewayCluster with their DIRAC status,
     minor status and application status (GridHub's gateway API extension)."""
     gateway = cluster.gateway
-    url = f"{gateway.address}/api/v1/clusters/{cluster.name}/jobs"
+    return gateway.sync(fetch_worker_jobs, gateway, cluster.name)
 
-    async def get() -> dict[str, Any]:
-        resp = await gateway._request("GET", url)  # with the gateway's auth and TLS
-        return await resp.json()
 
-    data = gateway.sync(get)
+async def fetch_worker_jobs(gateway: Any, name: str) -> JobsReport:
+    """worker_jobs for cluster ``name`` through a dask_gateway.Gateway's own
+    session (its auth and TLS), from inside its event loop."""
+    url = f"{gateway.address}/api/v1/clusters/{name}/jobs"
+    resp = await gateway._request("GET", url)
+    data = await resp.json()
     return JobsReport(data["cluster"], data["status"], data["jobs"], data["failures"])
 
 
@@ -189,10 +200,3 @@ def _wait_for_workers(
         time.sleep(poll)
     if progress is not None and report is not None:
         progress(f"{cluster.name}: {connected} worker(s) connected")
-
-
-def dashboard_link(client) -> str:
-    """The dashboard URL as the browser sees it (through the facility)."""
-    link = client.dashboard_link
-    prefix = os.environ.get("JUPYTERHUB_PUBLIC_URL", "")
-    return link if link.startswith("http") or not prefix else prefix.rstrip("/") + link

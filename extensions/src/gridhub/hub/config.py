@@ -160,7 +160,7 @@ def _spawner(c, s: Settings) -> None:
     # a click on a cluster card in the Dask sidebar opens its dashboard panes
     c.Spawner.args = [
         *_list(c.Spawner.args),
-        "--ServerApp.jpserver_extensions=gridhub.hub.dashboards=True",
+        "--ServerApp.jpserver_extensions=gridhub.hub.sidebar=True",
     ]
     if s.spawner == "docker":
         c.JupyterHub.spawner_class = "dockerspawner.DockerSpawner"
