@@ -485,6 +485,9 @@ def test_login_lab_cluster_on_grid(facility, lab):
     assert pane.url == facility.url + prefix + "individual-task-stream", pane.url
     pane.wait_for_function(TASKS_SHOWN, timeout=60_000)
     screenshot(pg, "compose-04c-dashboard-pane")
+    # close the pane: the notebook's tab comes to the front again for the next cells
+    pg.locator(".lm-TabBar-tab", has_text="Task Stream").locator(".lm-TabBar-tabCloseIcon").click()
+    pg.locator(".jp-Notebook .jp-Cell .cm-content").last.wait_for(state="visible")
 
     # the workers are DIRAC jobs of this cluster, run by the local site ...
     jobs = [j for j in facility.dirac_jobs() if j.get("JobGroup") == cluster]
