@@ -31,6 +31,7 @@ seconds: the sidebar polls every few seconds. Creating, scaling and stopping
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,6 +40,8 @@ from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 from tornado.routing import PathMatches, Rule
+
+log = logging.getLogger("gridhub.sidebar")
 
 #: dask-labextension's routes (its cluster ids are uuid4 strings)
 CLUSTER_ID = r"(?P<cluster_id>\w+-\w+-\w+-\w+-\w+)"
@@ -124,16 +127,10 @@ class JobsOnCards:
             text = f"worker jobs in DIRAC: {report.summary()}" if report.jobs else ""
         except Exception as exc:  # the card stays as it was; say why once per TTL
             text = ""
-            self._log(f"gridhub.hub.sidebar: worker jobs of {name}: {exc}")
+            log.warning("gridhub.hub.sidebar: worker jobs of %s: %s", name, exc)
         self._cache = {k: v for k, v in self._cache.items() if now - v[0] < 60}
         self._cache[name] = (now, text)
         return text
-
-    @staticmethod
-    def _log(message: str) -> None:
-        import logging
-
-        logging.getLogger("gridhub.sidebar").warning(message)
 
     async def add_to(self, model: dict[str, Any]) -> dict[str, Any]:
         address = model.get("scheduler_address") or ""
