@@ -58,4 +58,5 @@ def test_card_summary_counts_jobs_and_says_why_one_waits():
         "failed: job 0: Failed (exit 1)"
     )
     unknown = [job(1, "Running", ""), job(2, "Waiting", "Unknown")]
-    assert JobsReport("c", "RUNNING", unknown).summary() == "1 queued, 0 matched, 1 running"
+    assert JobsReport("c", "RUNNING", unknown).summary() == "1 queued, 1 running"
+    assert JobsReport("c", "PENDING", []).summary() == "no jobs"

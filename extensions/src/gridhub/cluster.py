@@ -55,8 +55,10 @@ class JobsReport:
         return self.count(RUNNING)
 
     def summary(self) -> str:
-        """One line: the counts, and why the first waiting job waits."""
-        line = f"{self.queued} queued, {self.matched} matched, {self.running} running"
+        """One short line (the sidebar's card is narrow): the counts that are
+        not zero, why the first waiting job waits, the last failure."""
+        counts = {"queued": self.queued, "matched": self.matched, "running": self.running}
+        line = ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no jobs"
         waiting = next((j for j in self.jobs if j["status"] in QUEUED | MATCHED), None)
         if waiting and waiting["minor_status"] and waiting["minor_status"] != "Unknown":
             line += f" ({waiting['status']}: {waiting['minor_status']})"

@@ -124,7 +124,7 @@ class JobsOnCards:
             self._gateway = Gateway(asynchronous=True)  # the server's Dask config
         try:
             report = await fetch_worker_jobs(self._gateway, name)
-            text = f"worker jobs in DIRAC: {report.summary()}" if report.jobs else ""
+            text = f"DIRAC: {report.summary()}" if report.jobs else ""
         except Exception as exc:  # the card stays as it was; say why once per TTL
             text = ""
             log.warning("gridhub.hub.sidebar: worker jobs of %s: %s", name, exc)
