@@ -245,6 +245,23 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     status.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
     shot(status, "7-dashboard-link")
     status.close()
+    # ... and so does the link a notebook shows (cluster.dashboard_link in Markdown, as
+    # the getting-started notebook does): JupyterLab opens it against the page
+    run_cell(
+        page,
+        "from IPython.display import Markdown\n"
+        f"shown = Gateway().connect({cluster!r})\n"
+        "Markdown(f'[dashboard of {shown.name}]({shown.dashboard_link})')\n",
+        "dashboard of",
+    )
+    shown = page.locator(".jp-RenderedMarkdown a", has_text="dashboard of").last
+    assert shown.get_attribute("href") == prefix + "status"
+    with context.expect_page() as opened:
+        shown.click()
+    status = opened.value
+    status.wait_for_load_state()
+    assert status.url == hub.public_url + prefix + "status", status.url
+    status.close()
     # ... and, while a computation runs, a click on the card brings up its panes: the
     # labextension asks this server's dask/dashboard/<id>/, which gridhub.hub.sidebar
     # sends on to the dashboard's path (dask-labextension's own proxy keeps only host
