@@ -289,6 +289,12 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     assert pane.url == hub.public_url + prefix + "individual-task-stream", pane.url
     pane.wait_for_function(TASKS_SHOWN, timeout=60_000)
     shot(page, "8-dashboard-tab")
+    # closing the pane brings the notebook back (as the compose e2e does before its
+    # next cells)
+    page.locator(".lm-TabBar-tab", has_text="Task Stream").locator(
+        ".lm-TabBar-tabCloseIcon"
+    ).click()
+    page.locator(".jp-Notebook .jp-Cell .cm-content").last.wait_for(state="visible")
 
     # the access token reaches the server as a private file ...
     token_file = hub.home("alice") / ".gridhub" / "bearer_token"
