@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from .secrets import HubSecrets
@@ -156,7 +157,7 @@ def _spawner(c, s: Settings) -> None:
     c.Spawner.http_timeout = s.start_timeout
     c.Spawner.cpu_limit = s.cpu_limit
     c.Spawner.mem_limit = s.mem_limit
-    env = _dask_env(s)
+    env: dict[str, Any] = {**_dask_env(s)}  # (str values, and the RuntimeDir below)
     # a click on a cluster card in the Dask sidebar opens its dashboard panes
     c.Spawner.args = [
         *_list(c.Spawner.args),
@@ -206,6 +207,7 @@ def _spawner(c, s: Settings) -> None:
 def _iam(c, s: Settings) -> None:
     from .auth import discover
 
+    assert s.iam_issuer  # IAM mode is the mode with an issuer
     doc = discover(s.iam_issuer)
     c.JupyterHub.authenticator_class = "gridhub.hub.auth.IAMAuthenticator"
     a = c.IAMAuthenticator
@@ -381,7 +383,7 @@ def _services(c, s: Settings, sec: HubSecrets) -> None:
         },
         {"name": "prometheus", "api_token": sec.metrics_token, "display": False},
     ]
-    roles = [
+    roles: list[dict[str, Any]] = [
         {"name": "metrics", "scopes": ["read:metrics"], "services": ["prometheus"]},
         {"name": "user", "scopes": ["self", f"access:services!service={GATEWAY_SERVICE}"]},
     ]
