@@ -157,5 +157,8 @@ b.cluster_options = default_cluster_options(
     images=[s.gateway_worker_image or ""],
 )
 b.group_limits = s.gateway_group_limits
+# every grid job: sites whose workers never connect directly (gridhub.tunnel.direct_peers)
+if s.direct_peers_off:
+    b.worker_environment = {"GRIDHUB_DIRECT_PEERS_OFF": ",".join(s.direct_peers_off)}
 c.DiracClusterConfig.idle_timeout = s.gateway_idle_timeout
 c.DiracClusterConfig.cluster_max_workers = s.gateway_max_workers

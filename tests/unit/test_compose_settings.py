@@ -60,3 +60,16 @@ def test_every_setting_taken_from_env_is_in_env_example():
         if key.startswith("GRIDHUB_") and f"${{{key}" in str(value)
     }
     assert from_env - example == set(), "settings compose reads from .env but .env.example lacks"
+
+
+def test_ansible_spec_names_only_settings():
+    """The role writes each key of gridhub_facility_settings/_secrets as
+    GRIDHUB_<KEY> into the facility's .env: a key that is no setting would
+    stop the hub and the gateway at start."""
+    spec = yaml.safe_load(
+        (ROOT / "ansible/roles/gridhub_facility/meta/argument_specs.yml").read_text()
+    )["argument_specs"]["main"]["options"]
+    keys = set(spec["gridhub_facility_settings"]["options"])
+    keys |= set(spec["gridhub_facility_secrets"]["options"])
+    assert keys - set(Settings.model_fields) == set(), "Ansible spec keys that are no setting"
+    assert "direct_peers_off" in keys

@@ -1,12 +1,18 @@
 """Direct peers' decisions without processes: when it is off, one decision
 per peer, kept (failures too), not kept when it could not be made, and not
-lost when the caller gives up first."""
+lost when the caller gives up first; the deployer's switch reaches every
+grid job from the facility's settings."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from gridhub.gateway.backend import DiracBackend, DiracClusterConfig
+from gridhub.hub.settings import SettingsError, load_settings
 from gridhub.tunnel.direct_peers import off_reason
 from gridhub.tunnel.peer_choice import Choice, PeerChoices
 from gridhub.tunnel.worker import parse_args, worker_command
@@ -26,6 +32,39 @@ from gridhub.tunnel.worker import parse_args, worker_command
 )
 def test_off_reason(site: str, off: str, why: str | None):
     assert off_reason(site, off) == why
+
+
+def _job_env(monkeypatch, tmp_path, off: str | None) -> dict[str, str]:
+    """A grid job's environment from the gateway's config file, as the
+    compose facility loads it, with GRIDHUB_DIRECT_PEERS_OFF set or not."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    for key in [k for k in os.environ if k.startswith("GRIDHUB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GRIDHUB_STATE_DIR", str(tmp_path))
+    if off is not None:
+        monkeypatch.setenv("GRIDHUB_DIRECT_PEERS_OFF", off)
+    config_dir = Path(__file__).resolve().parents[2] / "hub_config"
+    config = PyFileConfigLoader("dask_gateway_config.py", path=str(config_dir)).load_config()
+    backend = DiracBackend(config=config)
+    cluster = SimpleNamespace(
+        name="c0ffee", username="alice", token="t", config=DiracClusterConfig(), state={}
+    )
+    return backend.worker_env(cluster)
+
+
+def test_the_deployer_setting_reaches_every_grid_job(monkeypatch, tmp_path):
+    env = _job_env(monkeypatch, tmp_path, "LCG.A.ch LCG.B.ch")
+    assert env["GRIDHUB_DIRECT_PEERS_OFF"] == "LCG.A.ch,LCG.B.ch"
+    assert off_reason("LCG.B.ch", env["GRIDHUB_DIRECT_PEERS_OFF"]), env
+    assert off_reason("LCG.C.ch", env["GRIDHUB_DIRECT_PEERS_OFF"]) is None
+    assert _job_env(monkeypatch, tmp_path, "*")["GRIDHUB_DIRECT_PEERS_OFF"] == "*"
+    assert "GRIDHUB_DIRECT_PEERS_OFF" not in _job_env(monkeypatch, tmp_path, None)
+
+
+def test_the_deployer_setting_refuses_what_is_no_site_name():
+    with pytest.raises(SettingsError, match="GRIDHUB_DIRECT_PEERS_OFF.*LCG.A.ch;LCG.B.ch"):
+        load_settings({"GRIDHUB_DIRECT_PEERS_OFF": "LCG.A.ch;LCG.B.ch"})
 
 
 class Decider:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -341,6 +342,13 @@ class Settings(BaseModel):
         " site offers is refused when created. Embedded mode: also the stand-in sites that"
         " run (docker-compose.override.yml). Empty: any site, tags unchecked.",
     )
+    direct_peers_off: list[str] = Field(
+        default_factory=list,
+        description="DIRAC sites whose grid workers must not connect to each other directly"
+        " (say, a site whose firewall isolates its nodes); their transfers take the reverse"
+        " path through the facility. '*': every site. Empty: workers of one site talk"
+        " directly wherever they reach each other (docs/reverse-path.md).",
+    )
     gateway_worker_image: str | None = Field(
         None,
         description="Image grid workers run in (apptainer/singularity at the site; the local"
@@ -389,6 +397,7 @@ class Settings(BaseModel):
         "iam_allowed_groups",
         "iam_admin_groups",
         "masterclass_teachers",
+        "direct_peers_off",
         mode="before",
     )(_split_list)
 
@@ -400,6 +409,18 @@ class Settings(BaseModel):
                 return json.loads(value)
             except ValueError as exc:
                 raise ValueError(f"not JSON: {exc}") from None
+        return value
+
+    @field_validator("direct_peers_off")
+    @classmethod
+    def _site_names(cls, value: list[str]) -> list[str]:
+        bad = [
+            v
+            for v in value
+            if v != "*" and not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", v)
+        ]
+        if bad:
+            raise ValueError(f"not DIRAC site names (e.g. LCG.CERN.cern) nor '*': {bad}")
         return value
 
     @field_validator(
