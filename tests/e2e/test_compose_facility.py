@@ -7,10 +7,13 @@ through Traefik on https://localhost:<free port> (self-signed):
 1. a browser logs in with the masterclass access code (`gridhub-access-code`)
    and is seated on the warm pool's running server (seat-01), JupyterLab
    opens, NEW in the Dask sidebar creates a dask-gateway cluster whose
-   workers are DIRAC jobs run by the local site as containers on the `grid`
-   network only, a cell scales it, computes and gathers a result; the
-   cluster's dashboard link opens in the browser (PUBLIC_HOST stays the
+   workers are DIRAC jobs run by the local sites as containers on their
+   site's grid network only, a cell scales it, computes and gathers a result;
+   the cluster's dashboard link opens in the browser (PUBLIC_HOST stays the
    default gridhub.internal), and a click on its card opens its Task Stream pane;
+   with four workers over the two sites, workers of one site exchange data
+   directly and across sites through the relay, and nothing outside a site
+   reaches a worker's site listener (issue 19);
 2. the hub container restarts while the server and cluster run: both
    survive, and so does the browser session;
 3. `down` then `up`: the user's files and the hub database are still there;
@@ -63,6 +66,7 @@ SERVICES = (
     "prometheus",
 )
 SITES = {"LCG.Local.gridhub": "localsite", "LCG.GPU.gridhub": "localsite-gpu"}  # stand-ins
+SITE_NETWORKS = {"LCG.Local.gridhub": "grid", "LCG.GPU.gridhub": "grid-gpu"}  # one per site
 PROJECT = f"gridhubtest{RUN_ID}"
 USER = "alice"
 # the warm pool (GRIDHUB_MASTERCLASS_POOL_SIZE=1) seats her on a server started before she came
@@ -494,14 +498,16 @@ def test_login_lab_cluster_on_grid(facility, lab):
     running = [j for j in jobs if j["Status"] == "Running"]
     assert len(running) >= 2, jobs
     assert all(j["Site"] in SITES for j in running), running
-    # ... as containers on the grid network only
+    # ... as containers on their site's grid network only
     job_ctrs = facility.containers(
         f"label=org.gridhub.facility={PROJECT}", "label=org.gridhub.job", "status=running"
     )
     assert len(job_ctrs) >= 2
     for cid in job_ctrs:
         nets = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Networks}}", cid).stdout)
-        assert list(nets) == [f"{PROJECT}_grid"], nets
+        env = docker("inspect", "-f", "{{json .Config.Env}}", cid).stdout
+        (site,) = [s for s in SITES if f'"DIRACSITE={s}"' in env]
+        assert list(nets) == [f"{PROJECT}_{SITE_NETWORKS[site]}"], (site, nets)
     # each opened its reverse path with OpenSSH over plain SSH (the gateway
     # pins its host key in the job; the image has ssh)
     opened = [line for line in facility.job_logs().splitlines() if "reverse path" in line]
@@ -982,6 +988,87 @@ def test_trust_boundaries(facility, lab):
     assert r.status_code == 429, r.status_code
     for c in (bob, mallory, eve):
         c.close()
+
+
+# Run on A's notebook server, with A's credentials: four workers of A's
+# cluster (the stand-in sites share jobs by job ID, so both sites hold some),
+# a fresh 1 MB transfer for every ordered pair of workers, then each worker's
+# direct-peer summary, and who reaches each worker's site listener.
+PEERS_PROBE = """
+import json, operator, socket, sys
+import numpy as np
+from dask_gateway import Gateway
+from distributed import wait
+from gridhub.tunnel.direct_peers import summary
+
+cluster = Gateway().connect(sys.argv[1])
+cluster.scale(4)
+client = cluster.get_client()
+client.wait_for_workers(4, timeout=540)
+workers = sorted(client.scheduler_info()["workers"])
+for src in workers:
+    for dst in workers:
+        if src != dst:
+            big = client.submit(np.ones, 2**17, workers=[src], pure=False)
+            wait(big)
+            got = client.submit(operator.attrgetter("nbytes"), big, workers=[dst], pure=False)
+            assert got.result(timeout=120) == 2**20
+            del big, got
+
+def probe(address):
+    host, port = address.removeprefix("tls://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as e:
+        return repr(e)
+    return "open"
+
+peers = client.run(summary)
+reach = {}
+for w in workers:
+    address = peers[w]["address"]
+    reach[w] = {"notebook": probe(address), "scheduler": client.run_on_scheduler(probe, address)}
+    reach[w].update({o: client.run(probe, address, workers=[o])[o] for o in workers if o != w})
+cluster.scale(2)
+client.close()
+print("PEERS " + json.dumps({"workers": workers, "peers": peers, "reach": reach}))
+"""
+
+
+def test_same_site_peers_direct_other_sites_relay(facility, lab):
+    """Issue 19 in compose: a grid network per stand-in site; workers of one
+    site exchange data directly, across sites through the relay; a worker's
+    site listener is reached by its own site's workers only (not by the
+    notebook, the scheduler nor another site's workers)."""
+    cluster = STATE.get("cluster")
+    assert cluster, "needs the cluster of the first test"
+    (a_server,) = facility.server_of(SEAT)
+    out = _python_in(a_server, PEERS_PROBE, cluster, timeout=CLUSTER_TIMEOUT)
+    got = json.loads(out.split("PEERS ", 1)[1].splitlines()[0])
+    RESULTS["direct_peers"] = got
+    _save_results()
+    workers, peers, reach = got["workers"], got["peers"], got["reach"]
+    site = {w: peers[w]["site"] for w in workers}
+    assert set(site.values()) == set(SITES), site  # the four workers are at both sites
+    assert all(peers[w]["off"] is None and peers[w]["address"] for w in workers), peers
+    pairs = {"same": 0, "cross": 0}
+    for dst in workers:
+        for src in workers:
+            if src == dst:
+                continue
+            stats = peers[dst]["peers"][src.rsplit("/", 1)[1]]
+            if site[src] == site[dst]:
+                pairs["same"] += 1
+                assert stats["path"] == "direct" and stats["direct_connects"] >= 1, stats
+                assert stats["relay_connects"] == 0 and stats["failed_direct"] == 0, stats
+                assert reach[src][dst] == "open", (src, dst, reach[src])
+            else:
+                pairs["cross"] += 1
+                assert stats["path"] == "relay", stats
+                assert stats["why"] == f"other site ({site[src]})", stats
+                assert reach[src][dst] != "open", (src, dst, reach[src])
+        assert reach[dst]["notebook"] != "open" and reach[dst]["scheduler"] != "open", reach
+    assert pairs["same"] and pairs["cross"], pairs
 
 
 def test_hub_restart_keeps_server_cluster_session(facility, lab):
