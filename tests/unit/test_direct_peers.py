@@ -48,7 +48,11 @@ def _job_env(monkeypatch, tmp_path, off: str | None) -> dict[str, str]:
     config = PyFileConfigLoader("dask_gateway_config.py", path=str(config_dir)).load_config()
     backend = DiracBackend(config=config)
     cluster = SimpleNamespace(
-        name="c0ffee", username="alice", token="t", config=DiracClusterConfig(), state={}
+        name="c0ffee",
+        username="alice",
+        token="t",  # noqa: S106  (a test value)
+        config=DiracClusterConfig(),
+        state={},
     )
     return backend.worker_env(cluster)
 
@@ -63,7 +67,7 @@ def test_the_deployer_setting_reaches_every_grid_job(monkeypatch, tmp_path):
 
 
 def test_the_deployer_setting_refuses_what_is_no_site_name():
-    with pytest.raises(SettingsError, match="GRIDHUB_DIRECT_PEERS_OFF.*LCG.A.ch;LCG.B.ch"):
+    with pytest.raises(SettingsError, match=r"GRIDHUB_DIRECT_PEERS_OFF.*LCG\.A\.ch;LCG\.B\.ch"):
         load_settings({"GRIDHUB_DIRECT_PEERS_OFF": "LCG.A.ch;LCG.B.ch"})
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import lowpriority
 from .secrets import HubSecrets
 from .settings import Settings
 
@@ -172,6 +173,8 @@ def _spawner(c, s: Settings) -> None:
         d.name_template = "jupyter-{username}"
         d.volumes = {"gridhub-home-{username}": "/home/jovyan"}
         d.notebook_dir = "/home/jovyan"
+        # below the hub when the cores are all busy; kernels run in the container
+        d.extra_host_config = {"cpu_shares": lowpriority.cpu_shares(s.server_nice)}
         if s.mode == "masterclass":
             env["GRIDHUB_MASTERCLASS_NOTEBOOKS"] = "/srv/gridhub/masterclass"
             d.volumes[f"{Path(s.masterclass_notebooks_dir)}"] = {
@@ -188,7 +191,15 @@ def _spawner(c, s: Settings) -> None:
         # the servers run the hub's python environment
         python = s.local_python or sys.executable
         bindir = str(Path(python).parent)
-        c.Spawner.cmd = [python, "-m", "jupyterhub.singleuser"]
+        c.Spawner.cmd = lowpriority.server_cmd(
+            s.server_nice, [python, "-m", "jupyterhub.singleuser"]
+        )
+        env[lowpriority.ENV] = str(s.server_nice)  # for the server's kernels
+        c.Spawner.args = [
+            *_list(c.Spawner.args),
+            "--MappingKernelManager.kernel_manager_class="
+            "gridhub.hub.kernelpriority.LowPriorityKernelManager",
+        ]
         env["PATH"] = bindir + os.pathsep + "/usr/local/bin:/usr/bin:/bin"
         # Kernels on unix sockets, not loopback TCP: fifty kernels picking free ports at
         # once collide ("Address already in use"), and a socket in a 0700 directory is

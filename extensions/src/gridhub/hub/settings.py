@@ -237,6 +237,15 @@ class Settings(BaseModel):
         " and gridhub); default: the hub's own python.",
     )
     cpu_limit: float | None = Field(2.0, gt=0, description="CPU cores per user server.")
+    server_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="CPU priority of user servers and their kernels below the hub's, as a nice"
+        " value (0: the hub's, 19: the lowest): when the cores are all busy (a class starting"
+        " at once) the hub is served first. Docker: the containers' cpu_shares of that weight"
+        " (10: 110 of the hub's 1024); local: nice, for each server's and kernel's session too.",
+    )
     mem_limit: str | None = Field("4G", description="Memory per user server, e.g. '4G'.")
     default_url: str = Field("/lab", description="Where a user lands in their server.")
     cull_idle_timeout: int = Field(
