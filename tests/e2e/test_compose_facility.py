@@ -22,6 +22,8 @@ through Traefik on https://localhost:<free port> (self-signed):
    (``run_on_scheduler``), finds no facility secret and no key of B's, reaches
    no internal port, cannot use, stop or connect to B's cluster; a second
    login under A's name is refused, and so are logins past the failure limit;
+   before that, the teacher logs in with the teacher code in a browser of
+   their own and sees the class by the names students typed (issue 22);
 5. no generated secret, user token or JWT in any container's log or grid job's output;
    monitoring (issue 20), while the cluster runs: every Prometheus scrape target up,
    the cluster and its workers counted, the usage page for an admin, 403 for a student;
@@ -69,6 +71,7 @@ SITES = {"LCG.Local.gridhub": "localsite", "LCG.GPU.gridhub": "localsite-gpu"}  
 SITE_NETWORKS = {"LCG.Local.gridhub": "grid", "LCG.GPU.gridhub": "grid-gpu"}  # one per site
 PROJECT = f"gridhubtest{RUN_ID}"
 USER = "alice"
+TEACHER = "teacher"
 # the warm pool (GRIDHUB_MASTERCLASS_POOL_SIZE=1) seats her on a server started before she came
 SEAT = "seat-01"
 HEALTHY_TIMEOUT = 420
@@ -130,8 +133,8 @@ class Facility:
             "GRIDHUB_MEM_LIMIT": "3G",
             "GRIDHUB_WORKER_MEM_LIMIT": "3G",
             "GRIDHUB_MASTERCLASS_POOL_SIZE": 1,
-            # an admin, for the monitoring view (with the teacher code)
-            "GRIDHUB_MASTERCLASS_TEACHERS": "teacher",
+            # the teacher (an admin: the teacher view and the monitoring view)
+            "GRIDHUB_MASTERCLASS_TEACHERS": TEACHER,
             # small, so that the test can reach it (default 30 per 600 s)
             "GRIDHUB_MASTERCLASS_FAILED_LOGIN_LIMIT": FAILED_LOGIN_LIMIT,
         }
@@ -450,6 +453,7 @@ def test_login_lab_cluster_on_grid(facility, lab):
     assert parts[3:5] == ["4000000", "285"], line
     assert parts[-1] == "2", line
     STATE["cluster"] = cluster
+    STATE["lab_request"] = pg.request.get  # the student's browser session
 
     # Every dashboard link shown opens in this browser of the default facility, whose
     # public name (gridhub.internal) the browser cannot resolve: cluster.dashboard_link
@@ -540,7 +544,7 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
     assert refused.status_code == 403 and '"status":"success"' not in refused.text
 
     teacher_code = facility.exec("hub", "gridhub-access-code", "--teacher").strip()
-    admin, r = _login(facility, "teacher", teacher_code)
+    admin, r = _login(facility, TEACHER, teacher_code)
     assert r.status_code == 302, r.text[-500:]
     api = "/services/monitoring/prometheus/api/v1"
 
@@ -596,7 +600,7 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
         pg = ctx.new_page()
         # (next=: straight to the page, no server for the teacher)
         pg.goto(facility.url + "/hub/login?next=%2Fservices%2Fmonitoring%2F")
-        pg.fill("#username_input", "teacher")
+        pg.fill("#username_input", TEACHER)
         pg.fill("#password_input", teacher_code)
         pg.click("#login_submit")
         pg.wait_for_selector("#usage", timeout=60_000)
@@ -750,6 +754,36 @@ def test_lake_reads_through_the_xcache(facility, lab):
         assert info["HostConfig"]["ReadonlyRootfs"], service
         assert info["Config"]["User"] == "xrootd", service
         assert set(info["NetworkSettings"]["Networks"]) == {f"{PROJECT}_{n}" for n in nets}
+
+
+def test_teacher_sees_the_class(facility, browser):
+    """Issue 22: the teacher's code (`gridhub-access-code --teacher`), the login
+    form, the teacher's view (a hub service behind the hub's login): the class
+    by the names students typed, not by seat. Before the trust-boundary test,
+    whose refused logins lock this address out of logging in for a while."""
+    assert STATE.get("cluster"), "needs the student of the first test"
+    code = facility.exec("hub", "gridhub-access-code", "--teacher").strip().splitlines()[-1]
+    assert len(code) >= 32
+    ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 900})
+    ctx.set_default_timeout(60_000)
+    try:
+        pg = ctx.new_page()
+        # straight to the view: the teacher needs no server of their own
+        pg.goto(facility.url + "/hub/login?next=%2Fservices%2Fteacher%2F")
+        pg.fill("#username_input", TEACHER)
+        pg.fill("#password_input", code)
+        pg.click("#login_submit")
+        pg.wait_for_url("**/services/teacher/**", timeout=120_000)
+        pg.locator("#class td.name", has_text=USER).first.wait_for(timeout=60_000)
+        screenshot(pg, "compose-teacher-view")
+        names = pg.locator("#class td.name").all_inner_texts()
+        assert names == [USER], names  # the student by name, not her seat
+        assert "The class: 1 students" in pg.locator("#teacher-view").inner_text()
+        # the view is the teacher's: the student's own browser gets 403
+        r = STATE["lab_request"](facility.url + "/services/teacher/api/class")
+        assert r.status == 403, r.status
+    finally:
+        ctx.close()
 
 
 def _scheduler_container(cluster: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -171,20 +172,23 @@ def test_seated_students_compute_at_once_and_the_teacher_sees_the_class(hub_fact
     assert kernel == warm[seat_a]["kernel"]["id"]
     # her first cell: on a kernel started before she logged in, the imports done,
     # her namespace untouched
-    started, imported, clean = ast.literal_eval(
+    started, imported, clean, nice, group = ast.literal_eval(
         run_in_kernel(
             hub,
             seat_a,
             tokens[seat_a],
             kernel,
-            "import psutil, sys\n"
+            "import os, pathlib, psutil, sys\n"
+            "_g = pathlib.Path('/proc/self/autogroup')\n"
             "(psutil.Process().create_time(),"
             " 'xml.dom.minidom' in sys.modules and 'email.mime.text' in sys.modules,"
-            " 'text' not in dir())",
+            " 'text' not in dir(), os.nice(0), _g.read_text().split()[-1] if _g.exists() else '')",
         )
     )
     assert started < login_at, (started, login_at)
     assert imported and clean
+    # below the hub's CPU priority (server_nice 10), its session too (gridhub.hub.lowpriority)
+    assert nice - os.nice(0) == 10 and group in ("10", ""), (nice, group)
 
     bob = browser(hub)
     assert login_form(bob, "bob", CODE).status_code == 302
