@@ -43,6 +43,7 @@ def variant(args: argparse.Namespace) -> str:
         "no warm kernels" if args.no_warm else "",
         f"http_timeout {args.http_timeout} s" if args.http_timeout else "",
         "kernels over ipc" if args.kernel_ipc else "",
+        f"servers at nice {args.server_nice}" if args.server_nice else "",
     ]
     return " (" + ", ".join(p for p in parts if p) + ")" if any(parts) else ""
 
@@ -129,6 +130,11 @@ def main() -> None:
         help="what-if: kernels talk over unix sockets, not loopback TCP ports",
     )
     ap.add_argument(
+        "--server-nice",
+        help="GRIDHUB_SERVER_NICE: servers' and kernels' CPU priority below the hub's"
+        " (shipped: 10; 0 as before issue 22's priority)",
+    )
+    ap.add_argument(
         "--cell", default=CELL, help="code to run (the default cell's result is checked)"
     )
     ap.add_argument(
@@ -160,6 +166,7 @@ def main() -> None:
                 GRIDHUB_MASTERCLASS_CLASS_SIZE=str(args.users),
                 **({"GRIDHUB_MASTERCLASS_POOL_SIZE": str(args.users)} if args.pool else {}),
                 **({"GRIDHUB_MASTERCLASS_WARM_NOTEBOOK": "none"} if args.no_warm else {}),
+                **({"GRIDHUB_SERVER_NICE": args.server_nice} if args.server_nice else {}),
             )
             whatif(hub, args, runtime)
             hub.start(timeout=120)

@@ -207,6 +207,10 @@ class Hub:
             "GRIDHUB_LOCAL_HOME_ROOT": str(self.homes),
             "GRIDHUB_EXTRA_CONFIG_DIR": str(self.extra),
             "GRIDHUB_START_TIMEOUT": "60",
+            # servers at the hub's CPU priority: on a machine shared with other
+            # work, servers below everything else start late (test_hub_teacher
+            # checks the priority the settings give by default)
+            "GRIDHUB_SERVER_NICE": "0",
             **env,
         }
         self.proc: subprocess.Popen | None = None

@@ -135,6 +135,10 @@ def test_seated_students_compute_at_once_and_the_teacher_sees_the_class(hub_fact
         "mc-teacher",
         GRIDHUB_MASTERCLASS_POOL_SIZE="2",
         GRIDHUB_MASTERCLASS_POOL_CONCURRENCY="2",
+        # the shipped priority (servers and kernels at nice 10 below the hub), and
+        # time for servers that low to start on a machine busy with other work
+        GRIDHUB_SERVER_NICE="",
+        GRIDHUB_START_TIMEOUT="240",
     )
     # two seats run, each with the class notebook's kernel warm (a session on it)
     seats = wait_for(
