@@ -784,6 +784,10 @@ def test_teacher_sees_the_class(facility, browser):
         assert r.status == 403, r.status
     finally:
         ctx.close()
+    # the students' servers (and kernels, inside) weigh less than the hub (Docker's
+    # default, 1024) when the cores are busy: cpu_shares of nice 10 (server_nice)
+    shares = docker("inspect", "-f", "{{.HostConfig.CpuShares}}", STATE["server"][0]).stdout
+    assert int(shares) == 110, shares
 
 
 def _scheduler_container(cluster: str) -> str:
