@@ -91,3 +91,21 @@ def test_local_kernels_take_the_servers_priority_into_their_session():
 def test_server_nice_out_of_range_is_named():
     with pytest.raises(SettingsError, match="GRIDHUB_SERVER_NICE"):
         load_settings({"GRIDHUB_SERVER_NICE": "20"})
+
+
+def test_compose_glue_keeps_the_servers_cpu_shares(tmp_path, monkeypatch):
+    """The compose facility's hub config (hub_config + images/hub/jupyterhub_config.d)
+    as the hub image loads it: the glue's own host config does not drop cpu_shares
+    (it did: seen as CpuShares 0 on the seat's container in the compose e2e)."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    for key in [k for k in os.environ if k.startswith(("GRIDHUB_", "FACILITY_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("GRIDHUB_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv(
+        "GRIDHUB_EXTRA_CONFIG_DIR", str(CONFIG_DIR.parent / "images/hub/jupyterhub_config.d")
+    )
+    monkeypatch.setenv("FACILITY_PROJECT", "gridhubunit")
+    c = PyFileConfigLoader("jupyterhub_config.py", path=str(CONFIG_DIR)).load_config()
+    host = c.DockerSpawner.extra_host_config
+    assert host["cpu_shares"] == 110 and host["init"] is True, host

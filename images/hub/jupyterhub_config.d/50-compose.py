@@ -66,4 +66,5 @@ if project and settings.spawner == "docker":
     # these containers itself, and an auto-removal it set off would race its
     # remove ("removal ... already in progress", "No such container"). A
     # stopped server is still removed: DockerSpawner.stop removes it (remove=True).
-    d.extra_host_config = {"init": True, "auto_remove": False}
+    # (update: the settings set cpu_shares there, gridhub.hub.lowpriority)
+    d.extra_host_config.update({"init": True, "auto_remove": False})
