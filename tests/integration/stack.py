@@ -45,6 +45,7 @@ def render_traefik_config(
     dask: int,
     api: int,
     ping: int,
+    metrics: int,
     provider_url: str,
     token: str,
     dynamic_dir: Path,
@@ -79,6 +80,7 @@ def render_traefik_config(
     fixed_here = {
         '":8099"': f'":{api}"',
         '"127.0.0.1:8082"': f'"127.0.0.1:{ping}"',
+        '":8083"': f'":{metrics}"',
         "/etc/traefik/dynamic": str(dynamic_dir),
     }
     if acme:
@@ -148,6 +150,7 @@ class Stack(Facility):
                     dask=dask,
                     api=api_port or free_port(),
                     ping=free_port(),
+                    metrics=free_port(),  # two Traefiks of a test must not share one
                     provider_url=f"http://127.0.0.1:{self.gw_port}/api/v1/traefik",
                     token=self.provider_token,
                     dynamic_dir=self.dynamic_dir,

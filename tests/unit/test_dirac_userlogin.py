@@ -9,7 +9,8 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from gridhub.dirac import DiracXLoginRequired, UserLoginToken
+from gridhub.dirac import DiracXLoginRequired, DiracXTokenExpired, UserLoginToken
+from gridhub.dirac.models import TokenResponse
 from gridhub.dirac.userlogin import authorize_url, dirac_group, pkce_pair, scope
 from gridhub.hub.settings import SettingsError, load_settings
 
@@ -65,6 +66,37 @@ async def test_missing_login_is_named_with_where_to_renew(tmp_path):
     with pytest.raises(DiracXLoginRequired, match="DIRAC login of alice is missing") as err:
         await token.access_token()
     assert "https://hub.example/hub/dirac-login" in str(err.value)
+
+
+class RecordingLogin(UserLoginToken):
+    """DiracX's refresh grant as DiracX 0.7 answers it: "old" is revoked."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.presented: list[str] = []
+
+    async def _refresh_grant(self, refresh_token):
+        self.presented.append(refresh_token)
+        if refresh_token == "old":  # noqa: S105 (a test token)
+            raise DiracXTokenExpired("cannot renew the token (401): Revoked", self.url)
+        return TokenResponse(access_token="a2", refresh_token="new2", expires_in=600)  # noqa: S106
+
+
+async def test_a_refused_refresh_token_is_never_presented_again(tmp_path):
+    """DiracX revokes every token of a user when a refused one comes back, a
+    login made meanwhile included (seen: a renewed login killed by the
+    gateway's retries with the old token)."""
+    path = tmp_path / "alice.json"
+    path.write_text(json.dumps({"access_token": "a", "refresh_token": "old", "expires_on": 0}))
+    token = RecordingLogin("http://127.0.0.1:9", path, who="alice")
+    for _ in range(3):
+        with pytest.raises(DiracXLoginRequired, match="expired or was revoked"):
+            await token.access_token()
+    assert token.presented == ["old"]
+    # a new login written to the file (the hub's hand-over) is taken
+    path.write_text(json.dumps({"access_token": "b", "refresh_token": "new", "expires_on": 0}))
+    assert await token.access_token() == "a2"
+    assert token.presented == ["old", "new"]
 
 
 async def test_revoke_deletes_the_file_even_when_diracx_is_away(tmp_path):

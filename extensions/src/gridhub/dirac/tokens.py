@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import logging
 import time
@@ -306,6 +307,10 @@ class UserLoginToken(_CachedToken):
         self.who = who
         self.login_url = login_url
         self.client_id = client_id
+        # the digest of the refresh token DiracX last refused: never presented
+        # again, for DiracX takes a refused token coming back for an attack and
+        # revokes every token of the user, a login made meanwhile included
+        self._refused = ""
 
     def _required(self, what: str) -> DiracXLoginRequired:
         renew = f"; log in to DIRAC again at {self.login_url}" if self.login_url else ""
@@ -320,9 +325,13 @@ class UserLoginToken(_CachedToken):
             ) from None
         if not refresh:
             raise self._required("is missing (it ends with your last cluster and at logout)")
+        digest = hashlib.sha256(refresh.encode()).hexdigest()
+        if digest == self._refused:
+            raise self._required("has expired or was revoked (refused before)")
         try:
             tok = await self._refresh_grant(refresh)
         except DiracXTokenExpired as exc:
+            self._refused = digest
             log.info("DiracX refused the refresh token of %s: %s", self.who, exc.msg)
             raise self._required(f"has expired or was revoked ({exc.msg})") from None
         if not tok.refresh_token:
