@@ -345,9 +345,21 @@ def lab(browser, facility):
     ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 900})
     ctx.set_default_timeout(60_000)
     pg = ctx.new_page()
+    # what the browser saw go wrong, for a failed run (once JupyterLab stayed
+    # blank after the browser cancelled its first API requests)
+    seen: list[str] = []
+    pg.on("console", lambda m: seen.append(f"console {m.type}: {m.text}"))
+    pg.on("pageerror", lambda e: seen.append(f"pageerror: {e}"))
+    pg.on("requestfailed", lambda r: seen.append(f"failed {r.url}: {r.failure}"))
+    pg.on(
+        "framenavigated",
+        lambda f: seen.append(f"navigated {f.url}") if f is pg.main_frame else None,
+    )
     try:
         yield pg
     finally:
+        (ARTIFACTS / "compose").mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "compose" / "browser.log").write_text("\n".join(seen) + "\n")
         ctx.close()
 
 
