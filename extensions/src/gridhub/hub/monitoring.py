@@ -35,14 +35,13 @@ import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
-from tornado.ioloop import IOLoop, PeriodicCallback
 
+from .service import serve
 from .svgplot import line_chart
 
 log = logging.getLogger("gridhub.monitoring")
@@ -289,23 +288,8 @@ def main() -> None:
         prefix=prefix,
         xsrf_cookies=False,
     )
-    url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])  # where the hub routes us
-    # in compose the hub listens on every network it is on (0.0.0.0), and so does this:
-    # Traefik may reach the hub's host name by another network than the one it
-    # resolves to here
-    app.listen(url.port or 80, args.listen_host or url.hostname or "127.0.0.1")
     log.info("monitoring at %s (Prometheus %s)", prefix, args.prometheus_url)
-    hub = os.getppid()
-
-    def orphaned() -> None:  # the hub died without stopping us (SIGKILL): stop too
-        if os.getppid() != hub:
-            IOLoop.current().stop()
-
-    PeriodicCallback(orphaned, 5000).start()
-    try:
-        IOLoop.current().start()
-    except KeyboardInterrupt:  # the hub stops its services with SIGINT
-        pass
+    serve(app, args.listen_host)
 
 
 if __name__ == "__main__":

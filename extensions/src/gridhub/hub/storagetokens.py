@@ -25,11 +25,9 @@ import argparse
 import json
 import logging
 import os
-import signal
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -38,6 +36,8 @@ from tornado import ioloop, web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from gridhub.files import write_private
+
+from .service import serve
 
 log = logging.getLogger("gridhub.storagetokens")
 
@@ -179,24 +179,19 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     issuer = Issuer(args.issuer, args.audience, load_or_create_key(args.key_file))
-    url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
     app = make_app(
         os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gridhub-storage/"),
         issuer,
         os.environ["JUPYTERHUB_API_URL"],
         args.lifetime,
     )
-    app.listen(url.port or 80, url.hostname or "127.0.0.1")
-    log.info("storage-token issuer %s on %s", issuer.url, url.geturl())
-    loop = ioloop.IOLoop.current()
+    log.info("storage-token issuer %s on %s", issuer.url, os.environ["JUPYTERHUB_SERVICE_URL"])
     if args.cache_token_file:
         path, every = args.cache_token_file, args.cache_token_every
         write_cache_token(issuer, path, every)
         renew = ioloop.PeriodicCallback(lambda: write_cache_token(issuer, path, every), every * 1e3)
         renew.start()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
-    loop.start()
+    serve(app)
 
 
 if __name__ == "__main__":

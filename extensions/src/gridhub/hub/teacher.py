@@ -32,14 +32,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import web
-from tornado.ioloop import IOLoop, PeriodicCallback
 
+from .service import serve
 from .students import locked_students, read_students
 
 log = logging.getLogger("gridhub.teacher")
@@ -350,20 +350,8 @@ def main() -> None:
         gridhub_class=Class(args.students_file, args.notebooks_dir, args.versions_dir),
         prefix=prefix,
     )
-    url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])  # where the hub routes us
-    app.listen(url.port or 80, url.hostname or "127.0.0.1")
     log.info("teacher's view at %s", prefix)
-    hub = os.getppid()
-
-    def orphaned() -> None:  # the hub died without stopping us (SIGKILL): stop too
-        if os.getppid() != hub:
-            IOLoop.current().stop()
-
-    PeriodicCallback(orphaned, 5000).start()
-    try:
-        IOLoop.current().start()
-    except KeyboardInterrupt:  # the hub stops its services with SIGINT
-        pass
+    serve(app)
 
 
 if __name__ == "__main__":

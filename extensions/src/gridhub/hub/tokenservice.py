@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-from tornado import ioloop, web
+from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .service import serve
 
 log = logging.getLogger("gridhub.tokenservice")
 
@@ -101,18 +102,13 @@ def make_app(prefix: str, api_url: str, api_token: str) -> web.Application:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
-    url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
     app = make_app(
         os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/gridhub-tokens/"),
         os.environ["JUPYTERHUB_API_URL"],
         os.environ["JUPYTERHUB_API_TOKEN"],
     )
-    app.listen(url.port or 80, url.hostname or "127.0.0.1")
-    log.info("gridhub token service on %s", url.geturl())
-    loop = ioloop.IOLoop.current()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
-    loop.start()
+    log.info("gridhub token service on %s", os.environ["JUPYTERHUB_SERVICE_URL"])
+    serve(app)
 
 
 if __name__ == "__main__":
