@@ -16,12 +16,11 @@ environment variables that are not settings:
   FACILITY_HUB_API_URL    the hub's API (http://hub:8081/hub/api)
   FACILITY_DIRACX_STATE   the embedded DiracX's state volume (its facility identity)
   FACILITY_EMBEDDED_DIRACX_URL  the embedded DiracX (http://dirac:8000)
-  FACILITY_SCHEDULER_PYTHON  the Python schedulers run with (the image's copy of
-                          the notebook environment, with gridhub; default: the gateway's own)
   FACILITY_SCHEDULER_NETWORK  Docker network for per-cluster scheduler containers
                           (set by every shipped deployment); unset: schedulers are
                           processes of the gateway (tests, a trusted single user)
-  FACILITY_SCHEDULER_IMAGE  the image scheduler containers run (the gateway's own)
+  FACILITY_SCHEDULER_IMAGE  the image scheduler containers run: the notebook
+                          image, the environment the graphs they unpickle come from
   FACILITY_PROJECT        the compose project: scheduler containers' names and labels
   FACILITY_MONITORING_SECRETS  the monitoring volume (Prometheus' metrics token)
 """
@@ -75,7 +74,7 @@ if os.environ.get("FACILITY_SCHEDULER_NETWORK"):
     project = os.environ.get("FACILITY_PROJECT", "gridhub")
     c.SchedulerContainers.network = os.environ["FACILITY_SCHEDULER_NETWORK"]
     c.SchedulerContainers.image = os.environ.get(
-        "FACILITY_SCHEDULER_IMAGE", "gridhub/gateway:latest"
+        "FACILITY_SCHEDULER_IMAGE", "gridhub/notebook:latest"
     )
     c.SchedulerContainers.name_prefix = f"{project}-scheduler-"
     # compose's own labels: `docker compose down --remove-orphans` removes them too
@@ -111,17 +110,17 @@ if os.environ.get(MONITORING_ENV) and metrics_token.is_file():
 
 # --- schedulers and the reverse path, reached by Traefik on the internal network ---
 # Schedulers unpickle the task graphs notebooks send (numpy, awkward, coffea
-# objects): the gateway image carries the notebook environment for them.
+# objects): in containers they run the notebook image's Python (on its PATH);
+# as processes of the gateway (tests, a trusted single user), the gateway's.
 # Their preload keeps host names in worker addresses: PUBLIC_HOST has another
 # address on the grid network than here (see the module).
-if os.environ.get("FACILITY_SCHEDULER_PYTHON"):
-    c.DiracClusterConfig.scheduler_cmd = [
-        os.environ["FACILITY_SCHEDULER_PYTHON"],
-        "-m",
-        "distributed.cli.dask_scheduler",
-        "--preload",
-        "gridhub.gateway.named_addresses",
-    ]
+c.DiracClusterConfig.scheduler_cmd = [
+    "python" if os.environ.get("FACILITY_SCHEDULER_NETWORK") else sys.executable,
+    "-m",
+    "distributed.cli.dask_scheduler",
+    "--preload",
+    "gridhub.gateway.named_addresses",
+]
 b.scheduler_host = "0.0.0.0"  # noqa: S104  (the internal network only)
 b.tunnel_listen_address = "0.0.0.0:8022"
 b.tunnel_forward_host = "0.0.0.0"  # noqa: S104

@@ -73,3 +73,13 @@ def test_ansible_spec_names_only_settings():
     keys |= set(spec["gridhub_facility_secrets"]["options"])
     assert keys - set(Settings.model_fields) == set(), "Ansible spec keys that are no setting"
     assert "direct_peers_off" in keys
+
+
+def test_schedulers_workers_and_notebooks_run_one_image():
+    """A scheduler unpickles what a notebook sends and hands it to workers: the
+    three run the notebook image, so their versions always match."""
+    env = compose_environment()
+    notebook = "${GRIDHUB_NOTEBOOK_IMAGE:-gridhub/notebook:latest}"
+    assert env["gateway"]["FACILITY_SCHEDULER_IMAGE"] == notebook
+    assert env["hub"]["GRIDHUB_NOTEBOOK_IMAGE"] == notebook
+    assert env["localsite"]["FACILITY_JOB_IMAGE"] == notebook

@@ -31,7 +31,7 @@ class FakeContainers:
 def backend(monkeypatch):
     monkeypatch.setenv("SECRET_OF_THE_GATEWAY", "must-not-leak")
     b = DockerDiracBackend(api_url="http://gateway:8000/api")
-    b.containers.image = "gridhub/gateway:1"
+    b.containers.image = "gridhub/notebook:1"
     b.containers.network = "proj_schedulers"
     b.containers.name_prefix = "proj-scheduler-"
     b.containers.labels = {"com.docker.compose.project": "proj"}
@@ -80,7 +80,7 @@ async def test_container_is_confined(backend) -> None:
     states = [s async for s in b.start_scheduler(cluster())]
     assert states[-1] == {"container": "proj-scheduler-c0ffee"}
     ((args, kw),) = fake.runs
-    assert args[0] == "gridhub/gateway:1"
+    assert args[0] == "gridhub/notebook:1"
     assert kw["name"] == "proj-scheduler-c0ffee"
     assert kw["hostname"] == "scheduler-c0ffee"
     assert kw["network"] == "proj_schedulers"

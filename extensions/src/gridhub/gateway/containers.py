@@ -39,7 +39,12 @@ TMP = "/tmp"  # noqa: S108
 class SchedulerContainers(LoggingConfigurable):
     """Where and how scheduler containers run (Docker API; docker-py in threads)."""
 
-    image = Unicode(help="Image schedulers run in (the gateway's own image).", config=True)
+    image = Unicode(
+        help="""Image schedulers run in: the notebook image (the graphs they
+        unpickle come from its environment; already on the host for the
+        notebook servers).""",
+        config=True,
+    )
     network = Unicode(
         help="""Docker network of the schedulers: one that reaches Traefik (by the
         public host name) and the gateway's API, and nothing else.""",
