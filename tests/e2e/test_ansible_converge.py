@@ -48,7 +48,7 @@ pytestmark = pytest.mark.e2e
 
 ANSIBLE = ROOT / "ansible"
 HERE = Path(__file__).parent
-IMAGES = ("hub", "gateway", "dirac", "traefik", "notebook", "prometheus")
+IMAGES = ("hub", "gateway", "dirac", "traefik", "notebook", "prometheus", "xrootd")
 TARGET_IMAGE = "gridhub/ansible-target:test"
 FACILITY_NAME = "Ansible Converge Facility"
 PLAYBOOK_TIMEOUT = 900
@@ -174,7 +174,7 @@ class Target:
 
 @pytest.fixture(scope="module")
 def image_archive(notebook_image: str, tmp_path_factory) -> Path:
-    """The six facility images as one `docker save` archive (shared layers once)."""
+    """The facility images as one `docker save` archive (shared layers once)."""
     tags = [notebook_image] + [build_image(n) for n in IMAGES if n != "notebook"]
     d = tmp_path_factory.mktemp("images")
     t0 = time.monotonic()
@@ -281,7 +281,17 @@ def test_converge_serves_the_login_page(converged: Target):
         assert t.sh(f"cat /opt/gridhub/{name}") == (ROOT / name).read_text()
     assert t.sh("stat -c '%a %U' /opt/gridhub/.env").split() == ["600", "root"]
     assert "docker-compose version 1.29" in t.sh("docker-compose version")
-    services = ("traefik", "hub", "gateway", "dirac", "localsite", "localsite-gpu", "prometheus")
+    services = (
+        "traefik",
+        "hub",
+        "gateway",
+        "dirac",
+        "localsite",
+        "localsite-gpu",
+        "prometheus",
+        "lake-origin",
+        "lake-cache",
+    )
     for service in services:
         assert t.container(service)["State"]["Health"]["Status"] == "healthy", service
     # the host firewall: a service on a port not in gridhub_firewall_tcp_ports
