@@ -16,9 +16,18 @@ The Dask side (gateway_fixtures.py):
 
 from __future__ import annotations
 
+import signal
+
 from processes import EmbeddedDiracX, LocalSiteProcess, facility_tls
 
 facility_tls()  # before anything imports aiohttp (see FacilityTLS)
+
+# A run started in the background (nohup, `cmd &` in a script, some CI runners)
+# ignores SIGINT, and every process it starts inherits that. JupyterHub stops
+# its services and servers with SIGINT and waits 10 s for each before SIGTERM:
+# a hub's shutdown took 30 s, on every hub stop of the tier. Handling SIGINT
+# here gives the processes the tests start the default again.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 from gateway_fixtures import dirac_facility, held_facility  # noqa: E402, F401 - shared fixtures
