@@ -52,6 +52,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, image_tag, screenshot
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.e2e
 
@@ -339,27 +340,55 @@ def facility(tags, tmp_path_factory):
         assert not any(left.values()), f"`down -v --remove-orphans` left {left}"
 
 
+# What the module's browser pages saw go wrong, for a failed run: written to
+# artifacts/compose/browser.log when the module ends.
+BROWSER_SEEN: list[str] = []
+
+
+def watch(pg, name: str) -> None:
+    """Record a page's console, errors, failed requests and navigations."""
+    seen = BROWSER_SEEN
+    pg.on("console", lambda m: seen.append(f"{name} console {m.type}: {m.text}"))
+    pg.on("pageerror", lambda e: seen.append(f"{name} pageerror: {e}"))
+    pg.on("requestfailed", lambda r: seen.append(f"{name} failed {r.url}: {r.failure}"))
+    pg.on(
+        "framenavigated",
+        lambda f: seen.append(f"{name} navigated {f.url}") if f is pg.main_frame else None,
+    )
+
+
+def wait_or_reload(pg, url: str, selector: str, tries: int = 3) -> None:
+    """Wait for `selector`; if it does not come, load `url` again, as a user would.
+
+    The browser runs on the Docker host: every container started (a seat
+    server, a scheduler, a grid job) adds a network interface, and Chromium
+    then aborts the requests in flight with ERR_NETWORK_CHANGED (seen in
+    browser.log: a login's redirect never reached Traefik, the page stayed
+    on the login form; JupyterLab stayed blank once). A browser elsewhere
+    does not see the facility's interfaces change."""
+    for attempt in range(tries):
+        try:
+            pg.wait_for_selector(selector, timeout=30_000)
+            return
+        except PlaywrightTimeoutError:
+            if attempt == tries - 1:
+                raise
+            BROWSER_SEEN.append(f"reloading {url}: no {selector} at {pg.url}")
+            pg.goto(url)
+
+
 @pytest.fixture(scope="module")
 def lab(browser, facility):
     """One browser context for the module: the user's session is kept."""
     ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1400, "height": 900})
     ctx.set_default_timeout(60_000)
     pg = ctx.new_page()
-    # what the browser saw go wrong, for a failed run (once JupyterLab stayed
-    # blank after the browser cancelled its first API requests)
-    seen: list[str] = []
-    pg.on("console", lambda m: seen.append(f"console {m.type}: {m.text}"))
-    pg.on("pageerror", lambda e: seen.append(f"pageerror: {e}"))
-    pg.on("requestfailed", lambda r: seen.append(f"failed {r.url}: {r.failure}"))
-    pg.on(
-        "framenavigated",
-        lambda f: seen.append(f"navigated {f.url}") if f is pg.main_frame else None,
-    )
+    watch(pg, "lab")
     try:
         yield pg
     finally:
         (ARTIFACTS / "compose").mkdir(parents=True, exist_ok=True)
-        (ARTIFACTS / "compose" / "browser.log").write_text("\n".join(seen) + "\n")
+        (ARTIFACTS / "compose" / "browser.log").write_text("\n".join(BROWSER_SEEN) + "\n")
         ctx.close()
 
 
@@ -610,14 +639,15 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
     ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1500, "height": 1000})
     try:
         pg = ctx.new_page()
+        watch(pg, "monitoring")
         # (next=: straight to the page, no server for the teacher)
         pg.goto(facility.url + "/hub/login?next=%2Fservices%2Fmonitoring%2F")
         pg.fill("#username_input", TEACHER)
         pg.fill("#password_input", teacher_code)
         pg.click("#login_submit")
-        pg.wait_for_selector("#usage", timeout=60_000)
+        wait_or_reload(pg, facility.url + "/services/monitoring/", "#usage")
         pg.goto(facility.url + "/services/monitoring/?hours=1")
-        pg.wait_for_selector("#usage", timeout=60_000)
+        wait_or_reload(pg, facility.url + "/services/monitoring/?hours=1", "#usage")
         for ident in ("active-users", "servers", "clusters", "workers", "cpu-user"):
             assert pg.locator(f"#plot-{ident}").count() == 1, ident
         # workers were running: a line (or, with one sample yet, a point)
@@ -780,12 +810,13 @@ def test_teacher_sees_the_class(facility, browser):
     ctx.set_default_timeout(60_000)
     try:
         pg = ctx.new_page()
+        watch(pg, "teacher")
         # straight to the view: the teacher needs no server of their own
         pg.goto(facility.url + "/hub/login?next=%2Fservices%2Fteacher%2F")
         pg.fill("#username_input", TEACHER)
         pg.fill("#password_input", code)
         pg.click("#login_submit")
-        pg.wait_for_url("**/services/teacher/**", timeout=120_000)
+        wait_or_reload(pg, facility.url + "/services/teacher/", "#class")
         pg.locator("#class td.name", has_text=USER).first.wait_for(timeout=60_000)
         screenshot(pg, "compose-teacher-view")
         names = pg.locator("#class td.name").all_inner_texts()
