@@ -49,6 +49,21 @@ def image_tag(name: str) -> str:
     return f"gridhub/{name}:{TAG}"
 
 
+def facility_services() -> list[str]:
+    """The long-running services of the facility with the embedded DIRAC
+    (docker-compose.yml and its override; not the one-shot image builds)."""
+    import yaml
+
+    names: dict[str, bool] = {}
+    for f in ("docker-compose.yml", "docker-compose.override.yml"):
+        for name, svc in yaml.safe_load((ROOT / f).read_text())["services"].items():
+            if svc.get("restart", names.get(name)) != "no":
+                names[name] = True
+            else:
+                names.pop(name, None)
+    return sorted(names)
+
+
 def docker(
     *args: str, timeout: float = 120, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

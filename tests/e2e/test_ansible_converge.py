@@ -40,6 +40,7 @@ from dockerharness import (
     build_args,
     build_image,
     docker,
+    facility_services,
     image_tag,
     running_containers,
 )
@@ -281,18 +282,7 @@ def test_converge_serves_the_login_page(converged: Target):
         assert t.sh(f"cat /opt/gridhub/{name}") == (ROOT / name).read_text()
     assert t.sh("stat -c '%a %U' /opt/gridhub/.env").split() == ["600", "root"]
     assert "docker-compose version 1.29" in t.sh("docker-compose version")
-    services = (
-        "traefik",
-        "hub",
-        "gateway",
-        "dirac",
-        "localsite",
-        "localsite-gpu",
-        "prometheus",
-        "lake-origin",
-        "lake-cache",
-    )
-    for service in services:
+    for service in facility_services():
         assert t.container(service)["State"]["Health"]["Status"] == "healthy", service
     # the host firewall: a service on a port not in gridhub_firewall_tcp_ports
     # answers on the host's loopback but not from outside

@@ -51,23 +51,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dockerharness import ARTIFACTS, ROOT, RUN_ID, build_image, docker, image_tag, screenshot
+from dockerharness import (
+    ARTIFACTS,
+    ROOT,
+    RUN_ID,
+    build_image,
+    docker,
+    facility_services,
+    image_tag,
+    screenshot,
+)
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.e2e
 
 IMAGES = ("notebook", "hub", "gateway", "dirac", "traefik", "prometheus", "xrootd")
-SERVICES = (
-    "traefik",
-    "hub",
-    "gateway",
-    "dirac",
-    "localsite",
-    "localsite-gpu",
-    "lake-origin",
-    "lake-cache",
-    "prometheus",
-)
+SERVICES = facility_services()
 SITES = {"LCG.Local.gridhub": "localsite", "LCG.GPU.gridhub": "localsite-gpu"}  # stand-ins
 SITE_NETWORKS = {"LCG.Local.gridhub": "grid", "LCG.GPU.gridhub": "grid-gpu"}  # one per site
 PROJECT = f"gridhubtest{RUN_ID}"
