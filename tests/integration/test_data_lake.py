@@ -26,6 +26,7 @@ from lake_fixtures import RUN_AS, TokenIssuer, XRootDServer
 from processes import facility_tls
 
 SAMPLE = "nano_tt_v12.root"
+WARM = "warm-" + SAMPLE  # read by the warm-up test only: the cache has not seen it
 #: a refusal must come back within this (the client's own timeouts are set lower)
 PROMPT = 30.0
 
@@ -80,6 +81,7 @@ def export(lake_samples, lake_dir) -> Path:
     for area in ("protected", "public", "other"):
         (root / area).mkdir(parents=True)
         shutil.copy(lake_samples / SAMPLE, root / area / SAMPLE)
+    shutil.copy(lake_samples / SAMPLE, root / "protected" / WARM)
     # the layout of the compose facility's origin: /public/samples + fileset.json
     (root / "public" / "samples").mkdir()
     shutil.copy(lake_samples / SAMPLE, root / "public" / "samples" / SAMPLE)
@@ -307,6 +309,39 @@ def test_xcache_second_read_from_cache(tmp_path, origin, xcache, issuer, expecte
     assert _origin_reads(origin, path) == after_first, "second read went to the origin"
     # the cache authorizes its own clients with the same issuer
     assert_refused(read(xcache.url(path)), xcache)
+
+
+WARMER = r"""
+import json, sys
+from gridhub import data
+try:
+    print(json.dumps(data.warm(sys.argv[1:], timeout=20)))
+except OSError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def test_warm_fills_the_xcache_before_the_first_read(
+    tmp_path, origin, xcache, issuer, expected, lake_samples
+):
+    """gridhub.data.warm reads a file through the cache once; the analysis'
+    first read after it never goes to the origin."""
+    path = f"/protected/{WARM}"
+    read = Reader(tmp_path, xcache)
+    token = issuer.token("storage.read:/protected")
+    before = _origin_reads(origin, path)
+    warmed = read(xcache.url(path), token, WARMER)
+    warmed.pop("wall")
+    assert warmed == {xcache.url(path): (lake_samples / SAMPLE).stat().st_size}, warmed
+    after_warm = _origin_reads(origin, path)
+    assert after_warm > before, f"warm() did not go through the cache\n{origin.log()}"
+    first = read(xcache.url(path), token)
+    assert {k: first[k] for k in expected} == expected, first
+    assert _origin_reads(origin, path) == after_warm, "the first read went to the origin"
+    # a file the token does not cover: the error names it and the storage's answer
+    other = xcache.url(f"/other/{SAMPLE}")
+    refused = read(other, token, WARMER)
+    assert other in refused.get("error", ""), refused
 
 
 @pytest.fixture(scope="module")

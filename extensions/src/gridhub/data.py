@@ -20,6 +20,8 @@
   names a path there, :func:`sample` and :func:`choose_fileset` read the
   shipped samples through it by default (the local copy is the fallback),
   :func:`storage_token` asks the hub's issuer for a short-lived read token.
+  :func:`warm` reads a fileset through the XCache once, before a cluster's
+  workers need it, so their reads are served from the cache.
 """
 
 from __future__ import annotations
@@ -268,6 +270,58 @@ def lake_fileset(
     return _resolve(
         raw, url, lambda name: lake_url(f"{folder}/{name}", environ) or name, processes, max_files
     )
+
+
+#: bytes per read when warming the cache (XCache fetches whole blocks anyway)
+WARM_CHUNK = 8 << 20
+
+
+def _read_through(url: str, timeout: float) -> int:
+    """Read all of ``url``; return its size. OSError names the storage's answer."""
+    if urlsplit(url).scheme.lower() not in ("root", "roots", "xroot"):
+        import fsspec
+
+        n = 0
+        with fsspec.open(url, "rb", **storage_options(url)) as f:
+            while chunk := f.read(WARM_CHUNK):
+                n += len(chunk)
+        return n
+    from XRootD import client
+
+    seconds = max(1, int(timeout))
+    with client.File() as f:
+        status, _ = f.open(url, timeout=seconds)
+        if not status.ok:
+            raise OSError(f"{url}: {status.message.strip()}")
+        n = 0
+        while True:
+            status, data = f.read(n, WARM_CHUNK, timeout=seconds)
+            if not status.ok:
+                raise OSError(f"{url}: {status.message.strip()}")
+            if not data:
+                return n
+            n += len(data)
+
+
+def warm(files: Iterable[str] | Mapping[str, Any], client: Any = None, timeout: float = 60.0):
+    """Fill the data lake's XCache with ``files`` before the analysis reads them.
+
+    ``files``: URLs through the XCache (:func:`lake_url`), or a fileset as
+    :func:`lake_fileset` returns it. Each file is read once, whole: the
+    cache keeps what it fetched from the origin, and the workers' reads
+    that follow are served from it. With a Dask ``client`` the files are
+    read on its workers, in parallel (the workers need the token the
+    storage wants, as for any read); otherwise here, one after the other.
+    Returns ``{url: bytes read}``; an OSError names a file that could not
+    be read and the storage's answer."""
+    if isinstance(files, Mapping):
+        urls = [str(u) for spec in files.values() for u in spec["files"]]
+    else:
+        urls = [str(u) for u in files]
+    if client is None:
+        return {u: _read_through(u, timeout) for u in urls}
+    futures = client.map(_read_through, urls, timeout=timeout, pure=False)
+    return dict(zip(urls, client.gather(futures), strict=True))
 
 
 def sample(name: str, url: str | None = None, timeout: float = 3.0) -> tuple[str, str]:
