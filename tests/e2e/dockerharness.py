@@ -121,9 +121,8 @@ def build_args() -> list[str]:
 # built on a fresh copy of the base image (cold_base()), an image ID no layer
 # in Docker's cache was ever built on. So every step of every Dockerfile runs
 # in this session, as on a fresh machine, while what the images have in common
-# (the identical first steps, the notebook environment that the gateway's
-# schedulers carry) is built once and shared, as a user's `docker compose
-# build` shares it. (--no-cache per image proved the same, building the shared
+# (their identical first steps) is built once and shared, as a user's
+# `docker compose build` shares it. (--no-cache per image proved the same, building the shared
 # steps once per image: the CI run ran out of time.)
 COLD = os.environ.get("GRIDHUB_COLD_BUILD") == "1"
 COLD_BUILT: dict[str, float] = {}  # image name -> seconds of its cold build

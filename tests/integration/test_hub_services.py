@@ -58,6 +58,18 @@ time.sleep(3600)
 """
 
 
+def service_env(name: str, port: int) -> dict[str, str]:
+    """What the hub gives a managed service (no hub answers at its API)."""
+    return {
+        **os.environ,
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
+        "JUPYTERHUB_SERVICE_PREFIX": f"/services/{name}/",
+        "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api",
+        "JUPYTERHUB_API_TOKEN": "unused",
+        "JUPYTERHUB_CLIENT_ID": f"service-{name}",
+    }
+
+
 def wait_listening(port: int, proc_alive, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,14 +95,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.parametrize("name", ["tokenservice", "storagetokens", "teacher", "monitoring"])
 def test_a_service_stops_when_the_hub_is_killed(name, tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
-        "JUPYTERHUB_SERVICE_PREFIX": f"/services/{name}/",
-        "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api",
-        "JUPYTERHUB_API_TOKEN": "unused",
-        "JUPYTERHUB_CLIENT_ID": f"service-{name}",
-    }
+    env = service_env(name, port)
     cmd = [sys.executable, "-m", f"gridhub.hub.{name}", *service_args(name, tmp_path)]
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, *cmd], env=env, stdout=subprocess.PIPE, text=True
@@ -112,14 +117,7 @@ def test_a_service_stops_when_the_hub_is_killed(name, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_service_stops_cleanly_on_the_hubs_signal(sig, tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
-        "JUPYTERHUB_SERVICE_PREFIX": "/services/teacher/",
-        "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api",
-        "JUPYTERHUB_API_TOKEN": "unused",
-        "JUPYTERHUB_CLIENT_ID": "service-teacher",
-    }
+    env = service_env("teacher", port)
     p = subprocess.Popen(
         [sys.executable, "-m", "gridhub.hub.teacher", *service_args("teacher", tmp_path)],
         env=env,

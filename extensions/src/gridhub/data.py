@@ -30,7 +30,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -231,14 +231,20 @@ def lake_url(path: str, environ: Mapping[str, str] | None = None) -> str | None:
     return f"{base}//{path.lstrip('/')}"
 
 
-def read_bytes(url: str, timeout: float = 10.0) -> bytes:
-    """A small remote file's content, every wait bounded by ``timeout``;
-    an OSError naming the storage's answer when it cannot be read."""
+#: bytes per read of a remote file (XCache fetches whole blocks anyway)
+CHUNK = 8 << 20
+
+
+def _chunks(url: str, timeout: float) -> Iterator[bytes]:
+    """A remote file's content in CHUNK pieces, every wait bounded by
+    ``timeout``; an OSError naming the storage's answer when it cannot be read."""
     if urlsplit(url).scheme.lower() not in ("root", "roots", "xroot"):
         import fsspec
 
         with fsspec.open(url, "rb", **storage_options(url)) as f:
-            return f.read()
+            while chunk := f.read(CHUNK):
+                yield chunk
+        return
     from XRootD import client
 
     seconds = max(1, int(timeout))
@@ -246,10 +252,21 @@ def read_bytes(url: str, timeout: float = 10.0) -> bytes:
         status, _ = f.open(url, timeout=seconds)
         if not status.ok:
             raise OSError(f"{url}: {status.message.strip()}")
-        status, data = f.read(timeout=seconds)
-        if not status.ok:
-            raise OSError(f"{url}: {status.message.strip()}")
-        return bytes(data)
+        offset = 0
+        while True:
+            status, data = f.read(offset, CHUNK, timeout=seconds)
+            if not status.ok:
+                raise OSError(f"{url}: {status.message.strip()}")
+            if not data:
+                return
+            offset += len(data)
+            yield bytes(data)
+
+
+def read_bytes(url: str, timeout: float = 10.0) -> bytes:
+    """A small remote file's content, every wait bounded by ``timeout``;
+    an OSError naming the storage's answer when it cannot be read."""
+    return b"".join(_chunks(url, timeout))
 
 
 def lake_fileset(
@@ -272,35 +289,9 @@ def lake_fileset(
     )
 
 
-#: bytes per read when warming the cache (XCache fetches whole blocks anyway)
-WARM_CHUNK = 8 << 20
-
-
 def _read_through(url: str, timeout: float) -> int:
-    """Read all of ``url``; return its size. OSError names the storage's answer."""
-    if urlsplit(url).scheme.lower() not in ("root", "roots", "xroot"):
-        import fsspec
-
-        n = 0
-        with fsspec.open(url, "rb", **storage_options(url)) as f:
-            while chunk := f.read(WARM_CHUNK):
-                n += len(chunk)
-        return n
-    from XRootD import client
-
-    seconds = max(1, int(timeout))
-    with client.File() as f:
-        status, _ = f.open(url, timeout=seconds)
-        if not status.ok:
-            raise OSError(f"{url}: {status.message.strip()}")
-        n = 0
-        while True:
-            status, data = f.read(n, WARM_CHUNK, timeout=seconds)
-            if not status.ok:
-                raise OSError(f"{url}: {status.message.strip()}")
-            if not data:
-                return n
-            n += len(data)
+    """Read all of ``url`` (through the cache); return its size."""
+    return sum(len(chunk) for chunk in _chunks(url, timeout))
 
 
 def warm(files: Iterable[str] | Mapping[str, Any], client: Any = None, timeout: float = 60.0):
