@@ -560,7 +560,7 @@ def test_login_lab_cluster_on_grid(facility, lab):
 
 
 # Prometheus' scrape jobs (images/prometheus/prometheus.yml.tmpl)
-SCRAPE_JOBS = {"prometheus", "hub", "traefik", "gateway", "schedulers", "sites"}
+SCRAPE_JOBS = {"prometheus", "hub", "traefik", "gateway", "schedulers", "sites", "lake"}
 CLF = re.compile(r'\S+ - \S+ \[[^\]]+\] "GET /hub/\S* HTTP/[\d.]+" \d{3} \d+ ')
 
 
@@ -627,6 +627,10 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
     assert query("gridhub_gateway_dirac_up") == 1
     assert query("jupyterhub_running_servers") >= 1
     assert query("traefik_entrypoint_requests_total") > 0
+    # the lake's origin and XCache, from XRootD's own summary records (the
+    # healthchecks' logins are counted already)
+    assert query('xrootd_up{job="lake"}') == 2
+    assert query('xrootd_xrootd_lgn_num{instance="lake-cache:9101"}') > 0
     rules = admin.get(f"{api}/rules", follow_redirects=True).json()["data"]["groups"]
     assert {x["name"] for g in rules for x in g["rules"]} >= {
         "ScrapeTargetDown",
@@ -662,10 +666,22 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
         "try:\n    urllib.request.urlopen(f'http://{PUBLIC_HOST}:8083/metrics', timeout=5)\n"
         "    print('METRICS OPEN')\n"
         "except urllib.error.HTTPError as e:\n    print('METRICS', e.code)\n"
+        "try:\n    urllib.request.urlopen('http://lake-cache:9101/metrics', timeout=5)\n"
+        "    print('LAKE OPEN')\n"
+        "except urllib.error.HTTPError as e:\n    print('LAKE', e.code)\n"
+        "except OSError as e:\n    print('LAKE CLOSED', type(e).__name__)\n"
     ).replace("{PUBLIC_HOST}", PUBLIC_HOST)
-    for where in (STATE["server"][0], _scheduler_container(cluster)):
-        out = _python_in(where, probe)
+    outs = {
+        where: _python_in(where, probe)
+        for where in (STATE["server"][0], _scheduler_container(cluster))
+    }
+    for where, out in outs.items():
         assert "CLOSED" in out and "METRICS 401" in out, (where, out)
+    # the XCache is on the users' network: its metrics want the token too; a
+    # scheduler's network does not reach it at all
+    notebook, scheduler = outs.values()
+    assert "LAKE 401" in notebook, notebook
+    assert "LAKE CLOSED" in scheduler, scheduler
     # Traefik's access log: one line per request in the Common Log Format
     assert CLF.search(facility.compose("logs", "--no-color", "traefik").stdout)
 
@@ -1213,6 +1229,23 @@ def test_hub_restart_keeps_server_cluster_session(facility, lab):
         time.sleep(3)
     assert not active, active
     assert not ctrs, ctrs
+    # the student's own use in the notebook, a table and a plot (issue 20): one
+    # record per worker job of the stopped cluster, with CPU seconds
+    text = run_cell(
+        pg,
+        "import gridhub\n"
+        "frame = gridhub.usage()\n"
+        "mine = frame[frame.cluster == cluster.name]\n"
+        "print('USAGE', len(mine), int(mine.cpu_s.sum() > 0), sorted(set(mine.site)))\n",
+        "USAGE",
+        120,
+    )
+    line = next(x for x in text.splitlines() if x.startswith("USAGE"))
+    assert line.split()[1:3] == [str(len(jobs)), "1"], (line, jobs)
+    plot = pg.locator(".jp-Notebook .jp-OutputArea-output.jp-RenderedImage img").last
+    plot.wait_for(timeout=30_000)
+    assert plot.evaluate("img => img.naturalWidth") > 100
+    screenshot(pg, "compose-06-usage-in-notebook")
 
 
 def test_down_up_keeps_files_and_hub_db(facility, lab):

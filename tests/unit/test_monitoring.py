@@ -116,10 +116,13 @@ def render(tmp_path: Path, sites: str) -> tuple[dict, list[str]]:
 def test_prometheus_scrapes_every_part_and_nothing_on_the_users_side(tmp_path):
     config, args = render(tmp_path, "localsite:9100,localsite-gpu:9100")
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
-    assert set(jobs) == {"prometheus", "hub", "traefik", "gateway", "schedulers", "sites"}
+    assert set(jobs) == {"prometheus", "hub", "traefik", "gateway", "schedulers", "sites", "lake"}
     token = str(tmp_path / "mon" / "metrics_token")
     bearer = {"type": "Bearer", "credentials_file": token}
     assert jobs["hub"]["authorization"] == jobs["gateway"]["authorization"] == bearer
+    # the XCache is on the users' and grid networks: its metrics want the token
+    assert jobs["lake"]["authorization"] == bearer
+    assert jobs["lake"]["static_configs"][0]["targets"] == ["lake-origin:9101", "lake-cache:9101"]
     assert jobs["schedulers"]["authorization"] == bearer
     assert jobs["traefik"]["basic_auth"] == {"username": "prometheus", "password_file": token}
     sd = jobs["schedulers"]["http_sd_configs"][0]

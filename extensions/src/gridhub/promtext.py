@@ -26,5 +26,7 @@ def exposition(metrics: list[Metric]) -> str:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         for labels, value in sorted(samples.items()):
             text = ",".join(f'{k}="{_label(v)}"' for k, v in labels)
-            lines.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+            # 15 digits: byte counters stay exact (":g" would print 3.1527e+06)
+            number = f"{value:.15g}"
+            lines.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
     return "\n".join(lines) + "\n"
