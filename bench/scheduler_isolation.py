@@ -10,8 +10,11 @@ Python in that server, as the student: `Gateway().new_cluster()`, scale(1),
 then shutdown. The gateway runs alternately as shipped (a container per
 scheduler, gridhub/gateway/containers.py) and with the schedulers as its
 own processes (the pre-issue-15 layout: bench/process-schedulers.yml
-recreates only the gateway), `--rounds` times each, so both see the same
-machine. Goal (issue 15): the isolation costs at most 1.5 s at p50.
+recreates only the gateway, from bench/process-schedulers.Dockerfile: the
+gateway image with the notebook environment for its schedulers, as it was
+then), `--rounds` times each, so both see the same machine and start the
+same scheduler (dashboard, preload, imports). Goal (issue 15): the isolation
+costs at most 1.5 s at p50.
 Prints a table; writes bench/results/scheduler_isolation-<time>.json.
 """
 
@@ -30,7 +33,7 @@ import common
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from dockerharness import build_image, image_tag  # noqa: E402
+from dockerharness import TAG, build_image, docker, image_tag  # noqa: E402
 from test_compose_facility import (  # noqa: E402
     IMAGES,
     Facility,
@@ -39,6 +42,7 @@ from test_compose_facility import (  # noqa: E402
 )
 
 PROCESS_LAYOUT = ROOT / "bench" / "process-schedulers.yml"
+PROCESS_GATEWAY = f"gridhub/gateway-process-schedulers:{TAG}"
 
 TIMED = """
 import json, time
@@ -76,7 +80,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="rounds per layout")
     args = ap.parse_args()
     tags = {name: build_image(name, image_tag(name)) for name in IMAGES}
+    docker(
+        "build",
+        "-f",
+        str(ROOT / "bench" / "process-schedulers.Dockerfile"),
+        "--build-arg",
+        f"GATEWAY={tags['gateway']}",
+        "--build-arg",
+        f"NOTEBOOK={tags['notebook']}",
+        "-t",
+        PROCESS_GATEWAY,
+        str(ROOT / "bench"),
+        timeout=900,
+    )
     f = Facility(Path(tempfile.mkdtemp(prefix="gridhub-bench-")), tags)
+    f.env["BENCH_PROCESS_GATEWAY_IMAGE"] = PROCESS_GATEWAY
     times: dict[str, list[dict]] = {"containers": [], "processes": []}
     load = [common.loadavg()]
     try:
