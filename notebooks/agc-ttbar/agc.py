@@ -223,11 +223,7 @@ def run_dask(fileset: dict, uproot_options: dict | None = None, steps_per_file: 
     analysis = TtbarAnalysis()
     events = dask_events(fileset, uproot_options, steps_per_file)
     lazy = [analysis.process(ev) for ev in events.values()]
-    # optimize_graph=False: dask-awkward 2025.3's graph optimisation (column
-    # projection, layer fusion) fails on dask >= 2025.4 ("Cannot fuse tasks
-    # with multiple outputs", coffea issue #1343), and no dask-awkward release
-    # supports the facility's dask 2026.8. Unoptimised, every branch is read.
-    (computed,) = dask.compute(lazy, optimize_graph=False)
+    (computed,) = dask.compute(lazy)
     for out in computed:
         out["nevents"] = {p: int(n.sum()) for p, n in out["nevents"].items()}
     return processor.accumulate(computed)
