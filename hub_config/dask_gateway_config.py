@@ -146,6 +146,8 @@ if s.diracx_url:
 else:
     b.diracx_url = os.environ.get("FACILITY_EMBEDDED_DIRACX_URL", "http://dirac:8000")
     b.diracx_embedded_state_dir = os.environ.get("FACILITY_DIRACX_STATE", "/srv/gridhub/dirac")
+    # each user's DIRAC group from their hub groups (empty: the embedded default)
+    b.diracx_groups = s.diracx_groups
 
 # --- what users may ask for ---
 b.cluster_options = default_cluster_options(

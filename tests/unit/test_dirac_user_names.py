@@ -60,9 +60,9 @@ def test_registration_adds_the_user_to_a_normal_user_group_once(tmp_path):
     from git import Repo
 
     commits = len(list(Repo(state / "cs").iter_commits()))
-    name, changed = register_in_cs(state / "cs", fac.vo, fac.user, "Bob.Smith@example.org")
+    name, changed = register_in_cs(state / "cs", fac, "Bob.Smith@example.org")
     assert changed and name == dirac_user_name("Bob.Smith@example.org")
-    assert register_in_cs(state / "cs", fac.vo, fac.user, "Bob.Smith@example.org") == (
+    assert register_in_cs(state / "cs", fac, "Bob.Smith@example.org") == (
         name,
         False,
     )
@@ -88,4 +88,4 @@ def test_a_dirac_name_held_by_another_user_is_refused(tmp_path):
     data["Registry"][fac.vo]["Users"]["someone-else"] = {"PreferedUsername": "carol"}
     cs.write_text(json.dumps(data))
     with pytest.raises(UserNameError, match="'carol' is already held by another user"):
-        register_in_cs(state / "cs", fac.vo, fac.user, "carol")
+        register_in_cs(state / "cs", fac, "carol")

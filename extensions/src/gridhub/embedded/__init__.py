@@ -15,7 +15,9 @@ with job parameters kept in sqlite instead of OpenSearch) under uvicorn, with:
 * a DIRAC configuration git repository in ``DIR/cs`` with one VO
   ``gridhub``, a group ``gridhub_user`` (NormalUser, JobAdministrator) and
   the facility user ``gridhub``; hub users are added on the facility's
-  request to the group ``gridhub_analysis`` (NormalUser only; users.py).
+  request to the DIRAC group their hub groups map to (``gridhub_analysis``,
+  ``gridhub_class`` for masterclass students by default; NormalUser only;
+  users.py).
 
 The facility's identity: DiracX 0.7's ``GET /api/auth/legacy-exchange``
 turns an API key into access+refresh tokens for any user of the CS (the
@@ -191,24 +193,34 @@ def facility_token_source(
 
 
 def user_token_source(
-    state_dir: str | Path, url: str, hub_user: str, *, verify: bool | str = True
+    state_dir: str | Path,
+    url: str,
+    hub_user: str,
+    *,
+    group: str = USER_GROUP,
+    verify: bool | str = True,
 ) -> LegacyExchangeToken:
-    """Tokens of a hub user (registered by ``register_user``) in the group
-    ``USER_GROUP``, from the same API key as the facility's."""
+    """Tokens of a hub user (registered in ``group`` by ``register_user``) for
+    that group (the job's OwnerGroup), from the same API key as the facility's."""
     fac = load_facility(state_dir)
-    user = DiracUser(hub_user, dirac_user_name(hub_user, reserved=(fac.user,)), USER_GROUP, fac.vo)
+    user = DiracUser(hub_user, dirac_user_name(hub_user, reserved=(fac.user,)), group, fac.vo)
     return LegacyExchangeToken(url, api_key(state_dir), user.username, user.scope, verify=verify)
 
 
-async def register_user(facility: DiracXClient, hub_user: str) -> DiracUser:
-    """Make ``hub_user`` a DIRAC user of the embedded DiracX (idempotent),
-    ``facility`` being a client with the facility's identity. UserNameError
-    for a name that cannot be registered."""
+async def register_user(
+    facility: DiracXClient, hub_user: str, group: str = USER_GROUP
+) -> DiracUser:
+    """Make ``hub_user`` a DIRAC user of the embedded DiracX in ``group``
+    (idempotent), ``facility`` being a client with the facility's identity.
+    UserNameError for a name or group that cannot be registered (the
+    server's reason)."""
     from ..dirac import DiracXError
 
     dirac_user_name(hub_user)  # refuse an empty or over-long name here
     try:
-        got = await facility.call("POST", "/api/gridhub/users", json={"hub_user": hub_user})
+        got = await facility.call(
+            "POST", "/api/gridhub/users", json={"hub_user": hub_user, "group": group}
+        )
     except DiracXError as exc:
         if "answered 422" in exc.msg:
             raise UserNameError(exc.msg) from None

@@ -19,7 +19,9 @@ from diracx.tasks.plumbing.depends import auto_inject
 from diracx.testing.mock_osdb import MockOSDBMixin
 from fastapi import Depends, HTTPException
 from fastapi.responses import RedirectResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
+
+from .users import USER_GROUP
 
 log = logging.getLogger("gridhub.embedded")
 
@@ -118,16 +120,21 @@ async def well_known_alias() -> RedirectResponse:
 
 
 class UserRegistration(BaseModel):
+    # anything else (properties, say) is refused: hub users' groups have
+    # NormalUser alone, whatever a request asks for
+    model_config = ConfigDict(extra="forbid")
+
     hub_user: str
+    group: str = USER_GROUP
 
 
 def user_registration(state_dir: Path, config_source: Any) -> Any:
     """``POST /api/gridhub/users`` (see users.py): the facility registers a
-    hub user in the CS; answers once DiracX reads the new CS."""
+    hub user in a DIRAC group of the CS; answers once DiracX reads the new CS."""
     from diracx.core.config.schema import Config
 
     from . import CS_DIR, load_facility
-    from .users import USER_GROUP, UserNameError, register_in_cs
+    from .users import GroupError, UserNameError, register_in_cs, user_sub
 
     facility = load_facility(state_dir)
     lock = asyncio.Lock()
@@ -142,24 +149,27 @@ def user_registration(state_dir: Path, config_source: Any) -> Any:
         async with lock:
             try:
                 name, changed = await asyncio.to_thread(
-                    register_in_cs, state_dir / CS_DIR, facility.vo, facility.user, body.hub_user
+                    register_in_cs, state_dir / CS_DIR, facility, body.hub_user, body.group
                 )
-            except UserNameError as exc:
+            except (UserNameError, GroupError) as exc:
                 raise HTTPException(422, str(exc)) from None
             if changed:
-                log.info("Registered a hub user as DIRAC user %s", name)
+                log.info("Registered a hub user as DIRAC user %s in %s", name, body.group)
                 # DiracX caches the CS revision (5 s): read the new one now,
                 # so the user's token can be had as soon as we answer
+                sub = user_sub(body.hub_user)
                 for _ in range(20):
                     config_source.clear_caches()
                     cs: Config = await asyncio.to_thread(config_source.read)
-                    users = cs.registry[facility.vo].users
-                    if any(u.prefered_username == name for u in users.values()):
+                    group = cs.registry[facility.vo].groups.get(body.group)
+                    if group is not None and sub in group.users:
                         break
                     await asyncio.sleep(0.25)
                 else:
-                    raise HTTPException(503, f"the CS does not show DIRAC user {name} yet")
-        return {"username": name, "group": USER_GROUP, "vo": facility.vo}
+                    raise HTTPException(
+                        503, f"the CS does not show DIRAC user {name} in {body.group} yet"
+                    )
+        return {"username": name, "group": body.group, "vo": facility.vo}
 
     return register
 

@@ -44,7 +44,8 @@ from ..dirac import (
     DiracXUnreachable,
     TokenSource,
 )
-from ..embedded.users import UserNameError
+from ..embedded import GROUP as FACILITY_GROUP
+from ..embedded.users import USER_GROUP, GroupError, UserNameError, check_group, embedded_group
 from ..tunnel.server import TunnelServer
 from ..tunnel.traefik import dynamic_config, make_traefik_handler
 from .jdl import WorkerJob, job_sandbox
@@ -100,6 +101,12 @@ class DiracClusterConfig(LocalClusterConfig):
         help="DIRAC job Tags: capabilities the site must offer (e.g. GPU).",
         config=True,
     )
+    dirac_group = Unicode(
+        "",
+        help="""Set by the gateway when the cluster is created (embedded DiracX):
+        the DIRAC group its jobs go under, from its owner's hub groups then.""",
+        config=True,
+    )
 
 
 class DiracBackend(UnsafeLocalBackend):
@@ -134,6 +141,15 @@ class DiracBackend(UnsafeLocalBackend):
         with that user's own DIRAC identity: the gateway registers the user in
         the embedded DiracX's CS and obtains the user's tokens with the
         facility's API key from that state (docs/dirac-backend.md, Identity).""",
+        config=True,
+    )
+    diracx_groups = Dict(
+        Unicode(),
+        help="""Embedded DiracX: hub group -> DIRAC group a user's jobs go under
+        (GRIDHUB_DIRACX_GROUPS): the first listed group the user is in, else
+        "default", else gridhub_analysis. Empty: masterclass students (hub group
+        class) in gridhub_class, everyone else in gridhub_analysis. The embedded
+        server creates a missing group with NormalUser alone.""",
         config=True,
     )
     diracx_token_file = Unicode(
@@ -351,7 +367,7 @@ class DiracBackend(UnsafeLocalBackend):
         ]
         ids = [w.state.get("job_id") for w in workers]
         # with the cluster owner's DIRAC identity: each user sees only their jobs
-        dirac = await self.dirac_for(cluster.username)
+        dirac = await self.dirac_for(cluster.username, self.group_of(cluster))
         states = await dirac.statuses([int(i) for i in ids if i is not None])
         jobs = []
         for worker, job_id in zip(workers, ids, strict=True):
@@ -433,11 +449,22 @@ class DiracBackend(UnsafeLocalBackend):
         # the latest jobs of each cluster that ended before their worker ran,
         # to tell the user why the cluster failed
         self._site_failures: dict[str, deque[str]] = {}
-        # embedded DiracX: each user's own DIRAC identity, while their clusters live
-        self._user_dirac: dict[str, DiracXClient] = {}
-        self._user_locks: dict[str, asyncio.Lock] = {}
+        # each user's own DIRAC identity, by (user, DIRAC group: embedded
+        # DiracX; "" with users' own logins), while their clusters live
+        self._user_dirac: dict[tuple[str, str], DiracXClient] = {}
+        self._user_locks: dict[tuple[str, str], asyncio.Lock] = {}
         # each user's worker jobs go to DiracX in bulk (scale(N): N/20 calls)
-        self._submitters: dict[str, BulkSubmitter] = {}
+        self._submitters: dict[tuple[str, str], BulkSubmitter] = {}
+
+    @validate("diracx_groups")
+    def _check_diracx_groups(self, proposal: Any) -> dict:
+        for hub_group, group in proposal.value.items():
+            where = f"DiracBackend.diracx_groups (GRIDHUB_DIRACX_GROUPS), hub group {hub_group!r}"
+            try:
+                check_group(group, reserved=FACILITY_GROUP, where=where)
+            except GroupError as exc:
+                raise TraitError(str(exc)) from None
+        return proposal.value
 
     @validate("group_limits")
     def _check_group_limits(self, proposal: Any) -> dict:
@@ -479,7 +506,7 @@ class DiracBackend(UnsafeLocalBackend):
         await super().do_cleanup()
         if hasattr(self, "tunnel"):
             await self.tunnel.stop()
-        for username in {*self._submitters, *self._user_dirac}:
+        for username, _ in {*self._submitters, *self._user_dirac}:
             await self._drop_user(username, revoke=False)
         if hasattr(self, "dirac"):
             await self.dirac.aclose()
@@ -499,55 +526,96 @@ class DiracBackend(UnsafeLocalBackend):
             )
         return self._logins_store
 
-    async def dirac_for(self, username: str) -> DiracXClient:
+    def group_of(self, cluster: Cluster) -> str:
+        """The DIRAC group ``cluster``'s jobs go under with the embedded DiracX
+        (fixed when it was created; a cluster from before groups were mapped:
+        USER_GROUP, where its owner was then); "" otherwise."""
+        if not self.diracx_embedded_state_dir:
+            return ""
+        return str(cluster.config.get("dirac_group") or USER_GROUP)
+
+    def _group_for(self, hub_groups: Any) -> str:
+        if not self.diracx_embedded_state_dir:
+            return ""
+        return embedded_group(hub_groups, self.diracx_groups)
+
+    async def dirac_for(self, username: str, group: str = "") -> DiracXClient:
         """The DiracX client with ``username``'s identity: with an external
         DiracX and user logins, the user's own login (DiracXLoginRequired
         naming it when missing or expired); with the embedded DiracX, the
-        user's own (registered on first use, idempotent, so it is found
-        again after a gateway restart); else the facility's robot."""
+        user's own in DIRAC group ``group`` (``group_of`` the cluster; the user
+        is registered in it on first use, idempotent, so it is found again
+        after a gateway restart); else the facility's robot."""
         if not (self.diracx_embedded_state_dir or self.diracx_user_logins):
             return self.dirac
-        client = self._user_dirac.get(username)
+        if self.diracx_embedded_state_dir:
+            group = group or USER_GROUP
+        else:
+            group = ""  # the group is the user's login's
+        key = (username, group)
+        client = self._user_dirac.get(key)
         if client is not None:
             return client
-        async with self._user_locks.setdefault(username, asyncio.Lock()):
-            client = self._user_dirac.get(username)
+        async with self._user_locks.setdefault(key, asyncio.Lock()):
+            client = self._user_dirac.get(key)
             if client is None and self.diracx_user_logins:
                 login = self._logins.token_source(username)
                 await login.access_token()  # a missing or dead login is named here
                 client = DiracXClient(
                     self.diracx_url, login, timeout=self.diracx_timeout, verify=self._verify()
                 )
-                self._user_dirac[username] = client
+                self._user_dirac[key] = client
                 self.log.info("User %s submits with their own DiracX login", username)
             if client is None:
                 from ..embedded import register_user, user_token_source
 
-                user = await register_user(self.dirac, username)
+                user = await register_user(self.dirac, username, group)
                 tokens = user_token_source(
-                    self.diracx_embedded_state_dir, self.diracx_url, username, verify=self._verify()
+                    self.diracx_embedded_state_dir,
+                    self.diracx_url,
+                    username,
+                    group=user.group,
+                    verify=self._verify(),
                 )
                 client = DiracXClient(
                     self.diracx_url, tokens, timeout=self.diracx_timeout, verify=self._verify()
                 )
-                self._user_dirac[username] = client
-                self.log.info("User %s submits as DIRAC user %s", username, user.username)
+                self._user_dirac[key] = client
+                self.log.info(
+                    "User %s submits as DIRAC user %s in group %s",
+                    username,
+                    user.username,
+                    user.group,
+                )
             return client
 
-    async def _drop_user(self, username: str, *, revoke: bool = True) -> None:
-        """Forget a user's bulk submitter and DIRAC token (revoking its refresh token)."""
-        submitter = self._submitters.pop(username, None)
+    async def _drop_user(
+        self, username: str, *, group: str | None = None, revoke: bool = True
+    ) -> None:
+        """Forget a user's bulk submitters and DIRAC tokens (revoking their
+        refresh tokens): those of ``group`` only, or all."""
+        for key in [k for k in {*self._submitters, *self._user_dirac} if k[0] == username]:
+            if group is None or key[1] == group:
+                await self._drop(key, revoke=revoke)
+
+    async def _drop(self, key: tuple[str, str], *, revoke: bool) -> None:
+        submitter = self._submitters.pop(key, None)
         if submitter is not None:  # (its calls on their way finish first)
             await submitter.close()
-        client = self._user_dirac.pop(username, None)
-        self._user_locks.pop(username, None)
+        client = self._user_dirac.pop(key, None)
+        self._user_locks.pop(key, None)
         if client is None:
             return
         tokens = client.tokens
         if revoke and hasattr(tokens, "revoke"):
             await tokens.revoke()
         await client.aclose()
-        self.log.info("Dropped the DIRAC token of user %s (no cluster left)", username)
+        username, group = key
+        self.log.info(
+            "Dropped the DIRAC token of user %s%s (no cluster left)",
+            username,
+            f" in group {group}" if group else "",
+        )
 
     async def start_cluster(self, user: Any, cluster_options: dict[str, Any]) -> str:
         limits = limits_for(user.groups, self.group_limits)
@@ -561,7 +629,8 @@ class DiracBackend(UnsafeLocalBackend):
                 )
         # Refuse up front, with the reason, rather than fail after a timeout.
         try:
-            await asyncio.wait_for(self._probe_dirac(user.name), self.diracx_probe_timeout)
+            group = self._group_for(user.groups)
+            await asyncio.wait_for(self._probe_dirac(user.name, group), self.diracx_probe_timeout)
         except UserNameError as exc:
             raise PublicException(f"Cannot create a cluster: {exc}") from exc
         except DiracXForbidden as exc:
@@ -584,10 +653,10 @@ class DiracBackend(UnsafeLocalBackend):
             ) from exc
         return await super().start_cluster(user, cluster_options)
 
-    async def _probe_dirac(self, username: str) -> None:
+    async def _probe_dirac(self, username: str, group: str) -> None:
         # An authenticated search matching nothing: proves both reachability
-        # and that the user's identity is accepted.
-        dirac = await self.dirac_for(username)
+        # and that the user's identity (in the new cluster's group) is accepted.
+        dirac = await self.dirac_for(username, group)
         await dirac.search([{"parameter": "JobID", "operator": "eq", "value": 0}], ["JobID"])
 
     # ------------------------------------------------------------------
@@ -691,7 +760,8 @@ class DiracBackend(UnsafeLocalBackend):
             tls_key=cluster.tls_key,
             facility_ca=self._facility_ca,
         )
-        dirac = await self.dirac_for(cluster.username)
+        # the submitting identity's: DiracX checks the sandbox's owner and group
+        dirac = await self.dirac_for(cluster.username, self.group_of(cluster))
         pfn = await dirac.upload_sandbox(files)
         self.db.update_cluster(cluster, state={**cluster.state, "sandbox": pfn})
         return pfn
@@ -710,7 +780,7 @@ class DiracBackend(UnsafeLocalBackend):
             tags=tuple(cluster.config.job_tags),
             memory_mb=cluster.config.worker_memory // 2**20,
         )
-        job_id = await self._submitter(cluster.username).submit(job.jdl())
+        job_id = await self._submitter(cluster.username, self.group_of(cluster)).submit(job.jdl())
         self.log.info(
             "Worker %s of cluster %s (user %s) is DIRAC job %d",
             worker.name,
@@ -720,12 +790,12 @@ class DiracBackend(UnsafeLocalBackend):
         )
         yield {"job_id": job_id}
 
-    def _submitter(self, username: str) -> BulkSubmitter:
-        submitter = self._submitters.get(username)
+    def _submitter(self, username: str, group: str) -> BulkSubmitter:
+        submitter = self._submitters.get((username, group))
         if submitter is None:
 
             async def submit(jdls: list[str]) -> list[int]:
-                job_ids = await (await self.dirac_for(username)).submit_jdl(jdls)
+                job_ids = await (await self.dirac_for(username, group)).submit_jdl(jdls)
                 self.log.info(
                     "Submitted %d worker job(s) of user %s in one call", len(job_ids), username
                 )
@@ -736,17 +806,17 @@ class DiracBackend(UnsafeLocalBackend):
                     "Killing jobs %s of user %s (their workers gave up)", job_ids, username
                 )
                 try:
-                    await (await self.dirac_for(username)).kill(job_ids)
+                    await (await self.dirac_for(username, group)).kill(job_ids)
                 except DiracXError as exc:  # the cluster's stop sweeps its JobGroup
                     self.log.warning("Could not kill jobs %s: %s", job_ids, exc)
 
-            submitter = self._submitters[username] = BulkSubmitter(submit, kill)
+            submitter = self._submitters[(username, group)] = BulkSubmitter(submit, kill)
         return submitter
 
     async def do_stop_worker(self, worker: Worker) -> None:
         job_id = worker.state.get("job_id")
         if job_id is not None:
-            dirac = await self.dirac_for(worker.cluster.username)
+            dirac = await self.dirac_for(worker.cluster.username, self.group_of(worker.cluster))
             await dirac.kill([int(job_id)])
 
     async def process_cluster_options(self, user: Any, request: dict[str, Any]) -> Any:
@@ -756,6 +826,9 @@ class DiracBackend(UnsafeLocalBackend):
         limits = limits_for(user.groups, self.group_limits)
         config.user_limits = limits.as_dict()
         config.idle_timeout = limits.cluster_idle_timeout(config.idle_timeout)
+        # and its DIRAC group: the cluster keeps it whatever the user's groups
+        # become; their next cluster takes the group they are in then
+        config.dirac_group = self._group_for(user.groups)
         return options, config
 
     def _worker_allowance(self, cluster: Cluster) -> tuple[int | None, str]:
@@ -816,13 +889,14 @@ class DiracBackend(UnsafeLocalBackend):
 
     async def do_check_workers(self, workers: Sequence[Worker]) -> list[bool]:
         ids = [w.state.get("job_id") for w in workers]
-        by_user: dict[str, list[int]] = {}
+        by_user: dict[tuple[str, str], list[int]] = {}
         for w, i in zip(workers, ids, strict=True):
             if i is not None:
-                by_user.setdefault(w.cluster.username, []).append(int(i))
+                key = (w.cluster.username, self.group_of(w.cluster))
+                by_user.setdefault(key, []).append(int(i))
         states = {}
-        for username, known in by_user.items():  # each user sees only their jobs
-            states.update(await (await self.dirac_for(username)).statuses(known))
+        for (username, group), known in by_user.items():  # each user sees only their jobs
+            states.update(await (await self.dirac_for(username, group)).statuses(known))
         out = []
         for worker, job_id in zip(workers, ids, strict=True):
             state = states.get(int(job_id)) if job_id is not None else None
@@ -870,7 +944,7 @@ class DiracBackend(UnsafeLocalBackend):
         # Workers are stopped one by one by the reconcile loop; this catches
         # any job of the cluster that the DB lost track of (zero orphans).
         try:
-            dirac = await self.dirac_for(cluster.username)
+            dirac = await self.dirac_for(cluster.username, self.group_of(cluster))
             jobs = await dirac.search(
                 [{"parameter": "JobGroup", "operator": "eq", "value": cluster.name}],
                 ["JobID", "Status"],
@@ -883,8 +957,11 @@ class DiracBackend(UnsafeLocalBackend):
             try:
                 await self.stop_scheduler(cluster)
             finally:
-                if not self._clusters_of(cluster.username, but=cluster.name):
-                    await self._drop_user(cluster.username)
+                # the user's token of this group goes with their last cluster in it
+                group = self.group_of(cluster)
+                others = self._clusters_of(cluster.username, but=cluster.name)
+                if not any(self.group_of(c) == group for c in others):
+                    await self._drop_user(cluster.username, group=group)
 
     def _clusters_of(self, username: str, *, but: str = "") -> list[Cluster]:
         """The user's active clusters (not being stopped), but the one named."""

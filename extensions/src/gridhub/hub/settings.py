@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -309,9 +310,13 @@ class Settings(BaseModel):
     )
     diracx_groups: dict[str, str] = Field(
         default_factory=dict,
-        description="External DiracX without a robot: IAM group -> DIRAC group a user's jobs"
-        ' go under (JSON, e.g. {"cms-higgs": "cms_higgs", "default": "cms_user"}; the first'
-        ' listed group the user is in, else "default", else the VO\'s DefaultGroup in DiracX).',
+        description="Hub (IAM) group -> DIRAC group a user's jobs go under (JSON, e.g."
+        ' {"cms-higgs": "cms_higgs", "default": "cms_user"}; the first listed group the user is'
+        ' in, else "default"). External DiracX without a robot: else the VO\'s DefaultGroup;'
+        " DiracX must have each user in their group. Embedded DiracX: else gridhub_analysis;"
+        ' empty: {"class": "gridhub_class", "default": "gridhub_analysis"}; a missing group is'
+        " created with NormalUser alone; the facility's gridhub_user is refused. Taken when a"
+        " cluster is created.",
     )
     gateway_max_workers: int = Field(
         8, ge=1, description="Most workers (DIRAC jobs) one Dask cluster may have."
@@ -418,6 +423,18 @@ class Settings(BaseModel):
                 return json.loads(value)
             except ValueError as exc:
                 raise ValueError(f"not JSON: {exc}") from None
+        return value
+
+    @field_validator("diracx_groups")
+    @classmethod
+    def _dirac_groups(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        from ..embedded import GROUP
+        from ..embedded.users import check_group
+
+        # the embedded DiracX's own group is the facility's, never a user's
+        reserved = "" if info.data.get("diracx_url") else GROUP
+        for hub_group, group in value.items():
+            check_group(group, reserved=reserved, where=f"hub group {hub_group!r}")
         return value
 
     @field_validator("direct_peers_off")
