@@ -61,6 +61,7 @@ from dockerharness import (
     image_tag,
     screenshot,
 )
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 pytestmark = pytest.mark.e2e
@@ -356,15 +357,18 @@ def watch(pg, name: str) -> None:
     )
 
 
-def wait_or_reload(pg, url: str, selector: str, tries: int = 3) -> None:
-    """Wait for `selector`; if it does not come, load `url` again, as a user would.
+def wait_or_reload(
+    pg, url: str, selector: str, tries: int = 3, login: tuple[str, str] | None = None
+) -> None:
+    """Wait for `selector`; if it does not come, load `url` again, as a user would
+    (and, with `login`, log in again when the login itself was lost).
 
     The browser runs on the Docker host: every container started (a seat
     server, a scheduler, a grid job) adds a network interface, and Chromium
     then aborts the requests in flight with ERR_NETWORK_CHANGED (seen in
     browser.log: a login's redirect never reached Traefik, the page stayed
-    on the login form; JupyterLab stayed blank once). A browser elsewhere
-    does not see the facility's interfaces change."""
+    on the login form; a login POST aborted; JupyterLab stayed blank once). A
+    browser elsewhere does not see the facility's interfaces change."""
     for attempt in range(tries):
         try:
             pg.wait_for_selector(selector, timeout=30_000)
@@ -373,7 +377,25 @@ def wait_or_reload(pg, url: str, selector: str, tries: int = 3) -> None:
             if attempt == tries - 1:
                 raise
             BROWSER_SEEN.append(f"reloading {url}: no {selector} at {pg.url}")
-            pg.goto(url)
+            try:
+                pg.goto(url)
+                if login and pg.locator("#username_input").count():
+                    pg.fill("#username_input", login[0])
+                    pg.fill("#password_input", login[1])
+                    pg.click("#login_submit")
+            except PlaywrightError as exc:  # aborted again: the next round retries
+                BROWSER_SEEN.append(f"reload of {url} failed: {exc}")
+
+
+def dismiss_connection_dialog(pg) -> None:
+    """JupyterLab asks "Server unavailable or unreachable ... restart it?" when
+    one of its requests fails, here when Chromium aborted it on a network
+    change (wait_or_reload): the server runs, so dismiss it as a user would."""
+    dialog = pg.locator(".jp-Dialog", has_text="Server unavailable or unreachable")
+    while dialog.count():
+        BROWSER_SEEN.append(f"dismissed: {dialog.first.inner_text()[:200]!r}")
+        dialog.first.get_by_role("button", name="Dismiss").click()
+        dialog.first.wait_for(state="detached", timeout=10_000)
 
 
 @pytest.fixture(scope="module")
@@ -402,6 +424,7 @@ def run_cell(pg, code: str, marker: str, timeout: float) -> str:
     # the kernel must be connected, or the execute request is lost
     pg.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=120_000)
     time.sleep(1)
+    dismiss_connection_dialog(pg)
     cell = pg.locator(".jp-Notebook .jp-Cell").last
     cell.locator(".cm-content").click()
     pg.keyboard.insert_text(code)
@@ -648,7 +671,9 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
         pg.fill("#username_input", TEACHER)
         pg.fill("#password_input", teacher_code)
         pg.click("#login_submit")
-        wait_or_reload(pg, facility.url + "/services/monitoring/", "#usage")
+        wait_or_reload(
+            pg, facility.url + "/services/monitoring/", "#usage", login=(TEACHER, teacher_code)
+        )
         pg.goto(facility.url + "/services/monitoring/?hours=1")
         wait_or_reload(pg, facility.url + "/services/monitoring/?hours=1", "#usage")
         for ident in ("active-users", "servers", "clusters", "workers", "cpu-user"):
@@ -831,7 +856,7 @@ def test_teacher_sees_the_class(facility, browser):
         pg.fill("#username_input", TEACHER)
         pg.fill("#password_input", code)
         pg.click("#login_submit")
-        wait_or_reload(pg, facility.url + "/services/teacher/", "#class")
+        wait_or_reload(pg, facility.url + "/services/teacher/", "#class", login=(TEACHER, code))
         pg.locator("#class td.name", has_text=USER).first.wait_for(timeout=60_000)
         screenshot(pg, "compose-teacher-view")
         names = pg.locator("#class td.name").all_inner_texts()
