@@ -61,6 +61,7 @@ from dockerharness import (
     image_tag,
     screenshot,
 )
+from gridhub.embedded.users import dirac_user_name
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -253,7 +254,8 @@ class Facility:
             "async def main():\n"
             "    ts = facility_token_source('/srv/gridhub/dirac', URL)\n"
             "    async with DiracXClient(URL, ts) as dx:\n"
-            "        cols = ['JobID', 'Status', 'JobGroup', 'JobName', 'Site']\n"
+            "        cols = ['JobID', 'Status', 'JobGroup', 'JobName', 'Site',\n"
+            "                'Owner', 'OwnerGroup']\n"
             "        jobs = await dx.search([], cols)\n"
             "    print(json.dumps(jobs))\n"
             "asyncio.run(main())\n"
@@ -1287,6 +1289,8 @@ def test_down_up_keeps_files_and_hub_db(facility, lab):
     c2 = text.split("GRIDJOB", 1)[1].split()[0]
     (job,) = [j for j in facility.dirac_jobs() if j.get("JobGroup") == c2]
     assert (job["Status"], job["Site"]) == ("Running", "LCG.GPU.gridhub"), job
+    # ... under the student's own DIRAC identity, in the class's DIRAC group
+    assert (job["Owner"], job["OwnerGroup"]) == (dirac_user_name(SEAT), "gridhub_class"), job
     jobs = facility.containers(
         f"label=org.gridhub.facility={PROJECT}", "label=org.gridhub.job", "status=running"
     )
