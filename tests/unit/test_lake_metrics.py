@@ -12,8 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from gridhub.hub.metrics_access import lake_verifier
-from gridhub.lake_metrics import parse, serve
+from gridhub.lake_metrics import parse, serve, verifier
 
 RECORD = (Path(__file__).parent / "data" / "xrootd-5.5.3-xcache-summary.xml").read_bytes()
 
@@ -44,21 +43,21 @@ def _free_port(kind: int) -> int:
 
 
 def test_served_to_the_token_only(tmp_path):
-    verifier = tmp_path / "metrics_token.sha256"
+    verifier_file = tmp_path / "metrics_token.sha256"
     http, udp = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
-    server = serve(f"127.0.0.1:{http}", f"127.0.0.1:{udp}", verifier, interval=15)
+    server = serve(f"127.0.0.1:{http}", f"127.0.0.1:{udp}", verifier_file, interval=15)
     url = f"http://127.0.0.1:{http}"
     try:
         # the hub has not written the hash yet: nothing is served, to anyone
         r = httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 503 and "metrics_token" in r.text
-        verifier.write_text(lake_verifier("s3cret"))
-        assert "s3cret" not in verifier.read_text()
+        verifier_file.write_text(verifier("s3cret") + "\n")
+        assert "s3cret" not in verifier_file.read_text()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"<not xml", ("127.0.0.1", udp))
             s.sendto(RECORD, ("127.0.0.1", udp))
         wrong = ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"})
-        for headers in (*wrong, {"Authorization": f"Bearer {lake_verifier('s3cret').strip()}"}):
+        for headers in (*wrong, {"Authorization": f"Bearer {verifier('s3cret')}"}):
             r = httpx.get(f"{url}/metrics", headers=headers)
             assert r.status_code == 401 and "xrootd_link" not in r.text, headers
         deadline = time.monotonic() + 10

@@ -8,8 +8,8 @@ lake's container (images/xrootd/gridhub-lake), takes those records on
 loopback and serves the latest one's numbers as ``xrootd_<stats id>_<path>``
 at ``/metrics``, to callers presenting the facility's metrics token only:
 the XCache is also on the users' and grid networks, where user code runs.
-It holds the token's SHA-256 (gridhub.hub.metrics_access.lake_verifier,
-written by the hub), never the token.
+It holds the token's SHA-256 (``verifier``, written by the hub's
+gridhub-init), never the token.
 
 Standard library only (the lake image has Debian's python3, not GridHub's
 environment): the image carries this module and promtext.
@@ -70,6 +70,13 @@ def parse(record: bytes) -> tuple[dict[str, str], dict[str, float]]:
         for child in stats:
             _walk(child, f"xrootd_{kind}_{child.tag}", values)
     return ident, values
+
+
+def verifier(token: str) -> str:
+    """What the exporter checks a presented token against: its SHA-256 (hex).
+    The token is 256 random bits, so a fast hash gives nothing to search, and
+    the lake's image needs nothing beyond Python's standard library."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 class Summary:
@@ -134,8 +141,7 @@ class Handler(BaseHTTPRequestHandler):
         if not expected:  # never serve without it
             return self._send(503, f"no metrics token hash at {self.verifier} yet\n", "text/plain")
         scheme, _, given = self.headers.get("Authorization", "").partition(" ")
-        # the token is 256 random bits: a plain SHA-256 of it cannot be searched
-        digest = hashlib.sha256(given.strip().encode()).hexdigest()
+        digest = verifier(given.strip())
         if scheme != "Bearer" or not given.strip() or not hmac.compare_digest(digest, expected):
             return self._send(401, "the facility's metrics token is needed\n", "text/plain")
         self._send(200, exposition(self.summary.metrics()), CONTENT_TYPE)

@@ -192,10 +192,10 @@ def init() -> int:
         _write_atomic(proxy / "tls.yml", tls_yml.encode(), 0o644)
     lake = Path(os.environ.get("FACILITY_LAKE_TOKENS", ""))
     if lake.name and lake.is_dir() and os.access(lake, os.W_OK):
-        from gridhub.hub.metrics_access import lake_verifier
+        from gridhub.lake_metrics import verifier
 
         # the lake's exporter serves Prometheus' token: it gets a hash, not the token
-        _write_atomic(lake / "metrics_token.sha256", lake_verifier(metrics_token).encode(), 0o644)
+        _write_atomic(lake / "metrics_token.sha256", f"{verifier(metrics_token)}\n".encode(), 0o644)
     share = os.environ.get("FACILITY_MASTERCLASS_SHARE")
     if share and Path(share).is_dir() and s.masterclass_notebooks_dir.is_dir():
         # the image's notebooks, copied into the volume the notebook containers

@@ -6,12 +6,10 @@ through a router of the file provider with basic auth: user ``prometheus``,
 password the facility's ``metrics_token`` (the one Prometheus also presents to
 the hub and the gateway). gridhub-init writes that router into Traefik's
 dynamic directory; Traefik holds only the bcrypt hash. The data lake's
-exporter (gridhub.lake_metrics) holds only the token's SHA-256 (lake_verifier).
+exporter holds only the token's SHA-256 (gridhub.lake_metrics.verifier).
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import bcrypt
 import yaml
@@ -52,10 +50,3 @@ def _hash_matches(text: str, token: str) -> bool:
         return user == USER and bcrypt.checkpw(token.encode(), hashed.encode())
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, yaml.YAMLError):
         return False
-
-
-def lake_verifier(token: str) -> str:
-    """What the lake's exporter checks a presented token against: SHA-256 (hex).
-    The token is 256 random bits, so a fast hash gives nothing to search, and
-    the lake's image needs nothing beyond Python's standard library."""
-    return hashlib.sha256(token.encode()).hexdigest() + "\n"
