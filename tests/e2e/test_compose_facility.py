@@ -723,6 +723,71 @@ def test_monitoring_sees_the_facility_and_only_admins_see_it(facility, lab, brow
     assert CLF.search(facility.compose("logs", "--no-color", "traefik").stdout)
 
 
+def test_getting_started_notebook_plots_what_the_cluster_computed(facility, lab):
+    """Issue 21: the getting-started notebook, run in JupyterLab as a physicist
+    runs it (Run All Cells), takes the sidebar's cluster, computes on its grid
+    workers, reads the samples from the data lake and renders its plot."""
+    cluster = STATE.get("cluster")
+    assert cluster, "needs the cluster of the first test"
+    # a student's home has the class's notebooks; a physicist's new home gets this
+    # one from the image (tests/unit/test_home_notebooks.py): put it there as an
+    # upload would, as the user
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "00-getting-started.ipynb"
+    subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-i",
+            STATE["server"][0],
+            "sh",
+            "-c",
+            'cat > "$HOME/getting-started.ipynb"',
+        ],
+        input=notebook.read_bytes(),
+        check=True,
+        timeout=60,
+    )
+    pg = lab.context.new_page()
+    watch(pg, "getting-started")
+    try:
+        url = f"{facility.url}/user/{SEAT}/lab/tree/getting-started.ipynb"
+        pg.goto(url)
+        title = "Getting started on GridHub"  # its first cell
+        wait_or_reload(pg, url, f'.jp-NotebookPanel .jp-Cell:has-text("{title}")')
+        # this notebook's panel (the workspace may show the module's other notebook too)
+        panel = pg.locator(".jp-NotebookPanel", has=pg.locator(".jp-Cell", has_text=title))
+        pg.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=120_000)
+        dismiss_connection_dialog(pg)
+        pg.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+        pg.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+        plot = panel.locator(".jp-OutputArea-output img")
+        outputs = panel.locator(".jp-OutputArea-output")
+        prompts = panel.locator(".jp-CodeCell .jp-InputPrompt")
+        deadline = time.monotonic() + 300  # (its cluster is up: no grid start)
+        while True:
+            text = "\n".join(outputs.all_inner_texts())
+            if "Traceback" in text or "Error" in text:
+                screenshot(pg, "compose-06-getting-started-error")
+                raise AssertionError(f"the notebook failed:\n{text[-3000:]}")
+            done = [re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts.all_inner_texts()]
+            if plot.count() and done and all(done):
+                break
+            assert time.monotonic() < deadline, f"not done after 300 s:\n{text[-2000:]}"
+            time.sleep(2)
+        plot.first.scroll_into_view_if_needed()
+        screenshot(pg, "compose-06-getting-started-plot")
+        # the plot decoded in the browser: an image with pixels, not a broken link
+        assert plot.count() == 1
+        assert plot.first.evaluate("img => img.complete && img.naturalWidth > 0")
+        assert f"connected to {cluster}" in text, text
+        assert "16000000 entries histogrammed on the cluster" in text, text
+        # the samples come from the lake, through the XCache, and open
+        assert "fileset from the data lake: root://lake-cache" in text, text
+        assert "200 events" in text, text
+    finally:
+        pg.close()
+
+
 LAKE_READ = r"""
 import json, socket, sys
 from dask_gateway import Gateway

@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -112,6 +113,25 @@ def test_image_metadata_and_no_build_secrets(notebook_image: str) -> None:
         "none",
     )
     assert files.split() == ["[]", "[]"], files
+
+
+def test_the_image_carries_the_examples_a_new_home_gets(notebook_image: str) -> None:
+    """$GRIDHUB_EXAMPLES holds the repository's getting-started and AGC
+    notebooks as they are (the compose facility copies them into a
+    physicist's new home: images/hub/jupyterhub_config.d/50-compose.py)."""
+    code = (
+        "import os, pathlib, json; root = pathlib.Path(os.environ['GRIDHUB_EXAMPLES']);"
+        " print(json.dumps({str(p.relative_to(root)): p.read_text()"
+        " for p in root.rglob('*') if p.is_file()}))"
+    )
+    found = json.loads(run_in_image(notebook_image, code, "--network", "none"))
+    notebooks = Path(__file__).resolve().parents[2] / "notebooks"
+    want = {
+        str(p.relative_to(notebooks)): p.read_text()
+        for p in [notebooks / "00-getting-started.ipynb", *(notebooks / "agc-ttbar").iterdir()]
+        if p.is_file()
+    }
+    assert found == want, sorted(found)
 
 
 def test_analysis_round_trip_offline(notebook_image: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 
 import pytest
-from gridhub.hub.masterclass import copy_notebooks_once
+from gridhub.hub.homecopy import copy_once
 from gridhub.hub.secrets import load_or_create, load_secrets
 from gridhub.hub.settings import Settings, SettingsError, describe, load_settings
 
@@ -89,10 +89,10 @@ def test_notebooks_copied_once(tmp_path):
     (src / ".hidden").write_text("x")
     home.mkdir()
     (home / "a.ipynb").write_text("student's")
-    assert copy_notebooks_once(src, home) == ["sub/b.txt"]
+    assert copy_once("masterclass", src, home) == ["sub/b.txt"]
     assert (home / "a.ipynb").read_text() == "student's"
     (home / "sub" / "b.txt").unlink()
-    assert copy_notebooks_once(src, home) == []
+    assert copy_once("masterclass", src, home) == []
     assert not (home / "sub" / "b.txt").exists()
 
 

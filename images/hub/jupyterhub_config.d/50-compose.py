@@ -9,7 +9,8 @@ deployer choice (those are settings):
 - Volumes are the compose project's (FACILITY_PROJECT): each user's home is
   `<project>_home-<user>`; the facility certificate bundle and the masterclass
   notebooks are mounted read-only from `<project>_certs` / `<project>_masterclass`
-  (the hub's own paths mean nothing to the Docker daemon).
+  (the hub's own paths mean nothing to the Docker daemon). A new home gets
+  its notebooks at the server's start (gridhub.hub.homecopy).
 - User containers carry the compose project label, so
   `docker compose down --remove-orphans` removes them too (without Docker's
   auto-remove, which would race it).
@@ -40,19 +41,21 @@ if project and settings.spawner == "docker":
     bundle = "/etc/gridhub/certs/ca-bundle.pem"
     # the gateway API is reached over HTTPS with the facility's (self-signed) cert
     env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, GRIDHUB_FACILITY_CA=bundle)
+    # prepared notebooks go into a new home once, as the user (gridhub.hub.homecopy),
+    # then the server starts: a student gets the class's, a physicist the
+    # notebook image's examples ($GRIDHUB_EXAMPLES, set by the image)
     if settings.mode == "masterclass":
         d.volumes[f"{project}_masterclass"] = {"bind": "/srv/gridhub/masterclass", "mode": "ro"}
         env["GRIDHUB_MASTERCLASS_NOTEBOOKS"] = "/srv/gridhub/masterclass"
-        # copy the notebooks into a new home once, as the user, then start the server
-        d.cmd = [
-            "sh",
-            "-c",
-            'python -m gridhub.hub.masterclass "$GRIDHUB_MASTERCLASS_NOTEBOOKS" "$HOME" || true;'
-            ' exec jupyterhub-singleuser "$@"',
-            "jupyterhub-singleuser",
-        ]
+        copy = 'masterclass "$GRIDHUB_MASTERCLASS_NOTEBOOKS"'
     else:
-        d.cmd = ["jupyterhub-singleuser"]
+        copy = 'examples "$GRIDHUB_EXAMPLES"'
+    d.cmd = [
+        "sh",
+        "-c",
+        f'python -m gridhub.hub.homecopy {copy} "$HOME" || true; exec jupyterhub-singleuser "$@"',
+        "jupyterhub-singleuser",
+    ]
     c.Spawner.environment.update(env)
     d.extra_create_kwargs = {
         "labels": {

@@ -360,14 +360,14 @@ def _masterclass(c, s: Settings, sec: HubSecrets) -> None:
     async def copy_notebooks(spawner) -> None:
         import asyncio
 
-        from .masterclass import copy_as_user
+        from .homecopy import MASTERCLASS, copy_as_user
         from .spawners import unix_home_and_ids
 
         info = unix_home_and_ids(spawner)
         if info is None or not await asyncio.to_thread(notebooks.is_dir):
-            return  # containers copy at start-up (python -m gridhub.hub.masterclass)
+            return  # containers copy at start-up (python -m gridhub.hub.homecopy)
         home, uid, gid = info
-        await asyncio.to_thread(copy_as_user, notebooks, home, uid, gid, python=python)
+        await asyncio.to_thread(copy_as_user, MASTERCLASS, notebooks, home, uid, gid, python=python)
 
     c.Spawner.pre_spawn_hook = copy_notebooks
 
