@@ -9,7 +9,6 @@ the `browser` / `page` fixtures.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,20 +16,11 @@ import pytest
 from dockerharness import (
     Containers,
     build_image,
+    launch_chromium,
     leftover_test_containers,
     running_containers,
     screenshot,
 )
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -68,15 +58,22 @@ def containers() -> Iterator[Containers]:
 
 
 @pytest.fixture(scope="session")
-def browser():  # type: ignore[no-untyped-def]
+def playwright():  # type: ignore[no-untyped-def]
+    """One Playwright for the session (a second sync_playwright in the same
+    thread is refused); every browser is launched from it."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
-        try:
-            yield b
-        finally:
-            b.close()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):  # type: ignore[no-untyped-def]
+    b = launch_chromium(playwright)
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

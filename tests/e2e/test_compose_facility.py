@@ -2,7 +2,9 @@
 
 Builds every image (layer cache allowed), `docker-compose up -d` with the
 embedded DiracX and local site, waits until every service is healthy, then,
-through Traefik on https://localhost:<free port> (self-signed):
+through Traefik on https://<host>:<free port> (self-signed), where <host> is
+the host's end of the link to the browser's own network namespace (the
+browser runs there, as a user's runs on another machine: browser_netns.py):
 
 1. a browser logs in with the masterclass access code (`gridhub-access-code`)
    and is seated on the warm pool's running server (seat-01), JupyterLab
@@ -47,18 +49,22 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from browser_netns import BrowserNamespace, browser_namespace
 from dockerharness import (
     ARTIFACTS,
+    CHROMIUM,
     ROOT,
     RUN_ID,
     build_image,
     docker,
     facility_services,
     image_tag,
+    launch_chromium,
     screenshot,
 )
 from gridhub.embedded.users import dirac_user_name
@@ -110,7 +116,8 @@ def _save_results() -> None:
 
 
 class Facility:
-    def __init__(self, tmp: Path, tags: dict[str, str]) -> None:
+    def __init__(self, tmp: Path, tags: dict[str, str], host: str = "127.0.0.1") -> None:
+        """`host`: the address its ports are published on (and reached by)."""
         self.https = _free_port()
         self.http = _free_port()
         self.dask = _free_port()
@@ -120,7 +127,7 @@ class Facility:
             "HTTP_PORT": self.http,
             "HTTPS_PORT": self.https,
             "DASK_PORT": self.dask,
-            "BIND_ADDRESS": "127.0.0.1",
+            "BIND_ADDRESS": host,
             "GRIDHUB_NOTEBOOK_IMAGE": tags["notebook"],
             "GRIDHUB_HUB_IMAGE": tags["hub"],
             "GRIDHUB_GATEWAY_IMAGE": tags["gateway"],
@@ -152,7 +159,7 @@ class Facility:
             if not k.startswith(("GRIDHUB_", "COMPOSE_", "FACILITY_"))
         }
         self.env.update({k: str(v) for k, v in settings.items()})
-        self.url = f"https://localhost:{self.https}"
+        self.url = f"https://{host}:{self.https}"
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True):
         p = subprocess.run(
@@ -324,8 +331,25 @@ def tags(notebook_image: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def facility(tags, tmp_path_factory):
-    f = Facility(tmp_path_factory.mktemp("compose"), tags)
+def browser_ns(tmp_path_factory) -> Iterator[BrowserNamespace]:
+    with browser_namespace(RUN_ID, CHROMIUM, tmp_path_factory.mktemp("browser")) as ns:
+        yield ns
+
+
+@pytest.fixture(scope="module")
+def browser(playwright, browser_ns):  # type: ignore[no-untyped-def]
+    """This module's browser: in a network namespace of its own, where the
+    containers the facility starts do not abort its requests (browser_netns)."""
+    b = launch_chromium(playwright, browser_ns.chromium)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def facility(tags, tmp_path_factory, browser_ns):
+    f = Facility(tmp_path_factory.mktemp("compose"), tags, host=browser_ns.host_address)
     try:
         t0 = time.monotonic()
         f.compose("up", "-d", "--no-build", timeout=600)
