@@ -17,14 +17,9 @@ import sys
 import time
 
 import pytest
+from gridhub.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_args(name: str, tmp) -> list[str]:
