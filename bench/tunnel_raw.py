@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from processes import wait_for  # noqa: E402
-from tunnel_fixtures import Network, Proc, start_facility  # noqa: E402
+from tunnel_fixtures import Proc, start_networked_facility  # noqa: E402
 
 SINK = r"""
 import socket, ssl, sys, os, threading
@@ -138,10 +138,8 @@ def main() -> None:
         dport = free_port()
         # "passthrough": Traefik alone (SNI passthrough to the loopback sink),
         # the floor any reverse path through Traefik pays.
-        fac = start_facility(tmp / "facility", extra_routes={"passthrough": dport})
-        fac.network = Network(fac.dask_port)
+        fac = start_networked_facility(tmp / "facility", extra_routes={"passthrough": dport})
         try:
-            fac.network.setup()
             alpha = fac.creds["alpha"]
             ctx = client_ctx(alpha)
             # direct sink on loopback

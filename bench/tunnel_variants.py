@@ -51,9 +51,8 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "integration")]
 from processes import free_port, wait_for  # noqa: E402
 from tunnel_fixtures import (  # noqa: E402
     TRAEFIK,
-    Network,
     Proc,
-    start_facility,
+    start_networked_facility,
     tls_probe,
 )
 from tunnel_raw import SINK, child_pid, client_ctx, cpu_seconds, transfer  # noqa: E402
@@ -468,12 +467,10 @@ def main() -> None:
         sink = tmp / "sink.py"
         sink.write_text(SINK)
         dport = free_port()
-        fac = start_facility(tmp / "facility", extra_routes={"passthrough": dport})
-        fac.network = Network(fac.dask_port)
+        fac = start_networked_facility(tmp / "facility", extra_routes={"passthrough": dport})
         extra: list[Proc] = []
         try:
             net = fac.network
-            net.setup()
             alpha = fac.creds["alpha"]
             ctx = client_ctx(alpha)
             env = {**os.environ, **alpha.worker_env()}

@@ -687,14 +687,24 @@ def kill_tunnel(node_ns: str, pid: int) -> int:
     return killed
 
 
+def start_networked_facility(d: Path, **kw) -> Facility:
+    """start_facility, then its Network set up (the facility stopped if that fails)."""
+    f = start_facility(d, **kw)
+    f.network = Network(f.dask_port)
+    try:
+        f.network.setup()
+    except BaseException:
+        f.stop()
+        raise
+    return f
+
+
 @pytest.fixture(name="facility")
 def facility_fixture(tmp_path: Path) -> Iterator[Facility]:
     if not have_netns():
         pytest.skip("needs root, ip netns and nft")
-    f = start_facility(tmp_path / "facility")
-    f.network = Network(f.dask_port)
+    f = start_networked_facility(tmp_path / "facility")
     try:
-        f.network.setup()
         yield f
     finally:
         f.stop()
