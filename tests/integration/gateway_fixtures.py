@@ -103,6 +103,19 @@ def jobs_of(diracx, cluster_name: str) -> list[dict]:
     return asyncio.run(go())
 
 
+def wait_running(diracx, cluster_name: str, n: int, log=None, *, retry=()) -> None:
+    """Wait (120 s) until ``n`` of the cluster's DIRAC jobs are Running, e.g.
+    once a replacement job has taken a lost worker's place."""
+    wait_for(
+        lambda: sum(j["Status"] == "Running" for j in jobs_of(diracx, cluster_name)) == n,
+        120,
+        f"{n} jobs of cluster {cluster_name} running",
+        log,
+        interval=0.5,
+        retry=retry,
+    )
+
+
 @contextmanager
 def running_cluster(
     gateway: Gateway, workers: int, timeout: float = 120

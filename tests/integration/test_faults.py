@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dask_gateway.client import ClusterStatus
-from gateway_fixtures import jobs_of, running_cluster
+from gateway_fixtures import jobs_of, running_cluster, wait_running
 from gridhub.dirac import FINAL_STATES
 from processes import CONNECTION_ERRORS, kill_processes_in, wait_for
 from stack import stack_fixture  # noqa: F401 - a fixture
@@ -130,16 +130,8 @@ def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack)
             (victim, *_) = [j["JobID"] for j in jobs_of(stack.diracx, cluster.name)]
             fail_at_site(stack, victim)
             assert sum(client.gather(futures)) == sum(range(30))
-            wait_for(
-                lambda: (
-                    sum(j["Status"] == "Running" for j in jobs_of(stack.diracx, cluster.name)) == 2
-                ),
-                120,
-                "a replacement job running",
-                stack.logs,
-                interval=0.5,
-                retry=CONNECTION_ERRORS,
-            )
+            # a replacement job running
+            wait_running(stack.diracx, cluster.name, 2, stack.logs, retry=CONNECTION_ERRORS)
             jobs = {j["JobID"]: j for j in jobs_of(stack.diracx, cluster.name)}
             # The site reports Failed with the exit code. The gateway, seeing the
             # worker gone, kills its job: on a loaded machine that kill can land

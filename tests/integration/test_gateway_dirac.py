@@ -12,7 +12,7 @@ import time
 
 import dask.array as da
 import pytest
-from gateway_fixtures import final_jobs, jobs_of, refused, running_cluster
+from gateway_fixtures import final_jobs, jobs_of, refused, running_cluster, wait_running
 from gridhub.dirac import FINAL_STATES, DiracXClient
 from processes import wait_for
 
@@ -71,16 +71,7 @@ def test_a_job_killed_in_dirac_is_replaced_and_the_result_is_right(facility):
         kill_job(facility.diracx, victim)
         assert float(future.result(timeout=180)) == pytest.approx(expected_matmul_sum(), rel=1e-9)
         # The killed job is gone and another job took its place.
-        wait_for(
-            lambda: (
-                sum(j["Status"] == "Running" for j in jobs_of(facility.diracx, cluster.name)) == 2
-            ),
-            120,
-            "a replacement job running",
-            facility.logs,
-            interval=0.5,
-            retry=(),
-        )
+        wait_running(facility.diracx, cluster.name, 2, facility.logs)
         statuses = {j["JobID"]: j["Status"] for j in jobs_of(facility.diracx, cluster.name)}
         assert statuses[victim] == "Killed"
         assert list(statuses.values()).count("Running") == 2
