@@ -35,7 +35,6 @@ from common import loadavg, machine, print_table, summary, versions, write_resul
 from processes import EmbeddedDiracX, LocalSiteProcess, wait_for
 
 SITES = {"LCG.Acct.bench": [], "LCG.NoAcct.bench": ["--no-accounting"]}
-FINAL = {"Done", "Failed", "Killed"}
 
 
 def calibrate(cpu_seconds: float) -> int:
@@ -119,7 +118,7 @@ def main() -> None:
                 deadline = time.monotonic() + 60 + 4 * args.jobs * args.cpu_seconds * 3
                 while time.monotonic() < deadline:
                     st = await dx.statuses(every)
-                    if all(s.status in FINAL for s in st.values()):
+                    if all(s.final for s in st.values()):
                         break
                     await asyncio.sleep(1)
                 else:

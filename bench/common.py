@@ -31,7 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(os.environ.get("GRIDHUB_BENCH_RESULTS", ROOT / "bench" / "results"))
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
+# the harness modules, and the helpers of every tier they import (headless_chromium)
+sys.path[:0] = [str(ROOT / "tests" / "integration"), str(ROOT / "tests")]
 
 from processes import facility_tls  # noqa: E402
 

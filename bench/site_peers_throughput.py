@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from processes import free_port  # noqa: E402
-from tunnel_fixtures import VENV_BIN, Network, Proc, ssh_children, start_facility  # noqa: E402
+from tunnel_fixtures import VENV_BIN, Proc, ssh_children, start_networked_facility  # noqa: E402
 from tunnel_throughput import CPU, children  # noqa: E402
 
 MB = 2**20
@@ -101,10 +101,8 @@ def main() -> None:
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="gridhub-bench-") as tmp:
-        fac = start_facility(Path(tmp) / "facility")
-        fac.network = Network(fac.dask_port)
+        fac = start_networked_facility(Path(tmp) / "facility")
         try:
-            fac.network.setup()
             alpha = fac.creds["alpha"]
             sched = f"tls://127.0.0.1:{fac.scheduler_port}"
             procs: dict[str, Proc] = {}

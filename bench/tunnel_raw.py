@@ -29,8 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
+from gridhub.ports import free_port  # noqa: E402
 from processes import wait_for  # noqa: E402
-from tunnel_fixtures import Network, Proc, start_facility  # noqa: E402
+from tunnel_fixtures import Facility, Proc, start_networked_facility  # noqa: E402
 
 SINK = r"""
 import socket, ssl, sys, os, threading
@@ -120,6 +121,20 @@ def child_pid(pid: int) -> int:
     return int(out.split()[0])
 
 
+def sink_and_facility(tmp: Path) -> tuple[Path, int, Facility]:
+    """The sink script (in ``tmp``), a free loopback port for it, and the
+    facility, whose route "passthrough" is Traefik alone (SNI passthrough to
+    that port): the floor any reverse path through Traefik pays."""
+    sink = tmp / "sink.py"
+    sink.write_text(SINK)
+    dport = free_port()
+    return (
+        sink,
+        dport,
+        start_networked_facility(tmp / "facility", extra_routes={"passthrough": dport}),
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--mb", type=int, default=200)
@@ -131,17 +146,8 @@ def main() -> None:
     nbytes = ns.mb * 2**20
     with tempfile.TemporaryDirectory(prefix="gridhub-raw-") as tmp:
         tmp = Path(tmp)
-        sink = tmp / "sink.py"
-        sink.write_text(SINK)
-        from processes import free_port
-
-        dport = free_port()
-        # "passthrough": Traefik alone (SNI passthrough to the loopback sink),
-        # the floor any reverse path through Traefik pays.
-        fac = start_facility(tmp / "facility", extra_routes={"passthrough": dport})
-        fac.network = Network(fac.dask_port)
+        sink, dport, fac = sink_and_facility(tmp)
         try:
-            fac.network.setup()
             alpha = fac.creds["alpha"]
             ctx = client_ctx(alpha)
             # direct sink on loopback

@@ -36,10 +36,9 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from processes import wait_for  # noqa: E402
 from tunnel_fixtures import (  # noqa: E402
     VENV_BIN,
-    Network,
     Proc,
     ssh_children,
-    start_facility,
+    start_networked_facility,
 )
 
 
@@ -145,10 +144,8 @@ def main() -> None:
     cpus: dict[str, dict[str, dict[str, float]]] = {}
     loads: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="gridhub-bench-") as tmp:
-        fac = start_facility(Path(tmp) / "facility")
-        fac.network = Network(fac.dask_port)
+        fac = start_networked_facility(Path(tmp) / "facility")
         try:
-            fac.network.setup()
             alpha = fac.creds["alpha"]
             sched = f"tls://127.0.0.1:{fac.scheduler_port}"
 

@@ -51,12 +51,16 @@ sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "integration")]
 from processes import free_port, wait_for  # noqa: E402
 from tunnel_fixtures import (  # noqa: E402
     TRAEFIK,
-    Network,
     Proc,
-    start_facility,
     tls_probe,
 )
-from tunnel_raw import SINK, child_pid, client_ctx, cpu_seconds, transfer  # noqa: E402
+from tunnel_raw import (  # noqa: E402
+    child_pid,
+    client_ctx,
+    cpu_seconds,
+    sink_and_facility,
+    transfer,
+)
 
 SSHD = "/usr/sbin/sshd"
 # ProxyCommand in Python: stdin/stdout <-> TLS, C transports (uvloop), with
@@ -465,15 +469,10 @@ def main() -> None:
             sys.exit(f"needs {tool} (apt-get install openssh-client openssh-server socat)")
     with tempfile.TemporaryDirectory(prefix="gridhub-variants-") as tmp:
         tmp = Path(tmp)
-        sink = tmp / "sink.py"
-        sink.write_text(SINK)
-        dport = free_port()
-        fac = start_facility(tmp / "facility", extra_routes={"passthrough": dport})
-        fac.network = Network(fac.dask_port)
+        sink, dport, fac = sink_and_facility(tmp)
         extra: list[Proc] = []
         try:
             net = fac.network
-            net.setup()
             alpha = fac.creds["alpha"]
             ctx = client_ctx(alpha)
             env = {**os.environ, **alpha.worker_env()}

@@ -16,11 +16,11 @@ import pytest
 from dockerharness import (
     Containers,
     build_image,
-    launch_chromium,
     leftover_test_containers,
     running_containers,
     screenshot,
 )
+from headless_chromium import launch
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -69,7 +69,7 @@ def playwright():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def browser(playwright):  # type: ignore[no-untyped-def]
-    b = launch_chromium(playwright)
+    b = launch(playwright)
     try:
         yield b
     finally:

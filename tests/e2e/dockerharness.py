@@ -287,22 +287,3 @@ def screenshot(pg, name: str) -> Path:  # type: ignore[no-untyped-def]
     path = SCREENSHOTS / (re.sub(r"[^\w.-]+", "_", name) + ".png")
     pg.screenshot(path=str(path), full_page=True)
     return path
-
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-def launch_chromium(playwright, executable: str | Path = CHROMIUM):  # type: ignore[no-untyped-def]
-    """Debian's chromium, driven by Playwright (its own browser download
-    cannot work here); `executable` may be a wrapper that runs it."""
-    return playwright.chromium.launch(
-        executable_path=str(executable), args=CHROMIUM_ARGS, timeout=60_000
-    )

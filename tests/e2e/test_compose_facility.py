@@ -57,17 +57,16 @@ import pytest
 from browser_netns import BrowserNamespace, browser_namespace
 from dockerharness import (
     ARTIFACTS,
-    CHROMIUM,
     ROOT,
     RUN_ID,
     build_image,
     docker,
     facility_services,
     image_tag,
-    launch_chromium,
     screenshot,
 )
 from gridhub.embedded.users import dirac_user_name
+from headless_chromium import CHROMIUM, launch
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
@@ -340,7 +339,7 @@ def browser_ns(tmp_path_factory) -> Iterator[BrowserNamespace]:
 def browser(playwright, browser_ns):  # type: ignore[no-untyped-def]
     """This module's browser: in a network namespace of its own, where the
     containers the facility starts do not abort its requests (browser_netns)."""
-    b = launch_chromium(playwright, browser_ns.chromium)
+    b = launch(playwright, browser_ns.chromium)
     try:
         yield b
     finally:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from dask_gateway import BasicAuth, Gateway, JupyterHubAuth
+from dask_gateway import BasicAuth, Gateway, GatewayCluster, JupyterHubAuth
+from distributed import Client
 from gridhub.dirac import FINAL_STATES
 from gridhub.refusals import release
 from processes import (
@@ -100,6 +101,35 @@ def jobs_of(diracx, cluster_name: str) -> list[dict]:
             )
 
     return asyncio.run(go())
+
+
+def wait_running(diracx, cluster_name: str, n: int, log=None, *, retry=()) -> None:
+    """Wait (120 s) until ``n`` of the cluster's DIRAC jobs are Running, e.g.
+    once a replacement job has taken a lost worker's place."""
+    wait_for(
+        lambda: sum(j["Status"] == "Running" for j in jobs_of(diracx, cluster_name)) == n,
+        120,
+        f"{n} jobs of cluster {cluster_name} running",
+        log,
+        interval=0.5,
+        retry=retry,
+    )
+
+
+@contextmanager
+def running_cluster(
+    gateway: Gateway, workers: int, timeout: float = 120
+) -> Iterator[tuple[GatewayCluster, Client]]:
+    """A new cluster of ``gateway`` and its client once ``workers`` workers
+    have joined (within ``timeout`` s); the cluster is shut down on exit."""
+    cluster = gateway.new_cluster()
+    try:
+        cluster.scale(workers)
+        client = cluster.get_client()
+        client.wait_for_workers(workers, timeout=timeout)
+        yield cluster, client
+    finally:
+        cluster.shutdown()
 
 
 def final_jobs(diracx, cluster_name: str, log=None, timeout: float = 60) -> list[dict]:

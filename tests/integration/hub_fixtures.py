@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import httpx
 import psutil
 import pytest
+from headless_chromium import CHROMIUM, launched
 from processes import free_port, wait_for
 
 if TYPE_CHECKING:
@@ -34,16 +35,6 @@ HUB_CONFIG = REPO / "hub_config" / "jupyterhub_config.py"
 ARTIFACTS = REPO / "artifacts"
 SCREENSHOTS = ARTIFACTS / "screenshots"
 TEST_UNIX_USER = "gridhub-test"
-CHROMIUM = "/usr/bin/chromium"  # Debian's: Playwright cannot download a browser here
-CHROMIUM_ARGS = [
-    "--no-sandbox",  # as root
-    "--disable-gpu",
-    # no calls out of the machine (it has no network but loopback)
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 ADMIN_TOKEN = "gridhub-test-admin-" + os.urandom(8).hex()
 
 __all__ = [
@@ -327,14 +318,8 @@ def hub_factory(test_unix_user, server_python):
 @contextlib.contextmanager
 def chromium() -> Iterator[Browser]:
     """Headless Debian chromium driven by Playwright, closed on exit."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+    with launched() as b:
+        yield b
 
 
 def login_form(client: httpx.Client, username: str, password: str) -> httpx.Response:

@@ -8,8 +8,6 @@ failing test prints.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import signal
@@ -23,22 +21,14 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from gridhub.certificates import self_signed
+from gridhub.files import write_private
+from gridhub.ports import free_port
 
 VENV_BIN = Path(sys.executable).parent
 T = TypeVar("T")
 #: what a service that is (re)starting answers: a refused or cut connection
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (OSError, httpx.HTTPError)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on ``host`` now (the kernel's pick; bound by its user soon after)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def wait_for(
@@ -82,40 +72,12 @@ def wait_for(
 
 
 def self_signed_cert(directory: Path, names: list[str]) -> tuple[Path, Path]:
-    """A self-signed certificate for ``names`` (the facility's default cert)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    sans: list[x509.GeneralName] = []
-    for n in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            sans.append(x509.DNSName(n))
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    """The facility's self-signed certificate for ``names``, as gridhub-init makes it."""
+    crt, key = self_signed(names, days=2)
     directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "facility.crt", directory / "facility.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
+    cert_path = directory / "facility.crt"
+    cert_path.write_bytes(crt)
+    return cert_path, write_private(directory / "facility.key", key)
 
 
 class FacilityTLS:

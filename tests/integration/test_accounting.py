@@ -16,7 +16,7 @@ import time
 import dask.array as da
 import httpx
 import pytest
-from gateway_fixtures import Facility, final_jobs
+from gateway_fixtures import Facility, final_jobs, running_cluster
 from gridhub.accounting import fetch_usage, totals, usage
 from gridhub.dirac import FINAL_STATES
 from gridhub.embedded.users import USER_GROUP, dirac_user_name
@@ -95,12 +95,8 @@ def test_worker_jobs_are_accounted_per_user_group_and_cluster(facility):
 
 
 def check_accounting(facility, gateway) -> None:
-    cluster = gateway.new_cluster()
-    name = cluster.name
-    try:
-        cluster.scale(2)
-        client = cluster.get_client()
-        client.wait_for_workers(2, timeout=120)
+    with running_cluster(gateway, 2, timeout=120) as (cluster, client):
+        name = cluster.name
         x = da.random.RandomState(1).random((1500, 1500), chunks=(500, 500))
         assert float(client.compute((x @ x.T).sum()).result(timeout=120)) > 0
 
@@ -118,8 +114,6 @@ def check_accounting(facility, gateway) -> None:
         assert sample(r.text, "gridhub_gateway_dirac_up") == 1
         check_scheduler_relay(facility, name)
         client.close()
-    finally:
-        cluster.shutdown()
 
     jobs = final_jobs(facility.diracx, name, facility.logs)
     assert len(jobs) == 2, jobs

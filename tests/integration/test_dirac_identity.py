@@ -286,6 +286,20 @@ def tokens_in(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def refresh_status(stack: IdentityStack, refresh: str) -> int:
+    """The HTTP status of DiracX's answer when ``refresh`` is presented."""
+    r = httpx.post(
+        f"{stack.diracx.url}/api/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "client_id": "myDIRACClientID",
+            "refresh_token": refresh,
+        },
+        timeout=30,
+    )
+    return r.status_code
+
+
 def test_each_users_jobs_are_their_own_in_their_groups_dirac_group(ident):
     stack = ident
     clients = {name: log_in(stack, sub) for sub, (name, _, _) in USERS.items()}
@@ -386,16 +400,7 @@ def test_each_users_jobs_are_their_own_in_their_groups_dirac_group(ident):
             stack.gateway.logfile,
         )
     # ... and revoked at DiracX
-    r = httpx.post(
-        f"{stack.diracx.url}/api/auth/token",
-        data={
-            "grant_type": "refresh_token",
-            "client_id": "myDIRACClientID",
-            "refresh_token": refresh_before_stop,
-        },
-        timeout=30,
-    )
-    assert r.status_code in (400, 401), r.status_code
+    assert refresh_status(stack, refresh_before_stop) in (400, 401)
 
     # no token in any log of the run
     logs = [
@@ -456,16 +461,7 @@ def test_logout_drops_and_revokes_the_login(ident):
     client.close()
     assert r.status_code in (200, 302, 303), r.status_code
     assert not stack.login_file("bob").exists()
-    r = httpx.post(
-        f"{stack.diracx.url}/api/auth/token",
-        data={
-            "grant_type": "refresh_token",
-            "client_id": "myDIRACClientID",
-            "refresh_token": refresh,
-        },
-        timeout=30,
-    )
-    assert r.status_code in (400, 401), r.status_code
+    assert refresh_status(stack, refresh) in (400, 401)
 
 
 def test_a_group_diracx_does_not_give_the_user_is_refused_by_name(ident):
@@ -489,16 +485,7 @@ def end_diracx_session(stack: IdentityStack, user: str) -> None:
         data={"token": refresh, "client_id": "myDIRACClientID"},
         timeout=30,
     ).raise_for_status()
-    r = httpx.post(
-        f"{stack.diracx.url}/api/auth/token",
-        data={
-            "grant_type": "refresh_token",
-            "client_id": "myDIRACClientID",
-            "refresh_token": refresh,
-        },
-        timeout=30,
-    )
-    assert r.status_code == 401, r.status_code
+    assert refresh_status(stack, refresh) == 401
 
 
 def test_a_running_cluster_is_kept_fresh_and_takes_a_renewed_login(ident):

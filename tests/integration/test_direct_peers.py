@@ -48,6 +48,22 @@ def _transfer(client, src: str, dst: str, mb: int) -> int:
     return got.result(timeout=90)
 
 
+def _alpha_pair(facility: Facility, env: dict[str, str] | None = None):
+    """Workers a1 and a2 at site ALPHA, both routed; (the site, a1's process)."""
+    site = facility.network.add_site(ALPHA)
+    a1 = facility.start_worker("a1", site=site, client="openssh", env=env)
+    facility.start_worker("a2", site=site, client="openssh", env=env)
+    facility.wait_tunnel_routes(2)
+    return site, a1
+
+
+def _uplink_bytes_of_transfer(client, site, src: str, dst: str, mb: int) -> int:
+    """The bytes that crossed ``site``'s uplink while ``mb`` MB went from ``src`` to ``dst``."""
+    before = site.uplink_bytes()
+    assert _transfer(client, src, dst, mb) == mb * MB
+    return site.uplink_bytes() - before
+
+
 def _summary(client, address: str) -> dict:
     return client.run(summary, workers=[address])[address]
 
@@ -60,15 +76,10 @@ def _matmul(n: int = 1500, chunk: int = 300):
 
 
 def test_same_site_workers_transfer_directly(facility: Facility):
-    site = facility.network.add_site(ALPHA)
-    w1 = facility.start_worker("a1", site=site, client="openssh")
-    facility.start_worker("a2", site=site, client="openssh")
-    facility.wait_tunnel_routes(2)
+    site, w1 = _alpha_pair(facility)
     with facility.client() as client:
         w = _workers(client, 2)
-        before = site.uplink_bytes()
-        assert _transfer(client, w["a1"], w["a2"], 40) == 40 * MB
-        relayed = site.uplink_bytes() - before
+        relayed = _uplink_bytes_of_transfer(client, site, w["a1"], w["a2"], 40)
         # through the relay the 40 MB would cross the uplink twice
         assert relayed < 4 * MB, f"{relayed / MB:.1f} MB crossed the site's uplink"
         peer = _summary(client, w["a2"])["peers"][_route(w["a1"])]
@@ -149,16 +160,11 @@ def test_firewalled_node_costs_one_timeout(facility: Facility):
 
 
 def test_direct_peers_off_for_a_site_use_the_relay(facility: Facility):
-    site = facility.network.add_site(ALPHA)
     env = {"GRIDHUB_DIRECT_PEERS_OFF": f"LCG.Other.test, {ALPHA}"}
-    a1 = facility.start_worker("a1", site=site, client="openssh", env=env)
-    facility.start_worker("a2", site=site, client="openssh", env=env)
-    facility.wait_tunnel_routes(2)
+    site, a1 = _alpha_pair(facility, env)
     with facility.client() as client:
         w = _workers(client, 2)
-        before = site.uplink_bytes()
-        assert _transfer(client, w["a1"], w["a2"], 20) == 20 * MB
-        relayed = site.uplink_bytes() - before
+        relayed = _uplink_bytes_of_transfer(client, site, w["a1"], w["a2"], 20)
         assert relayed >= 40 * MB, f"only {relayed / MB:.1f} MB crossed the uplink"
         s = _summary(client, w["a2"])
         assert s["address"] is None, s

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dask_gateway.client import ClusterStatus
-from gateway_fixtures import jobs_of
+from gateway_fixtures import jobs_of, running_cluster, wait_running
 from gridhub.dirac import FINAL_STATES
 from processes import CONNECTION_ERRORS, kill_processes_in, wait_for
 from stack import stack_fixture  # noqa: F401 - a fixture
@@ -35,11 +35,7 @@ def test_traefik_restart_brings_every_route_back(stack):
     hub_login = stack.hub_url + "/hub/login"
     assert httpx.get(hub_login, timeout=10).status_code == 200
     with stack.client("trudy") as gateway:
-        cluster = gateway.new_cluster()
-        try:
-            cluster.scale(2)
-            client = cluster.get_client()
-            client.wait_for_workers(2, timeout=120)
+        with running_cluster(gateway, 2, timeout=120) as (cluster, client):
             assert total(client) == sum(i * i for i in range(40))
 
             stack.restart_traefik()
@@ -67,8 +63,6 @@ def test_traefik_restart_brings_every_route_back(stack):
             client.wait_for_workers(2, timeout=120)
             assert total(client) == sum(i * i for i in range(40))
             client.close()
-        finally:
-            cluster.shutdown()
     wait_for(
         lambda: all(j["Status"] in FINAL_STATES for j in jobs_of(stack.diracx, cluster.name)),
         60,
@@ -118,11 +112,7 @@ class FailEveryJobOf(threading.Thread):
 
 def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack):
     with stack.client("frank") as gateway:
-        cluster = gateway.new_cluster()
-        try:
-            cluster.scale(2)
-            client = cluster.get_client()
-            client.wait_for_workers(2, timeout=120)
+        with running_cluster(gateway, 2, timeout=120) as (cluster, client):
             # Fail a job the gateway knows is running (it learns from the next
             # scheduler heartbeat; earlier is docs/faults.md's heartbeat race).
             names = [w["name"] for w in client.scheduler_info()["workers"].values()]
@@ -140,16 +130,8 @@ def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack)
             (victim, *_) = [j["JobID"] for j in jobs_of(stack.diracx, cluster.name)]
             fail_at_site(stack, victim)
             assert sum(client.gather(futures)) == sum(range(30))
-            wait_for(
-                lambda: (
-                    sum(j["Status"] == "Running" for j in jobs_of(stack.diracx, cluster.name)) == 2
-                ),
-                120,
-                "a replacement job running",
-                stack.logs,
-                interval=0.5,
-                retry=CONNECTION_ERRORS,
-            )
+            # a replacement job running
+            wait_running(stack.diracx, cluster.name, 2, stack.logs, retry=CONNECTION_ERRORS)
             jobs = {j["JobID"]: j for j in jobs_of(stack.diracx, cluster.name)}
             # The site reports Failed with the exit code. The gateway, seeing the
             # worker gone, kills its job: on a loaded machine that kill can land
@@ -159,8 +141,6 @@ def test_a_worker_failing_at_the_site_is_replaced_and_the_result_is_right(stack)
                 assert "exit code -9" in jobs[victim]["ApplicationStatus"], jobs[victim]
             assert len(jobs) == 3, f"not exactly one replacement: {jobs}\n{stack.logs()}"
             client.close()
-        finally:
-            cluster.shutdown()
 
 
 def test_workers_that_keep_failing_at_start_fail_the_cluster(stack):
@@ -199,11 +179,7 @@ def test_a_replacement_worker_starts_after_diracx_restarts(stack):
     """The cluster's sandbox was uploaded before DiracX restarted: the
     replacement job still gets it (the embedded sandbox store persists)."""
     with stack.client("heidi") as gateway:
-        cluster = gateway.new_cluster()
-        try:
-            cluster.scale(1)
-            client = cluster.get_client()
-            client.wait_for_workers(1, timeout=120)
+        with running_cluster(gateway, 1, timeout=120) as (cluster, client):
             (old,) = [w["name"] for w in client.scheduler_info()["workers"].values()]
             (victim,) = [j["JobID"] for j in jobs_of(stack.diracx, cluster.name)]
             stack.diracx.stop()
@@ -227,8 +203,6 @@ def test_a_replacement_worker_starts_after_diracx_restarts(stack):
             )
             assert client.submit(lambda: 6 * 7).result(timeout=60) == 42
             client.close()
-        finally:
-            cluster.shutdown()
 
 
 def test_a_new_facilitys_first_sandbox_uploads_at_once_all_succeed(tmp_path):

@@ -8,10 +8,10 @@ the submission, not the workers.
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from gateway_fixtures import Facility, jobs_of
+from processes import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -29,9 +29,14 @@ def test_scale_25_is_two_submission_calls_and_stop_kills_all(held_facility, dira
     with held_facility.client(USER) as gateway:
         cluster = gateway.new_cluster()
         cluster.scale(N)
-        deadline = time.monotonic() + 120
-        while sum(submission_calls(held_facility)) < N and time.monotonic() < deadline:
-            time.sleep(1)
+        wait_for(
+            lambda: sum(submission_calls(held_facility)) >= N,
+            120,
+            f"{N} worker jobs submitted",
+            held_facility.gateway.logfile,
+            interval=1,
+            retry=(),
+        )
         calls = submission_calls(held_facility)
         assert sum(calls) == N, calls
         assert len(calls) <= 2, calls  # DiracX takes at most 20 per call
@@ -40,10 +45,17 @@ def test_scale_25_is_two_submission_calls_and_stop_kills_all(held_facility, dira
         assert {j["Status"] for j in jobs} <= {"Received", "Checking", "Waiting"}, jobs
         name = cluster.name
         cluster.shutdown()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def all_killed() -> list[dict] | None:
         jobs = jobs_of(diracx_server, name)
-        if all(j["Status"] == "Killed" for j in jobs):
-            break
-        time.sleep(1)
+        return jobs if all(j["Status"] == "Killed" for j in jobs) else None
+
+    jobs = wait_for(
+        all_killed,
+        120,
+        f"every job of {name} Killed",
+        held_facility.gateway.logfile,
+        interval=1,
+        retry=(),
+    )
     assert len(jobs) == N and all(j["Status"] == "Killed" for j in jobs), jobs

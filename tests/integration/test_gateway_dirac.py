@@ -12,7 +12,7 @@ import time
 
 import dask.array as da
 import pytest
-from gateway_fixtures import final_jobs, jobs_of, refused
+from gateway_fixtures import final_jobs, jobs_of, refused, running_cluster, wait_running
 from gridhub.dirac import FINAL_STATES, DiracXClient
 from processes import wait_for
 
@@ -43,12 +43,8 @@ def expected_matmul_sum() -> float:
 
 def test_three_workers_are_dirac_jobs_and_stop_with_the_cluster(facility):
     gateway = facility.client("alice")
-    cluster = gateway.new_cluster()
-    name = cluster.name
-    try:
-        cluster.scale(3)
-        client = cluster.get_client()
-        client.wait_for_workers(3, timeout=120)
+    with running_cluster(gateway, 3, timeout=120) as (cluster, client):
+        name = cluster.name
         # A computation with worker-to-worker transfers, and a gather of MBs.
         assert matmul_sum(client) == pytest.approx(expected_matmul_sum(), rel=1e-9)
         big = client.submit(lambda: b"x" * (8 * 2**20))
@@ -62,41 +58,24 @@ def test_three_workers_are_dirac_jobs_and_stop_with_the_cluster(facility):
             assert "alice" in j["JobName"]
             assert j["Owner"]  # the facility's DIRAC identity submitted it
         client.close()
-    finally:
-        cluster.shutdown()
     final = final_jobs(facility.diracx, name, facility.logs)
     assert {j["Status"] for j in final} <= {"Killed", "Done"}, final
 
 
 def test_a_job_killed_in_dirac_is_replaced_and_the_result_is_right(facility):
     gateway = facility.client("bob")
-    cluster = gateway.new_cluster()
-    try:
-        cluster.scale(2)
-        client = cluster.get_client()
-        client.wait_for_workers(2, timeout=120)
+    with running_cluster(gateway, 2, timeout=120) as (cluster, client):
         x = da.random.RandomState(42).random((2000, 2000), chunks=(500, 500))
         future = client.compute((x @ x.T).sum())
         victim = jobs_of(facility.diracx, cluster.name)[0]["JobID"]
         kill_job(facility.diracx, victim)
         assert float(future.result(timeout=180)) == pytest.approx(expected_matmul_sum(), rel=1e-9)
         # The killed job is gone and another job took its place.
-        wait_for(
-            lambda: (
-                sum(j["Status"] == "Running" for j in jobs_of(facility.diracx, cluster.name)) == 2
-            ),
-            120,
-            "a replacement job running",
-            facility.logs,
-            interval=0.5,
-            retry=(),
-        )
+        wait_running(facility.diracx, cluster.name, 2, facility.logs)
         statuses = {j["JobID"]: j["Status"] for j in jobs_of(facility.diracx, cluster.name)}
         assert statuses[victim] == "Killed"
         assert list(statuses.values()).count("Running") == 2
         client.close()
-    finally:
-        cluster.shutdown()
 
 
 def test_gateway_restart_finds_its_cluster_and_jobs(facility):
@@ -146,15 +125,9 @@ def test_dirac_down_fails_fast_and_leaves_nothing(facility):
         assert gateway.list_clusters() == []
     finally:
         facility.diracx.start()
-    cluster = gateway.new_cluster()
-    try:
-        cluster.scale(1)
-        client = cluster.get_client()
-        client.wait_for_workers(1, timeout=120)
+    with running_cluster(gateway, 1, timeout=120) as (_, client):
         assert client.submit(lambda: 1 + 1).result(timeout=60) == 2
         client.close()
-    finally:
-        cluster.shutdown()
 
 
 def test_adaptive_cluster_grows_with_work_and_shrinks_to_zero(facility):

@@ -13,7 +13,7 @@ site running the jobs, the reverse path.
 from __future__ import annotations
 
 import pytest
-from gateway_fixtures import final_jobs, jobs_of
+from gateway_fixtures import final_jobs, jobs_of, running_cluster
 from gridhub.dirac import FINAL_STATES
 
 pytestmark = pytest.mark.timeout(420)
@@ -22,11 +22,7 @@ pytestmark = pytest.mark.timeout(420)
 def test_client_restart_brings_the_workers_back_and_orphans_nothing(dirac_facility):
     facility = dirac_facility
     with facility.client("restarter") as gateway:
-        cluster = gateway.new_cluster()
-        try:
-            cluster.scale(2)
-            client = cluster.get_client()
-            client.wait_for_workers(2, timeout=180)
+        with running_cluster(gateway, 2, timeout=180) as (cluster, client):
             before = set(client.scheduler_info()["workers"])
             assert client.submit(lambda: 41 + 1).result(timeout=60) == 42
             client.restart(timeout=300)
@@ -38,6 +34,4 @@ def test_client_restart_brings_the_workers_back_and_orphans_nothing(dirac_facili
             assert len(running) == 2, jobs
             assert all(j["Status"] in FINAL_STATES for j in jobs if j not in running), jobs
             client.close()
-        finally:
-            cluster.shutdown()
     final_jobs(facility.diracx, cluster.name, facility.logs, timeout=120)

@@ -142,6 +142,16 @@ def run_cell(page, code: str, marker: str, timeout: float = 180) -> str:
     raise TimeoutError(f"no {marker!r} on the page after {timeout} s")
 
 
+def opened_by(context, link, url: str):
+    """The page a click on ``link`` opens, loaded; it must be at ``url``."""
+    with context.expect_page() as opened:
+        link.click()
+    page = opened.value
+    page.wait_for_load_state()
+    assert page.url == url, page.url
+    return page
+
+
 def test_iam_login_dask_cluster_token_file_and_refusal(
     hub_factory,
     oidc,
@@ -237,11 +247,7 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     prefix = f"/services/dask-gateway/clusters/{cluster}/"
     anchor = card.locator(".dask-ClusterListingItem-link a")
     assert anchor.get_attribute("href") == prefix + "status"
-    with context.expect_page() as opened:
-        anchor.click()
-    status = opened.value
-    status.wait_for_load_state()
-    assert status.url == hub.public_url + prefix + "status", status.url
+    status = opened_by(context, anchor, hub.public_url + prefix + "status")
     status.locator(".bk-Canvas, canvas").first.wait_for(timeout=120_000)
     shot(status, "7-dashboard-link")
     status.close()
@@ -256,12 +262,7 @@ def test_iam_login_dask_cluster_token_file_and_refusal(
     )
     shown = page.locator(".jp-RenderedMarkdown a", has_text="dashboard of").last
     assert shown.get_attribute("href") == prefix + "status"
-    with context.expect_page() as opened:
-        shown.click()
-    status = opened.value
-    status.wait_for_load_state()
-    assert status.url == hub.public_url + prefix + "status", status.url
-    status.close()
+    opened_by(context, shown, hub.public_url + prefix + "status").close()
     # ... and, while a computation runs, a click on the card brings up its panes: the
     # labextension asks this server's dask/dashboard/<id>/, which gridhub.hub.sidebar
     # sends on to the dashboard's path (dask-labextension's own proxy keeps only host

@@ -17,14 +17,10 @@ import sys
 import time
 
 import pytest
+from gridhub.ports import free_port
+from processes import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service_args(name: str, tmp) -> list[str]:
@@ -71,15 +67,11 @@ def service_env(name: str, port: int) -> dict[str, str]:
 
 
 def wait_listening(port: int, proc_alive, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc_alive(), "the service exited before it listened"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the service never listened on {port}")
+    def accepts() -> bool:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+
+    wait_for(accepts, timeout, f"the service on {port}", retry=(OSError,), alive=proc_alive)
 
 
 def alive(pid: int) -> bool:

@@ -32,7 +32,7 @@ except ImportError:
     from hub_fixtures import ARTIFACTS, REPO, login_form
     from test_hub_masterclass import CODE, TEACHER_CODE, browser, masterclass_hub
 
-from gateway_fixtures import Facility
+from gateway_fixtures import Facility, running_cluster
 from processes import free_port, wait_for
 
 PROMETHEUS = shutil.which("prometheus")
@@ -227,11 +227,7 @@ def test_prometheus_scrapes_each_running_scheduler_through_the_gateway(
     )
     try:
         with facility.client("scraped") as gw:
-            cluster = gw.new_cluster()
-            try:
-                cluster.scale(1)
-                client = cluster.get_client()
-                client.wait_for_workers(1, timeout=120)
+            with running_cluster(gw, 1, timeout=120) as (cluster, client):
                 prom.start()
 
                 def scheduler_scraped() -> bool:
@@ -261,8 +257,6 @@ def test_prometheus_scrapes_each_running_scheduler_through_the_gateway(
                     lambda: httpx.get(prom.url + "/api/v1/targets", timeout=10).text,
                 )
                 client.close()
-            finally:
-                cluster.shutdown()
 
         # a stopped cluster leaves the service discovery: no target left to be "down"
         def gone() -> bool:

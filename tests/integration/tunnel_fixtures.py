@@ -21,7 +21,6 @@ Import explicitly: ``from tunnel_fixtures import facility_fixture  # noqa: F401`
 from __future__ import annotations
 
 import contextlib
-import datetime
 import ipaddress
 import json
 import os
@@ -38,12 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from dask_gateway_server.tls import new_keypair
-from processes import free_port, wait_for
+from processes import free_port, self_signed_cert, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -119,40 +114,7 @@ def _write(path: Path, data: bytes) -> Path:
 
 def facility_cert(directory: Path) -> tuple[Path, Path]:
     """Self-signed certificate Traefik presents (stands in for ACME)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gridhub-test-facility")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("gridhub-tunnel"),
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    crt = _write(directory / "facility.crt", cert.public_bytes(serialization.Encoding.PEM))
-    pem = _write(
-        directory / "facility.key",
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-    return crt, pem
+    return self_signed_cert(directory, ["gridhub-tunnel", "localhost", "127.0.0.1"])
 
 
 @dataclass
@@ -725,14 +687,24 @@ def kill_tunnel(node_ns: str, pid: int) -> int:
     return killed
 
 
+def start_networked_facility(d: Path, **kw) -> Facility:
+    """start_facility, then its Network set up (the facility stopped if that fails)."""
+    f = start_facility(d, **kw)
+    f.network = Network(f.dask_port)
+    try:
+        f.network.setup()
+    except BaseException:
+        f.stop()
+        raise
+    return f
+
+
 @pytest.fixture(name="facility")
 def facility_fixture(tmp_path: Path) -> Iterator[Facility]:
     if not have_netns():
         pytest.skip("needs root, ip netns and nft")
-    f = start_facility(tmp_path / "facility")
-    f.network = Network(f.dask_port)
+    f = start_networked_facility(tmp_path / "facility")
     try:
-        f.network.setup()
         yield f
     finally:
         f.stop()

@@ -14,13 +14,10 @@ import jwt
 import pytest
 from gridhub import data
 from gridhub.hub import storagetokens
-from gridhub.hub.config import apply_defaults, apply_settings
-from gridhub.hub.secrets import load_secrets
 from gridhub.hub.settings import SettingsError, load_settings
+from hub_build import build
 from tornado.testing import AsyncHTTPTestCase
-from traitlets.config import Config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "hub_config"
 ISSUER = "https://gridhub.example:8443/services/gridhub-storage"
 AUDIENCE = "https://gridhub.example:8443/lake"
 
@@ -106,20 +103,12 @@ class TestIssuerHTTP(AsyncHTTPTestCase):
         assert b"eyJ" not in r.body  # no token in a refusal
 
 
-def _build(env: dict[str, str], tmp_path) -> Config:
-    settings = load_settings({"GRIDHUB_STATE_DIR": str(tmp_path / "state"), **env})
-    c = Config()
-    apply_defaults(c)
-    apply_settings(c, settings, load_secrets(settings), CONFIG_DIR)
-    return c
-
-
 def test_hub_runs_the_issuer_only_with_a_lake(tmp_path, monkeypatch):
-    c = _build({}, tmp_path)
+    c = build({}, tmp_path)
     assert "gridhub-storage" not in {s["name"] for s in c.JupyterHub.services}
     assert "GRIDHUB_LAKE_URL" not in c.Spawner.environment
     monkeypatch.setenv("FACILITY_LAKE_TOKENS", str(tmp_path / "lake"))
-    c = _build(
+    c = build(
         {
             "GRIDHUB_LAKE_URL": "root://lake-cache:1094/",
             "GRIDHUB_PUBLIC_URL": "https://gridhub.example:8443",

@@ -12,7 +12,9 @@ import pytest
 from gridhub.dirac import DiracXLoginRequired, DiracXTokenExpired, UserLoginToken
 from gridhub.dirac.models import TokenResponse
 from gridhub.dirac.userlogin import authorize_url, dirac_group, pkce_pair, scope
+from gridhub.hub.secrets import load_secrets
 from gridhub.hub.settings import SettingsError, load_settings
+from hub_build import build, offline_discovery
 
 GROUPS = {"higgs": "cms_higgs", "top": "cms_top", "default": "cms_user"}
 
@@ -183,35 +185,17 @@ async def test_handover_stores_0600_only_for_the_hub_and_keeps_it_while_clusters
 
 
 def _iam_build(env, tmp_path, monkeypatch):
-    from gridhub.hub import auth as hub_auth
-    from gridhub.hub.config import apply_defaults, apply_settings
-    from gridhub.hub.secrets import load_secrets
-    from traitlets.config import Config
-
-    monkeypatch.setattr(
-        hub_auth,
-        "discover",
-        lambda issuer: {
-            "authorization_endpoint": issuer + "/authorize",
-            "token_endpoint": issuer + "/token",
-            "userinfo_endpoint": issuer + "/userinfo",
-        },
-    )
-    settings = load_settings(
-        {
-            "GRIDHUB_STATE_DIR": str(tmp_path / "state"),
-            "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
-            "GRIDHUB_IAM_CLIENT_ID": "gridhub",
-            "GRIDHUB_PUBLIC_URL": "https://hub.example.org",
-            "GRIDHUB_GATEWAY_URL": "http://gateway:8000",
-            "GRIDHUB_DIRACX_URL": "https://diracx.example.org",
-            **env,
-        }
-    )
-    c = Config()
-    apply_defaults(c)
-    apply_settings(c, settings, load_secrets(settings), tmp_path)
-    return c, load_secrets(settings)
+    offline_discovery(monkeypatch)
+    env = {
+        "GRIDHUB_STATE_DIR": str(tmp_path / "state"),
+        "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
+        "GRIDHUB_IAM_CLIENT_ID": "gridhub",
+        "GRIDHUB_PUBLIC_URL": "https://hub.example.org",
+        "GRIDHUB_GATEWAY_URL": "http://gateway:8000",
+        "GRIDHUB_DIRACX_URL": "https://diracx.example.org",
+        **env,
+    }
+    return build(env, tmp_path, config_dir=tmp_path), load_secrets(load_settings(env))
 
 
 def test_hub_runs_the_diracx_login_without_a_robot(tmp_path, monkeypatch):

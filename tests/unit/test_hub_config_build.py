@@ -4,21 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gridhub.hub import auth as hub_auth
-from gridhub.hub.config import apply_defaults, apply_settings
-from gridhub.hub.secrets import load_secrets
-from gridhub.hub.settings import load_settings
-from traitlets.config import Config
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "hub_config"
-
-
-def build(env: dict[str, str], tmp_path) -> Config:
-    settings = load_settings({"GRIDHUB_STATE_DIR": str(tmp_path / "state"), **env})
-    c = Config()
-    apply_defaults(c)
-    apply_settings(c, settings, load_secrets(settings), CONFIG_DIR)
-    return c
+from hub_build import build, offline_discovery
 
 
 def test_masterclass_docker(tmp_path):
@@ -42,15 +28,7 @@ def test_masterclass_docker(tmp_path):
 
 
 def test_iam_local(tmp_path, monkeypatch):
-    monkeypatch.setattr(
-        hub_auth,
-        "discover",
-        lambda issuer: {
-            "authorization_endpoint": issuer + "/authorize",
-            "token_endpoint": issuer + "/token",
-            "userinfo_endpoint": issuer + "/userinfo",
-        },
-    )
+    offline_discovery(monkeypatch)
     c = build(
         {
             "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
@@ -88,15 +66,7 @@ SERVER_TOKEN_SCOPES = [
 def test_server_token_may_use_the_gateway_in_every_mode(tmp_path, monkeypatch):
     """dask-gateway's JupyterHubAuthenticator refuses a token without
     access:services!service=dask-gateway: every server's token has it."""
-    monkeypatch.setattr(
-        hub_auth,
-        "discover",
-        lambda issuer: {
-            "authorization_endpoint": issuer + "/a",
-            "token_endpoint": issuer + "/t",
-            "userinfo_endpoint": issuer + "/u",
-        },
-    )
+    offline_discovery(monkeypatch)
     iam = {
         "GRIDHUB_IAM_ISSUER": "https://iam.example.org",
         "GRIDHUB_IAM_CLIENT_ID": "gridhub",

@@ -10,14 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from gridhub.hub.config import apply_defaults, apply_settings
 from gridhub.hub.kernelpriority import LowPriorityKernelManager
 from gridhub.hub.lowpriority import ENV, cpu_shares, server_cmd
-from gridhub.hub.secrets import load_secrets
 from gridhub.hub.settings import SettingsError, load_settings
-from traitlets.config import Config
+from hub_build import HUB_CONFIG, build
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "hub_config"
 AUTOGROUP = Path("/proc/self/autogroup")
 # what a started process reports: its nice, and its session's autogroup nice
 REPORT = [
@@ -26,14 +23,6 @@ REPORT = [
     "import os, pathlib; p = pathlib.Path('/proc/self/autogroup');"
     " print(os.nice(0), p.read_text().split()[-1] if p.exists() else '-')",
 ]
-
-
-def build(env: dict[str, str], tmp_path) -> Config:
-    settings = load_settings({"GRIDHUB_STATE_DIR": str(tmp_path / "state"), **env})
-    c = Config()
-    apply_defaults(c)
-    apply_settings(c, settings, load_secrets(settings), CONFIG_DIR)
-    return c
 
 
 def started(cmd: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -103,9 +92,9 @@ def test_compose_glue_keeps_the_servers_cpu_shares(tmp_path, monkeypatch):
         monkeypatch.delenv(key)
     monkeypatch.setenv("GRIDHUB_STATE_DIR", str(tmp_path))
     monkeypatch.setenv(
-        "GRIDHUB_EXTRA_CONFIG_DIR", str(CONFIG_DIR.parent / "images/hub/jupyterhub_config.d")
+        "GRIDHUB_EXTRA_CONFIG_DIR", str(HUB_CONFIG.parent / "images/hub/jupyterhub_config.d")
     )
     monkeypatch.setenv("FACILITY_PROJECT", "gridhubunit")
-    c = PyFileConfigLoader("jupyterhub_config.py", path=str(CONFIG_DIR)).load_config()
+    c = PyFileConfigLoader("jupyterhub_config.py", path=str(HUB_CONFIG)).load_config()
     host = c.DockerSpawner.extra_host_config
     assert host["cpu_shares"] == 110 and host["init"] is True, host

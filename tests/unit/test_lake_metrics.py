@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gridhub.lake_metrics import parse, serve, verifier
+from gridhub.ports import free_port
 
 RECORD = (Path(__file__).parent / "data" / "xrootd-5.5.3-xcache-summary.xml").read_bytes()
 
@@ -36,15 +37,9 @@ def test_what_is_not_a_summary_record_is_refused():
         parse(b"<html><body>hello</body></html>")
 
 
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_served_to_the_token_only(tmp_path):
     verifier_file = tmp_path / "metrics_token.sha256"
-    http, udp = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+    http, udp = free_port(), free_port(kind=socket.SOCK_DGRAM)
     server = serve(f"127.0.0.1:{http}", f"127.0.0.1:{udp}", verifier_file, interval=15)
     url = f"http://127.0.0.1:{http}"
     try:

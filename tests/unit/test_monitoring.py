@@ -19,12 +19,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from dask_gateway_server.backends.db_base import JobStatus
 from gridhub.gateway import observe
 from gridhub.hub import secrets
-from gridhub.hub.config import apply_defaults, apply_settings
 from gridhub.hub.metrics_access import traefik_metrics_yml
 from gridhub.hub.monitoring import cpu_hours_over_time
-from gridhub.hub.settings import load_settings
 from gridhub.hub.svgplot import line_chart
-from traitlets.config import Config
+from hub_build import build
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = ROOT / "images" / "prometheus"
@@ -277,14 +275,6 @@ def test_gateway_relays_each_running_schedulers_metrics_to_the_token_only():
 
 
 # ---------------------------------------------------------------- the hub service
-
-
-def build(env: dict[str, str], tmp_path) -> Config:
-    settings = load_settings({"GRIDHUB_STATE_DIR": str(tmp_path / "state"), **env})
-    c = Config()
-    apply_defaults(c)
-    apply_settings(c, settings, secrets.load_secrets(settings), ROOT / "hub_config")
-    return c
 
 
 def test_monitoring_service_only_with_prometheus_and_without_hub_scopes(tmp_path, monkeypatch):

@@ -28,8 +28,6 @@ What `gridhub-init` writes:
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import shutil
 import sys
@@ -68,6 +66,7 @@ def _self_signed(tls: Path, names: list[str]) -> None:
     """facility.crt/.key for `names` (first is the CN), once."""
     crt, key_path = tls / "facility.crt", tls / "facility.key"
     from cryptography import x509
+    from gridhub.certificates import ORGANIZATION, self_signed
 
     if crt.exists() and key_path.exists():
         old = x509.load_pem_x509_certificate(crt.read_bytes())
@@ -75,73 +74,15 @@ def _self_signed(tls: Path, names: list[str]) -> None:
             was_ca = old.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         except x509.ExtensionNotFound:
             was_ca = False
-        ours = "O=GridHub self-signed" in old.subject.rfc4514_string()
+        ours = f"O={ORGANIZATION}" in old.subject.rfc4514_string()
         if not (was_ca and ours):
             return
         # made by an older gridhub-init as a CA: replaced once by a leaf
         print("gridhub-init: replacing the self-signed CA certificate by a leaf certificate")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    # A leaf (CA:false, no keyCertSign), not a CA: notebooks and workers trust
-    # this certificate, and a trusted CA's key (in Traefik's hands) could sign
-    # a certificate for any host.  OpenSSL accepts a self-signed leaf in the
-    # trust store as its own anchor, for the names in its SAN only.
-    key = ec.generate_private_key(ec.SECP256R1())
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, names[0]),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "GridHub self-signed"),
-        ]
-    )
-    sans: list[x509.GeneralName] = []
-    for n in dict.fromkeys(names):
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            sans.append(x509.DNSName(n))
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(ski, critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    pem_key = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    pem_crt, pem_key = self_signed(names)
     # key first: a crt without its key is never left behind
-    _write_atomic(key_path, pem_key, 0o600)
-    _write_atomic(crt, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_private(key_path, pem_key)
+    _write_atomic(crt, pem_crt, 0o644)
     print(f"gridhub-init: generated a self-signed certificate for {', '.join(names)}")
 
 

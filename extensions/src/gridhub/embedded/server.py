@@ -6,11 +6,11 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 
+from ..ports import free_port
 from . import (
     BUCKET,
     CS_DIR,
@@ -25,12 +25,6 @@ from . import (
 )
 
 log = logging.getLogger("gridhub.embedded")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def diracx_environment(

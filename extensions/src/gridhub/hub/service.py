@@ -27,10 +27,12 @@ def serve(app: web.Application, listen_host: str | None = None) -> None:
     than the one it resolves to here).
     """
     url = urlsplit(os.environ["JUPYTERHUB_SERVICE_URL"])
-    app.listen(url.port or 80, listen_host or url.hostname or "127.0.0.1")
     loop = IOLoop.current()
+    # before listening: a signal sent as soon as the port answers stops the
+    # service cleanly rather than killing it
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
+    app.listen(url.port or 80, listen_host or url.hostname or "127.0.0.1")
     hub = os.getppid()
 
     def orphaned() -> None:

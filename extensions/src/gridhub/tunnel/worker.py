@@ -59,6 +59,7 @@ from urllib.parse import urlparse
 
 import asyncssh
 
+from ..ports import free_port
 from .common import (
     CHANNEL_WINDOW,
     CIPHERS,
@@ -154,12 +155,6 @@ def facility_ssl_context(cafile: str | None, insecure: bool = False) -> ssl.SSLC
     if insecure:
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def _opt_value(args: Sequence[str], name: str) -> str | None:
