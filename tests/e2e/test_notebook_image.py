@@ -218,6 +218,32 @@ def test_lab_requires_the_token(lab: Lab) -> None:
     assert ok.status_code == 200 and ok.json()["type"] == "directory"
 
 
+def test_lab_fetches_nothing_from_the_web(lab: Lab) -> None:
+    """No news feed (JupyterLab would ask every user to subscribe to it and then
+    fetch it from jupyterlab.github.io) and no update check against PyPI
+    (images/notebook/jupyter_server_config.d/gridhub-offline.json)."""
+    page = httpx.get(f"{lab.url}/lab", headers={"Authorization": f"token {lab.token}"}, timeout=30)
+    assert page.status_code == 200
+    config = json.loads(
+        re.search(
+            r'<script id="jupyter-config-data" type="application/json">(.*?)</script>',
+            page.text,
+            re.S,
+        )[1]
+    )
+    assert config["news"] == {"disabled": True}, config.get("news")
+    # the server's own configuration, as it loads it (config files and their .d)
+    shown = docker(
+        "exec",
+        lab.cid,
+        "python",
+        "-c",
+        "from jupyter_server.serverapp import ServerApp; app = ServerApp(); app.load_config_file();"
+        " print(app.config.LabApp.check_for_updates_class)",
+    ).stdout
+    assert shown.strip() == "jupyterlab.NeverCheckForUpdate", shown
+
+
 def test_server_extensions_answer(lab: Lab) -> None:
     h = {"Authorization": f"token {lab.token}"}
     clusters = httpx.get(f"{lab.url}/dask/clusters", headers=h, timeout=10)
