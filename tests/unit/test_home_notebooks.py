@@ -55,8 +55,10 @@ def start(cmd: list[str], home: Path, tmp_path: Path, env: dict[str, str]) -> st
     server = bin_dir / "jupyterhub-singleuser"
     server.write_text('#!/bin/sh\necho "SERVER $*"\n')
     server.chmod(0o755)
-    if not (bin_dir / "python").exists():
-        (bin_dir / "python").symlink_to(sys.executable)
+    # (a wrapper, not a symlink: a symlinked venv python outside the venv's
+    # bin/ does not find its pyvenv.cfg and runs without the venv's packages)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (bin_dir / "python").chmod(0o755)
     run_env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), **env}
     if "PYTHONPATH" in os.environ:  # (a run against a source tree)
         run_env["PYTHONPATH"] = os.environ["PYTHONPATH"]
