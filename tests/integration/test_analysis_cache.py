@@ -225,6 +225,8 @@ def test_member_writes_and_reads_its_group_area(nb, origin, export):
     # an expiry beyond the deployer's maximum (2d) is refused before writing
     over = nb("hub-alice", "put", key="long.txt", data="x", group="cms", expires="3d")
     assert over["error"] == "ValueError" and "maximum" in over["message"], over
+    # tokens travel in each request (authz): the origin never logs one (a JWT starts eyJ)
+    assert "eyJ" not in origin.log(10_000_000)
 
 
 def test_non_member_is_refused(nb, origin, tmp_path, issuer):
