@@ -1,7 +1,7 @@
 """The analysis cache's cleaner: removes expired objects (docs/data-lake.md).
 
-    python3 -m gridhub.cacheclean --root /srv/lake/data/cache \\
-        --default 7d --maximum 30d [--group-quota 50g] [--every 600]
+    python3 -m gridhub.cacheclean --root /srv/lake/store/cache \\
+        [--default 7d] [--maximum 30d] [--group-quota 50g] [--every 600]
 
 It works on the origin's file system, as the user the origin writes as (the
 cache's files are that user's): no token, no network, nothing of the hub.
@@ -21,7 +21,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gridhub.cachepolicy import AREA_LEAF, EXPIRES_SUFFIX, expires_at, parse_duration, parse_sidecar
+from gridhub.cachepolicy import (
+    AREA_LEAF,
+    DEFAULT_EXPIRY,
+    EXPIRES_SUFFIX,
+    MAX_EXPIRY,
+    expires_at,
+    parse_duration,
+    parse_sidecar,
+)
 
 log = logging.getLogger("gridhub.cacheclean")
 
@@ -134,8 +142,8 @@ def clean(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="gridhub-cacheclean", description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, required=True, help="the origin's /cache folder")
-    ap.add_argument("--default", required=True, help="expiry of objects that name none (7d)")
-    ap.add_argument("--maximum", required=True, help="no object lives longer (30d)")
+    ap.add_argument("--default", default=DEFAULT_EXPIRY, help="expiry of objects naming none")
+    ap.add_argument("--maximum", default=MAX_EXPIRY, help="no object lives longer")
     ap.add_argument("--group-quota", help="bytes per group area (50g); unset: no quota")
     ap.add_argument("--every", type=int, default=0, help="repeat every N s (0: once)")
     args = ap.parse_args(argv)

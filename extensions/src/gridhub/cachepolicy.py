@@ -32,6 +32,9 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,63}")
 #: the lake's datasets that every user's token reads (the origin's layout,
 #: images/xrootd): never ``/``, which would also open every cache area
 DATASET_PATHS = ("/public", "/protected")
+#: the deployer's defaults (settings lake_cache_default_expiry / lake_cache_max_expiry)
+DEFAULT_EXPIRY = "7d"
+MAX_EXPIRY = "30d"
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*")

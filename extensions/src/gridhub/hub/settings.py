@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from gridhub import cachepolicy
+
 ENV_PREFIX = "GRIDHUB_"
 CONFIG_FILE_ENV = "GRIDHUB_CONFIG_FILE"
 # GRIDHUB_* variables that are not settings (they locate the settings, or are set by
@@ -219,12 +221,12 @@ class Settings(BaseModel):
         " Unset: no lake, notebooks read the shipped samples.",
     )
     lake_cache_default_expiry: str = Field(
-        "7d",
+        cachepolicy.DEFAULT_EXPIRY,
         description="Analysis cache on the lake: how long an object lives when its writer names"
         " no expiry (seconds, or a number with s, m, h, d or w).",
     )
     lake_cache_max_expiry: str = Field(
-        "30d",
+        cachepolicy.MAX_EXPIRY,
         description="Analysis cache: no object lives longer than this after its last write,"
         " whatever its writer asked (the cleaner removes it).",
     )
@@ -482,9 +484,7 @@ class Settings(BaseModel):
     @field_validator("lake_cache_default_expiry", "lake_cache_max_expiry")
     @classmethod
     def _duration(cls, value: str) -> str:
-        from gridhub.cachepolicy import parse_duration
-
-        parse_duration(value)
+        cachepolicy.parse_duration(value)
         return value.strip()
 
     @field_validator("local_runtime_root")
@@ -538,9 +538,7 @@ class Settings(BaseModel):
                 " that needs iam_issuer (the same IAM as DiracX's) and diracx_vo"
                 " (or set diracx_token_file for the facility's robot identity)"
             )
-        from gridhub.cachepolicy import parse_duration
-
-        if parse_duration(self.lake_cache_default_expiry) > parse_duration(
+        if cachepolicy.parse_duration(self.lake_cache_default_expiry) > cachepolicy.parse_duration(
             self.lake_cache_max_expiry
         ):
             raise ValueError(

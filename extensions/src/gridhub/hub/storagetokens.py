@@ -50,8 +50,8 @@ log = logging.getLogger("gridhub.storagetokens")
 #: whose objects change and expire: the cache must not keep copies of them)
 READ_SCOPE = " ".join(f"storage.read:{p}" for p in cachepolicy.DATASET_PATHS)
 DEFAULT_LIFETIME = 3600
-CACHE_DEFAULT_EXPIRY = "7d"
-CACHE_MAX_EXPIRY = "30d"
+CACHE_DEFAULT_EXPIRY = cachepolicy.DEFAULT_EXPIRY
+CACHE_MAX_EXPIRY = cachepolicy.MAX_EXPIRY
 CACHE_TOKEN_EVERY = 900
 
 
