@@ -261,3 +261,63 @@ class XRootDServer(Process):
             alive=self.running,
         )
         return self
+
+
+class HubIssuer:
+    """The facility's own issuer (``gridhub.hub.storagetokens``, the app the hub
+    runs as a service) on https://127.0.0.1:<port>/services/gridhub-storage,
+    with its token endpoint asking a stand-in of JupyterHub's identify endpoint
+    (``GET /hub/api/user``, which in JupyterHub answers every token with its
+    user's name and groups) for who a hub token belongs to: ``users`` maps
+    test hub tokens to ``{"name", "groups"}``."""
+
+    def __init__(self, key_file: Path, users: dict[str, dict[str, Any]], **app: Any) -> None:
+        import asyncio
+
+        from gridhub.hub import storagetokens
+        from tornado import ioloop, web
+
+        tls, port, api_port = facility_tls(), free_port(), free_port()
+        self.url = f"https://127.0.0.1:{port}/services/gridhub-storage"
+        self.token_url = self.url + "/token"
+        key = storagetokens.load_or_create_key(key_file)
+        self.issuer = storagetokens.Issuer(self.url, AUDIENCE, key)
+        known = users
+
+        class Identify(web.RequestHandler):  # the stand-in of the hub's /hub/api/user
+            def get(self) -> None:
+                scheme, _, value = self.request.headers.get("Authorization", "").partition(" ")
+                who = known.get(value) if scheme == "token" else None
+                if who is None:
+                    raise web.HTTPError(403)
+                self.finish({"kind": "user", **who})
+
+        self.app = storagetokens.make_app(
+            "/services/gridhub-storage/",
+            self.issuer,
+            f"http://127.0.0.1:{api_port}/hub/api",  # the hub's API is plain http inside
+            app.pop("lifetime", 600),
+            **app,
+        )
+        hub_api = web.Application([(r"/hub/api/user", Identify)])
+        ready, held = threading.Event(), {}
+
+        def serve() -> None:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(tls.cert, tls.key)
+            self.app.listen(port, "127.0.0.1", ssl_options=ctx)
+            hub_api.listen(api_port, "127.0.0.1")
+            held["loop"] = ioloop.IOLoop.current()
+            ready.set()
+            held["loop"].start()
+
+        self._held = held
+        threading.Thread(target=serve, daemon=True).start()
+        assert ready.wait(10), "the issuer did not start"
+
+    def token(self, *args: Any, **kw: Any) -> tuple[str, int]:
+        return self.issuer.token(*args, **kw)
+
+    def stop(self) -> None:
+        self._held["loop"].add_callback(self._held["loop"].stop)

@@ -43,7 +43,7 @@ def test_tokens_read_only_expiring_verifiable_with_the_published_key(tmp_path):
     token, expires = issuer.token("alice", 600)
     public = jwt.PyJWK(issuer.jwks["keys"][0]).key
     claims = jwt.decode(token, public, algorithms=["ES256"], audience=AUDIENCE, issuer=ISSUER)
-    assert claims["scope"] == "storage.read:/"  # read, nothing else
+    assert claims["scope"] == "storage.read:/public storage.read:/protected"  # datasets only
     assert claims["sub"] == "alice" and claims["wlcg.ver"] == "1.0"
     assert claims["exp"] == expires and 590 <= expires - time.time() <= 600
     assert jwt.get_unverified_header(token)["kid"] == issuer.kid

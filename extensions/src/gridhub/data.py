@@ -19,7 +19,9 @@
   XCache (``root://lake-cache:1094`` in the compose facility). :func:`lake_url`
   names a path there, :func:`sample` and :func:`choose_fileset` read the
   shipped samples through it by default (the local copy is the fallback),
-  :func:`storage_token` asks the hub's issuer for a short-lived read token.
+  :func:`storage_token` asks the hub's issuer for a short-lived token (it
+  reads the datasets, and reads and writes the user's and its groups'
+  analysis-cache areas: gridhub.analysiscache).
   :func:`warm` reads a fileset through the XCache once, before a cluster's
   workers need it, so their reads are served from the cache.
 """
@@ -323,8 +325,10 @@ def sample(name: str, url: str | None = None, timeout: float = 3.0) -> tuple[str
 
 
 def storage_token(environ: Mapping[str, str] | None = None, timeout: float = 20.0) -> dict:
-    """A short-lived read-only token for the lake from the hub's issuer:
-    ``{"access_token", "expires_at", "scope"}``. Asked with this server's
+    """A short-lived token for the lake from the hub's issuer:
+    ``{"access_token", "expires_at", "scope", "cache"}`` (scope: read the
+    datasets; read and write the analysis-cache areas of the user and its
+    groups, gridhub.cachepolicy.scopes). Asked with this server's
     JupyterHub token; the token is returned, never printed or logged."""
     import httpx
 

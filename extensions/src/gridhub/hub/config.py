@@ -303,6 +303,8 @@ def _storage_service(s: Settings) -> dict:
         f"--issuer={s.public_url}/services/{STORAGE_SERVICE}",
         f"--audience={s.public_url}/lake",
         f"--key-file={Path(s.state_dir) / 'secrets' / 'storage-issuer.pem'}",
+        f"--cache-default-expiry={s.lake_cache_default_expiry}",  # tells notebooks the policy
+        f"--cache-max-expiry={s.lake_cache_max_expiry}",
     ]
     if os.environ.get("FACILITY_LAKE_TOKENS"):
         cmd.append(f"--cache-token-file={Path(os.environ['FACILITY_LAKE_TOKENS']) / 'cache-token'}")

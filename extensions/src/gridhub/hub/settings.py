@@ -30,6 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from gridhub import cachepolicy
+
 ENV_PREFIX = "GRIDHUB_"
 CONFIG_FILE_ENV = "GRIDHUB_CONFIG_FILE"
 # GRIDHUB_* variables that are not settings (they locate the settings, or are set by
@@ -217,6 +219,16 @@ class Settings(BaseModel):
         description="root:// URL of the data lake's XCache that notebooks and grid workers"
         " read through (docs/data-lake.md); the hub then runs the storage-token issuer."
         " Unset: no lake, notebooks read the shipped samples.",
+    )
+    lake_cache_default_expiry: str = Field(
+        cachepolicy.DEFAULT_EXPIRY,
+        description="Analysis cache on the lake: how long an object lives when its writer names"
+        " no expiry (seconds, or a number with s, m, h, d or w).",
+    )
+    lake_cache_max_expiry: str = Field(
+        cachepolicy.MAX_EXPIRY,
+        description="Analysis cache: no object lives longer than this after its last write,"
+        " whatever its writer asked (the cleaner removes it).",
     )
     local_unix_user: str | None = Field(
         None,
@@ -469,6 +481,12 @@ class Settings(BaseModel):
             raise ValueError(f"must start with root:// or roots://, got {value!r}")
         return value.rstrip("/")
 
+    @field_validator("lake_cache_default_expiry", "lake_cache_max_expiry")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        cachepolicy.parse_duration(value)
+        return value.strip()
+
     @field_validator("local_runtime_root")
     @classmethod
     def _runtime_root_short(cls, value: Path) -> Path:
@@ -519,6 +537,13 @@ class Settings(BaseModel):
                 "diracx_url is set without diracx_token_file, so each user logs in to DiracX:"
                 " that needs iam_issuer (the same IAM as DiracX's) and diracx_vo"
                 " (or set diracx_token_file for the facility's robot identity)"
+            )
+        if cachepolicy.parse_duration(self.lake_cache_default_expiry) > cachepolicy.parse_duration(
+            self.lake_cache_max_expiry
+        ):
+            raise ValueError(
+                f"lake_cache_default_expiry ({self.lake_cache_default_expiry}) is longer than"
+                f" lake_cache_max_expiry ({self.lake_cache_max_expiry})"
             )
         if self.masterclass_pool_size > self.masterclass_class_size:
             raise ValueError(

@@ -3,8 +3,12 @@
     GET  <prefix>.well-known/openid-configuration   anyone: issuer and jwks_uri
     GET  <prefix>jwks                               anyone: the public key
     POST <prefix>token    Authorization: token <a user's JupyterHub token>
-         -> {"access_token", "expires_at", "scope"}: a WLCG token that can only
-            read (``storage.read:/``) and expires after ``--lifetime`` seconds
+         -> {"access_token", "expires_at", "scope", "cache"}: a WLCG token that
+            reads the lake's datasets and reads and writes the analysis-cache
+            areas of the user and of its JupyterHub groups (scopes derived by
+            gridhub.cachepolicy.scopes from what the hub says of the caller,
+            never from the request); it expires after ``--lifetime`` seconds.
+            ``cache``: the areas and the deployer's default and maximum expiry
 
 The XRootD origin trusts this issuer (its SciTokens config names
 ``<public URL>/services/gridhub-storage``; it fetches the keys through Traefik
@@ -35,15 +39,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tornado import ioloop, web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from gridhub import cachepolicy
 from gridhub.files import write_private
 
 from .service import serve
 
 log = logging.getLogger("gridhub.storagetokens")
 
-#: what every token this issuer signs may do: read, anywhere the origin serves
-READ_SCOPE = "storage.read:/"
+#: what the XCache's token may do: read the datasets (never the analysis cache,
+#: whose objects change and expire: the cache must not keep copies of them)
+READ_SCOPE = " ".join(f"storage.read:{p}" for p in cachepolicy.DATASET_PATHS)
 DEFAULT_LIFETIME = 3600
+CACHE_DEFAULT_EXPIRY = cachepolicy.DEFAULT_EXPIRY
+CACHE_MAX_EXPIRY = cachepolicy.MAX_EXPIRY
 CACHE_TOKEN_EVERY = 900
 
 
@@ -101,10 +109,13 @@ class Issuer:
 
 
 class _Base(web.RequestHandler):
-    def initialize(self, issuer: Issuer, api_url: str = "", lifetime: int = 0) -> None:
+    def initialize(
+        self, issuer: Issuer, api_url: str = "", lifetime: int = 0, cache: dict | None = None
+    ) -> None:
         self.issuer = issuer
         self.api_url = api_url
         self.lifetime = lifetime
+        self.cache = cache or {}
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -137,10 +148,19 @@ class TokenHandler(_Base):
             raise web.HTTPError(403 if exc.code in (401, 403) else 502) from None
         if who.get("kind") != "user":
             raise web.HTTPError(403, "storage tokens are for users")
-        token, expires = self.issuer.token(who["name"], self.lifetime)
-        log.info("read token for %s (scope %s) until %s", who["name"], READ_SCOPE, expires)
+        # the hub's answer names the user and its groups (JupyterHub's identify
+        # scopes give every token read:users:groups of its own user)
+        name, groups = who["name"], [str(g) for g in who.get("groups") or []]
+        scope = cachepolicy.scopes(name, groups)
+        token, expires = self.issuer.token(name, self.lifetime, scope)
+        log.info("storage token for %s (scope %s) until %s", name, scope, expires)
+        cache = {**self.cache, "areas": cachepolicy.areas(name, groups)}
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"access_token": token, "expires_at": expires, "scope": READ_SCOPE}))
+        self.finish(
+            json.dumps(
+                {"access_token": token, "expires_at": expires, "scope": scope, "cache": cache}
+            )
+        )
 
 
 class HealthHandler(web.RequestHandler):
@@ -148,9 +168,17 @@ class HealthHandler(web.RequestHandler):
         self.finish({"ok": True})
 
 
-def make_app(prefix: str, issuer: Issuer, api_url: str, lifetime: int) -> web.Application:
+def make_app(
+    prefix: str,
+    issuer: Issuer,
+    api_url: str,
+    lifetime: int,
+    cache_expiry: tuple[str, str] = (CACHE_DEFAULT_EXPIRY, CACHE_MAX_EXPIRY),
+) -> web.Application:
     prefix = "/" + prefix.strip("/") + "/"
-    args = {"issuer": issuer, "api_url": api_url.rstrip("/"), "lifetime": lifetime}
+    default, maximum = (cachepolicy.parse_duration(v) for v in cache_expiry)
+    cache = {"default_expiry": default, "max_expiry": maximum}
+    args = {"issuer": issuer, "api_url": api_url.rstrip("/"), "lifetime": lifetime, "cache": cache}
     return web.Application(
         [
             (prefix + ".well-known/openid-configuration", DiscoveryHandler, {"issuer": issuer}),
@@ -163,7 +191,7 @@ def make_app(prefix: str, issuer: Issuer, api_url: str, lifetime: int) -> web.Ap
 
 def write_cache_token(issuer: Issuer, path: Path, every: int) -> None:
     """The XCache's own read token; valid for three rewrites (a late one is harmless)."""
-    token, expires = issuer.token("xcache", 3 * every)
+    token, expires = issuer.token("xcache", 3 * every, READ_SCOPE)
     write_private(path, token + "\n")
     log.info("cache token in %s until %s", path, expires)
 
@@ -176,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lifetime", type=int, default=DEFAULT_LIFETIME, help="users' tokens (s)")
     ap.add_argument("--cache-token-file", type=Path, help="keep the XCache's token here")
     ap.add_argument("--cache-token-every", type=int, default=CACHE_TOKEN_EVERY)
+    ap.add_argument("--cache-default-expiry", default=CACHE_DEFAULT_EXPIRY, help="(7d)")
+    ap.add_argument("--cache-max-expiry", default=CACHE_MAX_EXPIRY, help="(30d)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     issuer = Issuer(args.issuer, args.audience, load_or_create_key(args.key_file))
@@ -184,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         issuer,
         os.environ["JUPYTERHUB_API_URL"],
         args.lifetime,
+        (args.cache_default_expiry, args.cache_max_expiry),
     )
     log.info("storage-token issuer %s on %s", issuer.url, os.environ["JUPYTERHUB_SERVICE_URL"])
     if args.cache_token_file:
