@@ -65,6 +65,7 @@ from dockerharness import (
     image_tag,
     screenshot,
 )
+from gridhub import cachepolicy
 from gridhub.embedded.users import dirac_user_name
 from headless_chromium import CHROMIUM, launch
 from playwright.sync_api import Error as PlaywrightError
@@ -936,9 +937,16 @@ def test_lake_reads_through_the_xcache(facility, lab):
     # token's subject), not as an anonymous unix login ("login as xrootd")
     origin_log = facility.compose("logs", "lake-origin").stdout
     assert "login as xcache" in origin_log, origin_log[-3000:]
-    # the hub's issuer: a read-only token that the origin accepts (its keys
-    # fetched through Traefik); without it the same read is refused
-    assert lake["scope"] == "storage.read:/"
+    # the hub's issuer: a token that reads the datasets and writes only the
+    # student's own (and its groups') analysis-cache areas, never the whole
+    # lake (gridhub.cachepolicy); the origin accepts it (its keys fetched
+    # through Traefik); without it the same read is refused
+    scopes = lake["scope"].split()
+    assert "storage.read:/protected" in scopes and "storage.read:/" not in scopes, scopes
+    own = cachepolicy.user_area(SEAT)
+    writes = {s.split(":", 1)[1] for s in scopes if not s.startswith("storage.read:")}
+    assert own in writes, scopes
+    assert all(w == own or w.startswith(f"{cachepolicy.CACHE_ROOT}/groups/") for w in writes)
     assert 0 < lake["expires_at"] - time.time() <= 3600
     refused = _origin_read(facility, None)
     assert "READ-OK" not in refused.stdout, refused
