@@ -221,7 +221,7 @@ def test_lab_requires_the_token(lab: Lab) -> None:
 def test_lab_fetches_nothing_from_the_web(lab: Lab) -> None:
     """No news feed (JupyterLab would ask every user to subscribe to it and then
     fetch it from jupyterlab.github.io) and no update check against PyPI
-    (images/notebook/jupyter_server_config.d/gridhub-offline.json)."""
+    (images/notebook/jupyter_server_config.json)."""
     page = httpx.get(f"{lab.url}/lab", headers={"Authorization": f"token {lab.token}"}, timeout=30)
     assert page.status_code == 200
     config = json.loads(
