@@ -938,15 +938,13 @@ def test_lake_reads_through_the_xcache(facility, lab):
     origin_log = facility.compose("logs", "lake-origin").stdout
     assert "login as xcache" in origin_log, origin_log[-3000:]
     # the hub's issuer: a token that reads the datasets and writes only the
-    # student's own (and its groups') analysis-cache areas, never the whole
-    # lake (gridhub.cachepolicy); the origin accepts it (its keys fetched
-    # through Traefik); without it the same read is refused
+    # student's own analysis-cache area (the class is no shared area), never
+    # the whole lake (gridhub.cachepolicy); the origin accepts it (its keys
+    # fetched through Traefik); without it the same read is refused
     scopes = lake["scope"].split()
     assert "storage.read:/protected" in scopes and "storage.read:/" not in scopes, scopes
-    own = cachepolicy.user_area(SEAT)
     writes = {s.split(":", 1)[1] for s in scopes if not s.startswith("storage.read:")}
-    assert own in writes, scopes
-    assert all(w == own or w.startswith(f"{cachepolicy.CACHE_ROOT}/groups/") for w in writes)
+    assert writes == {cachepolicy.user_area(SEAT)}, scopes
     assert 0 < lake["expires_at"] - time.time() <= 3600
     refused = _origin_read(facility, None)
     assert "READ-OK" not in refused.stdout, refused

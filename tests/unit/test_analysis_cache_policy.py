@@ -143,6 +143,8 @@ class TestTokenFromGroups(AsyncHTTPTestCase):
 
     USERS = {
         "t-alice": {"kind": "user", "name": "alice", "groups": ["cms", "../users/bob"]},
+        # a masterclass student: in the class (no shared area) and a real group
+        "t-eve": {"kind": "user", "name": "eve", "groups": ["class", "cms"]},
         "t-svc": {"kind": "service", "name": "gateway"},
     }
 
@@ -166,6 +168,7 @@ class TestTokenFromGroups(AsyncHTTPTestCase):
             f"http://127.0.0.1:{self.get_http_port()}/hub/api",
             600,
             ("2d", "10d"),
+            no_area_groups=["class"],
         )
         app.add_handlers(r".*", [(r"/hub/api/user", Identify)])
         return app
@@ -197,6 +200,14 @@ class TestTokenFromGroups(AsyncHTTPTestCase):
             "max_expiry": 10 * 86400,
             "areas": ["/cache/users/alice/objects", "/cache/groups/cms/objects"],
         }
+
+    def test_a_group_without_an_area_grants_nothing_in_it(self):
+        """The masterclass's class is every student: no shared area, or one
+        student could change or delete another's objects there."""
+        answer = json.loads(self._token("t-eve").body)
+        assert answer["cache"]["areas"] == ["/cache/users/eve/objects", "/cache/groups/cms/objects"]
+        assert "/cache/groups/class" not in answer["scope"], answer["scope"]
+        assert answer["scope"] == cachepolicy.scopes("eve", ["cms"])
 
     def test_services_and_strangers_get_none(self):
         assert self._token("t-svc").code == 403

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from gridhub.hub.homecopy import main
+from hub_build import offline_discovery
 from traitlets.config.loader import PyFileConfigLoader
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,16 +25,7 @@ IAM = {
 def glue_cmd(tmp_path, monkeypatch, env: dict[str, str]) -> list[str]:
     """DockerSpawner's command as the hub image's config makes it (IAM mode's
     discovery of the issuer answered here: no network in unit tests)."""
-    from gridhub.hub import auth
-
-    monkeypatch.setattr(
-        auth,
-        "discover",
-        lambda issuer: {
-            k: f"{issuer}/{k}"
-            for k in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint")
-        },
-    )
+    offline_discovery(monkeypatch)
     for key in [k for k in os.environ if k.startswith(("GRIDHUB_", "FACILITY_"))]:
         monkeypatch.delenv(key)
     for key, value in {

@@ -315,3 +315,18 @@ def test_hub_database_commits_do_not_wait_for_the_disk(tmp_path):
     finally:
         db.close()
     assert (mode, sync) == ("wal", 1)  # 1: NORMAL (2: FULL, the default)
+
+
+def test_the_class_is_no_shared_area_of_the_analysis_cache(tmp_path, monkeypatch):
+    """Masterclass: the storage-token issuer leaves the class group out of the
+    analysis cache's shared areas (every student is in it); IAM groups keep theirs."""
+
+    def storage_cmd(env: dict[str, str]) -> list[str]:
+        c = build({"GRIDHUB_LAKE_URL": "root://lake-cache:1094", **env}, tmp_path)
+        (service,) = [x for x in c.JupyterHub.services if x["name"] == "gridhub-storage"]
+        return service["command"]
+
+    assert "--no-area-group=class" in storage_cmd({})
+    iam = {"GRIDHUB_IAM_ISSUER": "https://iam.example.org", "GRIDHUB_IAM_CLIENT_ID": "gridhub"}
+    offline_discovery(monkeypatch)
+    assert not [a for a in storage_cmd(iam) if a.startswith("--no-area-group")]

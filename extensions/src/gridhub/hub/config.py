@@ -306,6 +306,10 @@ def _storage_service(s: Settings) -> dict:
         f"--cache-default-expiry={s.lake_cache_default_expiry}",  # tells notebooks the policy
         f"--cache-max-expiry={s.lake_cache_max_expiry}",
     ]
+    if s.mode == "masterclass":
+        # every student is in the class group: a shared writable area would let
+        # one student change or delete another's objects; each keeps its own
+        cmd.append(f"--no-area-group={CLASS_GROUP}")
     if os.environ.get("FACILITY_LAKE_TOKENS"):
         cmd.append(f"--cache-token-file={Path(os.environ['FACILITY_LAKE_TOKENS']) / 'cache-token'}")
     return {

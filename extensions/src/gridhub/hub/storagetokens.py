@@ -31,6 +31,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import jwt
@@ -110,12 +111,18 @@ class Issuer:
 
 class _Base(web.RequestHandler):
     def initialize(
-        self, issuer: Issuer, api_url: str = "", lifetime: int = 0, cache: dict | None = None
+        self,
+        issuer: Issuer,
+        api_url: str = "",
+        lifetime: int = 0,
+        cache: dict | None = None,
+        no_area_groups: frozenset[str] = frozenset(),
     ) -> None:
         self.issuer = issuer
         self.api_url = api_url
         self.lifetime = lifetime
         self.cache = cache or {}
+        self.no_area_groups = no_area_groups
 
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
@@ -150,7 +157,8 @@ class TokenHandler(_Base):
             raise web.HTTPError(403, "storage tokens are for users")
         # the hub's answer names the user and its groups (JupyterHub's identify
         # scopes give every token read:users:groups of its own user)
-        name, groups = who["name"], [str(g) for g in who.get("groups") or []]
+        name = who["name"]
+        groups = [str(g) for g in who.get("groups") or [] if g not in self.no_area_groups]
         scope = cachepolicy.scopes(name, groups)
         token, expires = self.issuer.token(name, self.lifetime, scope)
         log.info("storage token for %s (scope %s) until %s", name, scope, expires)
@@ -174,11 +182,20 @@ def make_app(
     api_url: str,
     lifetime: int,
     cache_expiry: tuple[str, str] = (CACHE_DEFAULT_EXPIRY, CACHE_MAX_EXPIRY),
+    no_area_groups: Iterable[str] = (),
 ) -> web.Application:
+    """`no_area_groups`: hub groups that are not a shared area of the analysis
+    cache (the masterclass's class: every student, strangers to each other)."""
     prefix = "/" + prefix.strip("/") + "/"
     default, maximum = (cachepolicy.parse_duration(v) for v in cache_expiry)
     cache = {"default_expiry": default, "max_expiry": maximum}
-    args = {"issuer": issuer, "api_url": api_url.rstrip("/"), "lifetime": lifetime, "cache": cache}
+    args = {
+        "issuer": issuer,
+        "api_url": api_url.rstrip("/"),
+        "lifetime": lifetime,
+        "cache": cache,
+        "no_area_groups": frozenset(no_area_groups),
+    }
     return web.Application(
         [
             (prefix + ".well-known/openid-configuration", DiscoveryHandler, {"issuer": issuer}),
@@ -206,6 +223,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-token-every", type=int, default=CACHE_TOKEN_EVERY)
     ap.add_argument("--cache-default-expiry", default=CACHE_DEFAULT_EXPIRY, help="(7d)")
     ap.add_argument("--cache-max-expiry", default=CACHE_MAX_EXPIRY, help="(30d)")
+    ap.add_argument(
+        "--no-area-group",
+        action="append",
+        default=[],
+        help="a hub group that gets no shared analysis-cache area (repeatable)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s %(name)s] %(message)s")
     issuer = Issuer(args.issuer, args.audience, load_or_create_key(args.key_file))
@@ -215,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["JUPYTERHUB_API_URL"],
         args.lifetime,
         (args.cache_default_expiry, args.cache_max_expiry),
+        args.no_area_group,
     )
     log.info("storage-token issuer %s on %s", issuer.url, os.environ["JUPYTERHUB_SERVICE_URL"])
     if args.cache_token_file:
