@@ -23,9 +23,9 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-import gridhub_init_module
 import pytest
 from gateway_fixtures import Facility
+from gridhub import init as gridhub_init
 from hub_fixtures import REPO, Hub
 from processes import VENV_BIN, Traefik, facility_tls, free_port, wait_for
 
@@ -126,7 +126,7 @@ class Stack(Facility):
         self.dynamic_dir = self.work / "traefik" / "dynamic"
         self.dynamic_dir.mkdir(parents=True, exist_ok=True)
         # what gridhub-init writes next to the hub's rules.toml
-        (self.dynamic_dir / "headers.yml").write_text(gridhub_init_module.load().HEADERS_YML)
+        (self.dynamic_dir / "headers.yml").write_text(gridhub_init.HEADERS_YML)
         (self.dynamic_dir / "tls.yml").write_text(
             "tls:\n  stores:\n    default:\n      defaultCertificate:\n"
             f"        certFile: {self.cert}\n        keyFile: {self.key}\n"

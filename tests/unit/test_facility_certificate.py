@@ -1,4 +1,4 @@
-"""The self-signed facility certificate (images/hub/shared/gridhub_init.py):
+"""The self-signed facility certificate (gridhub.init):
 notebooks and workers trust it, so it must vouch for the facility's names
 only, and its key must not be able to vouch for any other host (issue 15)."""
 
@@ -15,12 +15,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from gridhub import init as gridhub_init
 
 NAMES = ["gridhub.example.org", "localhost", "127.0.0.1", "gridhub-tunnel"]
 
 
 @pytest.fixture(scope="module")
-def facility(tmp_path_factory, gridhub_init):
+def facility(tmp_path_factory):
     tls = tmp_path_factory.mktemp("tls")
     gridhub_init._self_signed(tls, NAMES)
     return tls / "facility.crt", tls / "facility.key"
@@ -109,7 +110,7 @@ def test_its_key_cannot_vouch_for_any_host(facility, tmp_path, host):
         handshake(fcrt, fkey, crt, host)
 
 
-def test_a_ca_made_by_an_older_gridhub_init_is_replaced_by_a_leaf(tmp_path, gridhub_init):
+def test_a_ca_made_by_an_older_gridhub_init_is_replaced_by_a_leaf(tmp_path):
     init = gridhub_init
     crt, key = tmp_path / "facility.crt", tmp_path / "facility.key"
     init._self_signed(tmp_path, NAMES)

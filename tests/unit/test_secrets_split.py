@@ -3,6 +3,7 @@ lives in the shared directory; an older shared volume gives the hub's own back."
 
 from __future__ import annotations
 
+from gridhub import init as gridhub_init
 from gridhub.hub import secrets
 
 
@@ -23,9 +24,7 @@ def test_without_a_shared_directory_everything_stays_in_the_state(tmp_path, monk
     assert (tmp_path / "secrets" / "gateway_api_token").exists()
 
 
-def test_an_old_shared_volume_gives_the_hub_its_secrets_back(
-    tmp_path, monkeypatch, gridhub_init
-) -> None:
+def test_an_old_shared_volume_gives_the_hub_its_secrets_back(tmp_path, monkeypatch) -> None:
     state, shared = tmp_path / "state", tmp_path / "shared"
     shared.mkdir()
     (shared / "cookie_secret").write_text("old-cookie\n")

@@ -1,4 +1,5 @@
-"""Container start-up helpers shared by the hub and gateway images.
+"""The compose facility's start-up, as two console scripts of the package
+(in every service image that installs the gridhub wheel):
 
     gridhub-init          generate (once) what the facility's containers share,
                           then exit; run by the hub's entrypoint (the others wait for it)
@@ -66,6 +67,7 @@ def _self_signed(tls: Path, names: list[str]) -> None:
     """facility.crt/.key for `names` (first is the CN), once."""
     crt, key_path = tls / "facility.crt", tls / "facility.key"
     from cryptography import x509
+
     from gridhub.certificates import ORGANIZATION, self_signed
 
     if crt.exists() and key_path.exists():
@@ -204,11 +206,15 @@ def _drop_root() -> None:
 
 
 def main() -> int:
+    """gridhub-init"""
     _drop_root()
-    prog = Path(sys.argv[0]).name
-    if prog == "gridhub-access-code" or sys.argv[1:2] == ["access-code"]:
-        return access_code(sys.argv[1:])
     return init()
+
+
+def access_code_main() -> int:
+    """gridhub-access-code [--teacher]"""
+    _drop_root()
+    return access_code(sys.argv[1:])
 
 
 if __name__ == "__main__":
