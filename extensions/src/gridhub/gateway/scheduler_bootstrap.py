@@ -120,6 +120,10 @@ def apply_env(env: dict[str, str]) -> None:
 def run(module: str, args: list[str]) -> None:
     """The scheduler in this process, as ``python -m module args`` runs it."""
     sys.argv = [module, *args]
+    # warm() imported it as a module; ``python -m`` runs a fresh copy as
+    # __main__ (runpy warns when it finds the imported one), its imports
+    # already done
+    sys.modules.pop(module, None)
     runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
