@@ -310,3 +310,24 @@ async def test_stop_pool_removes_warm_containers_only() -> None:
     await b.containers.stop_pool()
     assert [c.name for c in fake.all] == ["proj-scheduler-c0ffee"]
     assert b.containers._pool == [] and b.containers._refill.done()
+
+
+async def test_a_failed_pool_start_is_cleaned_up_and_retried() -> None:
+    import docker.errors
+
+    b, fake = make_backend(pool_size=1)
+    run, calls = fake.run, []
+
+    def flaky(*args, **kwargs):
+        calls.append(kwargs["name"])
+        if len(calls) == 1:  # created, then Docker failed to start it
+            fake.add(kwargs["name"], kwargs["labels"])
+            raise docker.errors.APIError("start failed")
+        return run(*args, **kwargs)
+
+    fake.run = flaky
+    await b.containers.start_pool()
+    await settle(b, 1)
+    assert len(calls) == 2 and fake.removed == [calls[0]]
+    assert [c.name for c in fake.all] == [calls[1]]
+    await b.containers.stop_pool()

@@ -277,9 +277,8 @@ class SchedulerContainers(LoggingConfigurable):
                     asyncio.to_thread(self._create_warm, name, host)
                 )
                 try:
+                    # shielded: a gateway going down waits for it (stop_pool)
                     self._pool.append(await asyncio.shield(self._creating))
-                except asyncio.CancelledError:
-                    raise
                 except Exception as exc:
                     self.log.error(
                         "Warm scheduler %s did not start (%s); again in %.0f s",
@@ -287,7 +286,10 @@ class SchedulerContainers(LoggingConfigurable):
                         exc,
                         self.pool_retry_delay,
                     )
-                    await self.remove(name)
+                    try:
+                        await self.remove(name)
+                    except Exception as exc2:  # Docker away: a later start removes it
+                        self.log.error("Could not remove %s: %s", name, exc2)
                     await asyncio.sleep(self.pool_retry_delay)
                 finally:
                     self._creating = None
