@@ -25,6 +25,11 @@ class FakeContainer:
     def __init__(self, docker: FakeDocker, cid: str, name: str, kwargs: dict) -> None:
         self.docker, self.id, self.name, self.kwargs = docker, cid, name, kwargs
         self.status = "running"
+        # the networks it is on, each with its aliases
+        self.networks: dict[str, list[str]] = {}
+
+    def start(self) -> None:
+        self.status = "running"
 
     def rename(self, name: str) -> None:
         if any(c.name == name for c in self.docker.alive()):
@@ -68,6 +73,18 @@ class FakeDocker:
             create_endpoint_config=lambda aliases: {"Aliases": aliases},
             attach_socket=self.attach_socket,
         )
+        self.networks = SimpleNamespace(get=self.network)
+
+    def network(self, net: str) -> SimpleNamespace:
+        def connect(cid: str, aliases: list[str]) -> None:
+            ctr = self.get(cid)
+            assert net not in ctr.networks
+            ctr.networks[net] = aliases
+
+        def disconnect(cid: str) -> None:
+            del self.get(cid).networks[net]
+
+        return SimpleNamespace(connect=connect, disconnect=disconnect)
 
     def alive(self) -> list[FakeContainer]:
         return list(self.all)
@@ -78,10 +95,19 @@ class FakeDocker:
         return ctr
 
     # docker-py's containers collection
-    def run(self, *args, **kwargs) -> FakeContainer:
+    def create(self, *args, **kwargs) -> FakeContainer:
         self.runs.append((args, kwargs))
         ctr = self.add(kwargs["name"], kwargs["labels"])
         ctr.kwargs = kwargs
+        ctr.status = "created"
+        ctr.networks = {
+            kwargs["network"]: kwargs["networking_config"][kwargs["network"]]["Aliases"]
+        }
+        return ctr
+
+    def run(self, *args, **kwargs) -> FakeContainer:  # create + start (the code before the pool)
+        ctr = self.create(*args, **kwargs)
+        ctr.start()
         return ctr
 
     def get(self, name_or_id: str) -> FakeContainer:
@@ -169,18 +195,18 @@ def test_scheduler_gets_only_its_own_cluster_credentials(backend) -> None:
 
 def test_scheduler_listens_on_its_container_name(backend) -> None:
     b, _ = backend
-    for host in ("scheduler-c0ffee", "scheduler-pool-0123abcd"):
-        cmd = b.get_scheduler_command(cluster(), None if host.endswith("c0ffee") else host)
-        assert cmd[cmd.index("--host") + 1] == host
-        assert cmd[cmd.index("--dashboard-address") + 1] == f"{host}:8787"
-        assert cmd[cmd.index("--dg-api-address") + 1] == f"{host}:8788"
-        assert cmd[cmd.index("--port") + 1] == "8786"
+    cmd = b.get_scheduler_command(cluster())
+    host = "scheduler-c0ffee"
+    assert cmd[cmd.index("--host") + 1] == host
+    assert cmd[cmd.index("--dashboard-address") + 1] == f"{host}:8787"
+    assert cmd[cmd.index("--dg-api-address") + 1] == f"{host}:8788"
+    assert cmd[cmd.index("--port") + 1] == "8786"
 
 
 async def test_container_is_confined(backend) -> None:
     b, fake = backend
     states = await start(b)
-    assert states[-1] == {"container": "proj-scheduler-c0ffee", "host": "scheduler-c0ffee"}
+    assert states[-1] == {"container": "proj-scheduler-c0ffee"}
     ((args, kw),) = fake.runs
     assert args[0] == "gridhub/notebook:1"
     assert args[1] == ["python", "-m", "gridhub.gateway.scheduler_bootstrap"]
@@ -207,6 +233,7 @@ async def test_credentials_only_on_stdin_never_in_the_container_config(backend) 
     for secret in SECRETS:
         assert secret not in shown, secret
     (ctr,) = fake.all
+    assert ctr.status == "running" and ctr.networks == {"proj_schedulers": ["scheduler-c0ffee"]}
     module, argv, env = fake.job_of(ctr.id)
     assert module == "distributed.cli.dask_scheduler"
     assert argv[argv.index("--host") + 1] == "scheduler-c0ffee"
@@ -235,9 +262,9 @@ async def test_pool_fills_after_removing_an_earlier_gateways_pool() -> None:
     assert len(warm) == 2 and not fake.stdin  # started, but no job (no credential) yet
     for ctr in warm:
         kw = ctr.kwargs
-        host = kw["hostname"]
-        assert host.startswith("scheduler-pool-") and ctr.name.endswith(host[10:])
-        assert kw["networking_config"] == {"proj_schedulers": {"Aliases": [host]}}
+        # running on no network: nothing reaches it, it reaches nothing
+        assert ctr.status == "running" and ctr.networks == {}
+        assert kw["hostname"] is None and kw["network"] == "proj_schedulers"
         assert kw["read_only"] and kw["cap_drop"] == ["ALL"] and kw["user"] == "65534:65534"
         assert kw["labels"]["org.gridhub.scheduler-of"] == "proj-scheduler-"
     await b.containers.stop_pool()
@@ -249,12 +276,14 @@ async def test_a_cluster_takes_the_oldest_warm_container_and_the_pool_refills() 
     await settle(b, 2)
     oldest = b.containers._pool[0]
     states = await start(b)
-    # its alias from the pool, its name the cluster's (the state, stop, checks)
-    assert states[-1] == {"container": "proj-scheduler-c0ffee", "host": oldest.host}
+    # the cluster's name (the state, stop, checks) and, only now, the network
+    # with the cluster's alias: the address is the one it always was
+    assert states[-1] == {"container": "proj-scheduler-c0ffee"}
     assert fake.renames == [(oldest.name, "proj-scheduler-c0ffee")]
+    assert fake.get(oldest.id).networks == {"proj_schedulers": ["scheduler-c0ffee"]}
     _, argv, env = fake.job_of(oldest.id)
-    assert argv[argv.index("--host") + 1] == oldest.host
-    assert argv[argv.index("--dashboard-address") + 1] == f"{oldest.host}:8787"
+    assert argv[argv.index("--host") + 1] == "scheduler-c0ffee"
+    assert argv[argv.index("--dashboard-address") + 1] == "scheduler-c0ffee:8787"
     assert env["DASK_GATEWAY_CLUSTER_NAME"] == "c0ffee"
     await settle(b, 2)
     assert len(fake.runs) == 3 and oldest not in b.containers._pool
@@ -272,15 +301,15 @@ async def test_one_container_per_cluster_then_a_cold_start() -> None:
     b, fake = make_backend(pool_size=1)
     b.containers.pool_retry_delay = 3600
     # a pool that cannot refill (say the image went missing)
-    name, host = b.containers.pool_name()
+    name = b.containers.pool_name()
     ctr = fake.add(name, {})
     from gridhub.gateway.containers import Warm
 
-    b.containers._pool.append(Warm(id=ctr.id, name=name, host=host))
-    first = await start(b, cluster("aaaa"))
-    second = await start(b, cluster("bbbb"))
-    assert first[-1]["host"] == host
-    assert second[-1] == {"container": "proj-scheduler-bbbb", "host": "scheduler-bbbb"}
+    b.containers._pool.append(Warm(id=ctr.id, name=name))
+    await start(b, cluster("aaaa"))
+    await start(b, cluster("bbbb"))
+    assert fake.get(ctr.id).name == "proj-scheduler-aaaa"
+    assert [kw["name"] for _, kw in fake.runs] == ["proj-scheduler-bbbb"]
     # each container got exactly one job: never another cluster's secrets
     assert {cid: len(jobs) for cid, jobs in fake.stdin.items()} == {ctr.id: 1, "id1": 1}
     assert fake.job_of(ctr.id)[2]["DASK_GATEWAY_CLUSTER_NAME"] == "aaaa"
@@ -292,12 +321,12 @@ async def test_a_dead_warm_container_is_removed_not_used() -> None:
     b.containers.pool_retry_delay = 3600
     from gridhub.gateway.containers import Warm
 
-    name, host = b.containers.pool_name()
+    name = b.containers.pool_name()
     dead = fake.add(name, {})
     dead.status = "exited"  # e.g. killed by the OOM killer while it waited
-    b.containers._pool.append(Warm(id=dead.id, name=name, host=host))
-    states = await start(b)
-    assert states[-1]["host"] == "scheduler-c0ffee"  # the cold path
+    b.containers._pool.append(Warm(id=dead.id, name=name))
+    await start(b)
+    assert [kw["name"] for _, kw in fake.runs] == ["proj-scheduler-c0ffee"]  # the cold path
     assert name in fake.removed and dead.id not in fake.stdin
 
 
@@ -316,16 +345,16 @@ async def test_a_failed_pool_start_is_cleaned_up_and_retried() -> None:
     import docker.errors
 
     b, fake = make_backend(pool_size=1)
-    run, calls = fake.run, []
+    create, calls = fake.create, []
 
     def flaky(*args, **kwargs):
         calls.append(kwargs["name"])
         if len(calls) == 1:  # created, then Docker failed to start it
             fake.add(kwargs["name"], kwargs["labels"])
             raise docker.errors.APIError("start failed")
-        return run(*args, **kwargs)
+        return create(*args, **kwargs)
 
-    fake.run = flaky
+    fake.create = flaky
     await b.containers.start_pool()
     await settle(b, 1)
     assert len(calls) == 2 and fake.removed == [calls[0]]

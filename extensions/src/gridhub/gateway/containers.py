@@ -26,7 +26,7 @@ import asyncio
 import json
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,17 +42,17 @@ DASHBOARD_PORT = 8787
 API_PORT = 8788
 # the container's own tmpfs: its only writable place (the root is read-only)
 TMP = "/tmp"  # noqa: S108
-# what a pool container's name and host name say after the deployment's prefix
+# what a pool container's name says after the deployment's prefix
 POOL_WORD = "pool-"
 
 
 @dataclass(frozen=True)
 class Warm:
-    """A started scheduler container waiting for its one job (no credential yet)."""
+    """A started scheduler container waiting for its one job: no credential
+    and no network yet."""
 
     id: str
     name: str
-    host: str
 
 
 class SchedulerContainers(LoggingConfigurable):
@@ -150,20 +150,18 @@ class SchedulerContainers(LoggingConfigurable):
     # ------------------------------------------------------------------
     # starting one cluster's scheduler
 
-    async def start(
-        self, cluster_name: str, command: Callable[[str], list[str]], env: dict[str, str]
-    ) -> str:
-        """Run the cluster's scheduler: ``command(host)`` with ``env``, in a warm
-        container when the pool has one, else in one started now. Returns the
-        host name it listens on (the container's network alias)."""
+    async def start(self, cluster_name: str, command: list[str], env: dict[str, str]) -> None:
+        """Run the cluster's scheduler (``command`` with ``env``) in a warm
+        container when the pool has one, else in one started now; either way
+        named for the cluster, with the alias ``host(cluster_name)``."""
         self._check_configured()
-        name = self.name(cluster_name)
+        name, host = self.name(cluster_name), self.host(cluster_name)
         while self._pool:
             # the oldest first: the gateway's choice alone, nothing of the user's
             warm = self._pool.pop(0)
             self._wake.set()
             try:
-                await asyncio.to_thread(self._take, warm, name, command(warm.host), env)
+                await asyncio.to_thread(self._take, warm, name, host, command, env)
             except Exception as exc:
                 # gone (killed, out of memory) or Docker refused: never
                 # reused, whatever it got; the next one or a cold start
@@ -171,26 +169,32 @@ class SchedulerContainers(LoggingConfigurable):
                 await self.remove(warm.id)
                 continue
             self.log.info("Cluster %s: scheduler in warm container %s", cluster_name, name)
-            return warm.host
-        host = self.host(cluster_name)
-        await asyncio.to_thread(self._cold, name, host, command(host), env)
+            return
+        await asyncio.to_thread(self._cold, name, host, command, env)
         self.log.info("Cluster %s: scheduler in new container %s", cluster_name, name)
-        return host
 
-    def _take(self, warm: Warm, name: str, command: list[str], env: dict[str, str]) -> None:
-        ctr = self._docker().containers.get(warm.id)
+    def _take(
+        self, warm: Warm, name: str, host: str, command: list[str], env: dict[str, str]
+    ) -> None:
+        client = self._docker()
+        ctr = client.containers.get(warm.id)
         if ctr.status != "running":
             raise RuntimeError(f"container is {ctr.status}")
         self._remove_stale(name)
         # the cluster's name before its credentials: a container holding them
         # is always found by that name (the cluster's state), never as a pool one
         ctr.rename(name)
+        # on the network only now, under the cluster's alias: the address is
+        # the one a container started for the cluster has (Traefik, the
+        # gateway and the scrape relay dial what the scheduler reports)
+        client.networks.get(self.network).connect(ctr.id, aliases=[host])
         self._send_job(warm.id, command, env)
 
     def _cold(self, name: str, host: str, command: list[str], env: dict[str, str]) -> None:
         self._remove_stale(name)
         ctr = self._create(name, host)
         try:
+            ctr.start()
             self._send_job(ctr.id, command, env)
         except Exception:
             self._remove(ctr.id)
@@ -201,9 +205,11 @@ class SchedulerContainers(LoggingConfigurable):
         # state was saved: it belongs to this cluster, start afresh
         self._remove(name)
 
-    def _create(self, name: str, host: str) -> Any:
+    def _create(self, name: str, host: str | None) -> Any:
+        """Create (not start) a scheduler container on the schedulers' network,
+        with the alias ``host``."""
         client = self._docker()
-        return client.containers.run(
+        return client.containers.create(
             self.image,
             list(self.bootstrap_cmd),
             name=name,
@@ -224,9 +230,10 @@ class SchedulerContainers(LoggingConfigurable):
             healthcheck={"test": ["NONE"]},
             mem_limit=self.mem_limit,
             network=self.network,
-            networking_config={self.network: client.api.create_endpoint_config(aliases=[host])},
+            networking_config={
+                self.network: client.api.create_endpoint_config(aliases=[host] if host else [])
+            },
             labels={**self.labels, self.LABEL: self.name_prefix},
-            detach=True,
         )
 
     def _send_job(self, container_id: str, command: list[str], env: dict[str, str]) -> None:
@@ -245,11 +252,10 @@ class SchedulerContainers(LoggingConfigurable):
     # ------------------------------------------------------------------
     # the pool
 
-    def pool_name(self) -> tuple[str, str]:
-        """A new pool container's name and host name (alias): random, so that
-        nothing about it can be guessed or chosen before it is handed out."""
-        token = secrets.token_hex(8)
-        return f"{self.name_prefix}{POOL_WORD}{token}", f"scheduler-{POOL_WORD}{token}"
+    def pool_name(self) -> str:
+        """A new pool container's name: random, so that nothing about it can
+        be guessed or chosen before it is handed out."""
+        return f"{self.name_prefix}{POOL_WORD}{secrets.token_hex(8)}"
 
     def _is_pool_name(self, name: str) -> bool:
         return name.startswith(f"{self.name_prefix}{POOL_WORD}")
@@ -272,10 +278,8 @@ class SchedulerContainers(LoggingConfigurable):
             await self._wake.wait()
             self._wake.clear()
             while len(self._pool) < self.pool_size and not self._closing:
-                name, host = self.pool_name()
-                self._creating = asyncio.ensure_future(
-                    asyncio.to_thread(self._create_warm, name, host)
-                )
+                name = self.pool_name()
+                self._creating = asyncio.ensure_future(asyncio.to_thread(self._create_warm, name))
                 try:
                     # shielded: a gateway going down waits for it (stop_pool)
                     self._pool.append(await asyncio.shield(self._creating))
@@ -294,10 +298,15 @@ class SchedulerContainers(LoggingConfigurable):
                 finally:
                     self._creating = None
 
-    def _create_warm(self, name: str, host: str) -> Warm:
-        ctr = self._create(name, host)
+    def _create_warm(self, name: str) -> Warm:
+        ctr = self._create(name, None)
+        # started on no network: while it waits it reaches nothing and nothing
+        # reaches it, and its network interface (and alias) come with its
+        # cluster (_take)
+        self._docker().networks.get(self.network).disconnect(ctr.id)
+        ctr.start()
         self.log.info("Warm scheduler %s started", name)
-        return Warm(id=ctr.id, name=name, host=host)
+        return Warm(id=ctr.id, name=name)
 
     def _remove_pool_leftovers(self) -> None:
         found = self._docker().containers.list(
@@ -371,12 +380,11 @@ class DockerDiracBackend(DiracBackend):
         await self.containers.stop_pool()
         await super().cleanup()
 
-    def get_scheduler_command(self, cluster: Cluster, host: str | None = None) -> list[str]:
+    def get_scheduler_command(self, cluster: Cluster) -> list[str]:
         cmd = DiracBackend.get_scheduler_command(self, cluster)
-        # its container's host name (a warm container's is its own, given when
-        # it was started): the address it reports, and Traefik and the gateway
-        # dial, is one they resolve on the schedulers' network
-        host = host or self.containers.host(cluster.name)
+        host = self.containers.host(cluster.name)
+        # its own host name: the address it reports (and Traefik and the
+        # gateway dial) is one they resolve on the schedulers' network
         for flag, value in (
             ("--host", host),
             ("--port", str(SCHEDULER_PORT)),
@@ -416,12 +424,10 @@ class DockerDiracBackend(DiracBackend):
         # and a restarted gateway find it by the state
         name = self.containers.name(cluster.name)
         yield {"container": name}
-        host = await self.containers.start(
-            cluster.name,
-            lambda host: self.get_scheduler_command(cluster, host),
-            self.get_scheduler_env(cluster),
+        await self.containers.start(
+            cluster.name, self.get_scheduler_command(cluster), self.get_scheduler_env(cluster)
         )
-        yield {"container": name, "host": host}
+        yield {"container": name}
 
     async def stop_scheduler(self, cluster: Cluster) -> None:
         name = cluster.state.get("container")
