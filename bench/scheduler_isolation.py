@@ -14,7 +14,9 @@ recreates only the gateway, from bench/process-schedulers.Dockerfile: the
 gateway image with the notebook environment for its schedulers, as it was
 then), `--rounds` times each, so both see the same machine and start the
 same scheduler (dashboard, preload, imports). Goal (issue 15): the isolation
-costs at most 1.5 s at p50.
+costs at most 1.5 s at p50. As shipped, the gateway keeps warm scheduler
+containers (GRIDHUB_GATEWAY_SCHEDULER_POOL, default 1); `--pool N` sets it
+(0: each cluster's container started when it is created).
 Prints a table; writes bench/results/scheduler_isolation-<time>.json.
 """
 
@@ -78,6 +80,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5, help="clusters per round")
     ap.add_argument("--rounds", type=int, default=2, help="rounds per layout")
+    ap.add_argument(
+        "--pool", type=int, default=None, help="warm scheduler containers (default: as shipped)"
+    )
     args = ap.parse_args()
     tags = {name: build_image(name, image_tag(name)) for name in IMAGES}
     docker(
@@ -95,6 +100,8 @@ def main() -> None:
     )
     f = Facility(Path(tempfile.mkdtemp(prefix="gridhub-bench-")), tags)
     f.env["BENCH_PROCESS_GATEWAY_IMAGE"] = PROCESS_GATEWAY
+    if args.pool is not None:
+        f.env["GRIDHUB_GATEWAY_SCHEDULER_POOL"] = str(args.pool)
     times: dict[str, list[dict]] = {"containers": [], "processes": []}
     load = [common.loadavg()]
     try:
@@ -122,7 +129,15 @@ def main() -> None:
     finally:
         f.teardown()
 
-    rows, result = [], {"runs": args.runs, "rounds": args.rounds, "load": load, "times": times}
+    pool = "shipped default" if args.pool is None else args.pool
+    rows = []
+    result = {
+        "runs": args.runs,
+        "rounds": args.rounds,
+        "scheduler_pool": pool,
+        "load": load,
+        "times": times,
+    }
     for key in ("created", "first_worker"):
         p50 = {k: statistics.median(x[key] for x in v) for k, v in times.items()}
         s = {k: common.summary(x[key] for x in v) for k, v in times.items()}

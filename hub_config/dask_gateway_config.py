@@ -77,6 +77,8 @@ if os.environ.get("FACILITY_SCHEDULER_NETWORK"):
         "FACILITY_SCHEDULER_IMAGE", "gridhub/notebook:latest"
     )
     c.SchedulerContainers.name_prefix = f"{project}-scheduler-"
+    # started ahead: a new cluster's scheduler skips docker start and its imports
+    c.SchedulerContainers.pool_size = s.gateway_scheduler_pool
     # compose's own labels: `docker compose down --remove-orphans` removes them too
     c.SchedulerContainers.labels = {
         "com.docker.compose.project": project,

@@ -340,6 +340,13 @@ class Settings(BaseModel):
     gateway_idle_timeout: float = Field(
         1800.0, ge=0, description="Stop a Dask cluster idle for this many seconds (0: never)."
     )
+    gateway_scheduler_pool: int = Field(
+        1,
+        ge=0,
+        description="Scheduler containers the gateway keeps started ahead (imports done, no"
+        " credential yet), each used for one new cluster and replaced in the background: a"
+        " cluster's scheduler is up seconds sooner. 0: started when a cluster is created.",
+    )
     gateway_stop_clusters_with_server: bool = Field(
         True,
         description="When a user's server stops (stopped, culled or dead), the hub stops"
