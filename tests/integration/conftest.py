@@ -31,6 +31,7 @@ signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import pytest  # noqa: E402
 from gateway_fixtures import dirac_facility, held_facility  # noqa: E402, F401 - shared fixtures
+from lake_fixtures import lake_dir  # noqa: E402, F401 - shared fixture
 
 
 @pytest.fixture(scope="session")

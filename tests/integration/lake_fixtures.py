@@ -30,14 +30,17 @@ import json
 import shutil
 import ssl
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from processes import Process, facility_tls, free_port, wait_for
 
@@ -45,6 +48,16 @@ AUDIENCE = "https://gridhub.test/datalake"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 #: xrootd refuses to run as root; Debian's xrootd-server creates this user
 RUN_AS = "xrootd"
+
+
+@pytest.fixture(scope="module")
+def lake_dir() -> Iterator[Path]:
+    """A folder for a module's xrootd servers, outside pytest's root-only tmp:
+    the xrootd user (RUN_AS) must reach it."""
+    path = Path(tempfile.mkdtemp(prefix="gridhub-lake-"))
+    shutil.chown(path, RUN_AS, RUN_AS)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class TokenIssuer:

@@ -56,15 +56,6 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def lake_dir():
-    """Outside pytest's root-only tmp: the xrootd user must reach it."""
-    path = Path(tempfile.mkdtemp(prefix="gridhub-cache-"))
-    shutil.chown(path, RUN_AS, RUN_AS)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def export(lake_dir) -> Path:
     """The origin's tree: a dataset, and /cache/{users,groups} that xrootd writes."""
     root = lake_dir / "export"

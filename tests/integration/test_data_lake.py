@@ -67,15 +67,6 @@ def lake_samples(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lake_dir():
-    """Outside pytest's root-only tmp: the xrootd user must reach it."""
-    path = Path(tempfile.mkdtemp(prefix="gridhub-lake-"))
-    shutil.chown(path, RUN_AS, RUN_AS)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def export(lake_samples, lake_dir) -> Path:
     root = lake_dir / "export"
     for area in ("protected", "public", "other"):
