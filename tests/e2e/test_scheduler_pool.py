@@ -16,6 +16,7 @@ import asyncio
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,14 @@ def scheduler_command(host: str) -> list[str]:
     ]
 
 
-async def test_warm_scheduler_container_runs_its_one_cluster(notebook_image, network) -> None:
+def test_warm_scheduler_container_runs_its_one_cluster(notebook_image, network) -> None:
+    # in a thread of its own: the e2e session's Playwright (sync API) keeps an
+    # event loop running in this one, where asyncio.run is refused
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, _warm_scheduler_container(notebook_image, network)).result()
+
+
+async def _warm_scheduler_container(notebook_image: str, network: str) -> None:
     from gridhub.gateway.containers import SchedulerContainers
 
     prefix = f"{network}-scheduler-"
