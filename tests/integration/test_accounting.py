@@ -108,7 +108,14 @@ def check_accounting(facility, gateway) -> None:
         assert r.status_code == 200, r.text
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         assert sample(r.text, "gridhub_gateway_clusters", user=USER, state="RUNNING") == 1
-        assert sample(r.text, "gridhub_gateway_workers", user=USER, state="RUNNING") == 2
+
+        # the gateway learns that a worker runs from the scheduler's next
+        # heartbeat, which may come after the client saw the worker join
+        def two_running():
+            r = metrics(facility)
+            return sample(r.text, "gridhub_gateway_workers", user=USER, state="RUNNING") == 2 and r
+
+        r = wait_for(two_running, 60, "2 RUNNING workers in the gateway's metrics", facility.logs)
         running_here = sample(r.text, "gridhub_gateway_worker_jobs", status="Running", site=SITE)
         assert running_here >= 2, r.text
         assert sample(r.text, "gridhub_gateway_dirac_up") == 1
@@ -125,11 +132,13 @@ def check_accounting(facility, gateway) -> None:
         lambda: (
             (d := fetch_usage(gateway))
             and len(d["jobs"]) == len(jobs)
-            and all(r["cpu_s"] is not None for r in d["jobs"])
+            # what each used and how it ended: the record is final (a read
+            # before its exit status came could differ from the next one)
+            and all(r["cpu_s"] is not None and r["exit_status"] is not None for r in d["jobs"])
             and d
         ),
         30,
-        "the site recorded what each job used",
+        "the site recorded what each job used and how it ended",
         facility.logs,
         interval=0.5,
         retry=(),
