@@ -334,3 +334,17 @@ class HubIssuer:
 
     def stop(self) -> None:
         self._held["loop"].add_callback(self._held["loop"].stop)
+
+
+def start_origin(lake_dir: Path, export: Path, issuer: Any, **kw: Any) -> XRootDServer:
+    """An XRootD server of ``export`` in a folder of its own under ``lake_dir``,
+    started (its log printed when it does not start)."""
+    work = Path(tempfile.mkdtemp(prefix="xrootd-", dir=lake_dir))
+    server = XRootDServer(work, export, issuer, **kw)
+    try:
+        server.start()
+    except Exception:
+        print(server.log())
+        server.stop()
+        raise
+    return server

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from gridhub import cachepolicy
-from lake_fixtures import RUN_AS, HubIssuer, XRootDServer
+from lake_fixtures import RUN_AS, HubIssuer, XRootDServer, start_origin
 
 PROMPT = 30.0
 #: the lake image runs the cleaner with Debian's python3 (no gridhub dependencies)
@@ -77,14 +77,7 @@ def issuer(lake_dir):
 
 @pytest.fixture(scope="module")
 def origin(lake_dir, export, issuer):
-    work = Path(tempfile.mkdtemp(prefix="xrootd-", dir=lake_dir))
-    server = XRootDServer(work, export, issuer)
-    try:
-        server.start()
-    except Exception:
-        print(server.log())
-        server.stop()
-        raise
+    server = start_origin(lake_dir, export, issuer)
     yield server
     server.stop()
 

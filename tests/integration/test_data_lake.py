@@ -15,14 +15,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 import uproot
-from lake_fixtures import RUN_AS, TokenIssuer, XRootDServer
+from lake_fixtures import RUN_AS, TokenIssuer, XRootDServer, start_origin
 from processes import facility_tls
 
 SAMPLE = "nano_tt_v12.root"
@@ -90,21 +89,9 @@ def issuer():
     server.stop()
 
 
-def _origin(lake_dir, export, issuer, **kw):
-    work = Path(tempfile.mkdtemp(prefix="xrootd-", dir=lake_dir))
-    server = XRootDServer(work, export, issuer, **kw)
-    try:
-        server.start()
-    except Exception:
-        print(server.log())
-        server.stop()
-        raise
-    return server
-
-
 @pytest.fixture(scope="module")
 def origin(lake_dir, export, issuer):
-    server = _origin(lake_dir, export, issuer)
+    server = start_origin(lake_dir, export, issuer)
     yield server
     server.stop()
 
@@ -269,7 +256,7 @@ def test_https_with_token(origin, issuer, lake_samples):
 def xcache(lake_dir, export, issuer, origin):
     """An XCache in front of ``origin``; it reads as ``xcache`` with a read-only token."""
     token = issuer.token("storage.read:/", sub="xcache", lifetime=3600)
-    server = _origin(lake_dir, export, issuer, origin=origin, origin_token=token)
+    server = start_origin(lake_dir, export, issuer, origin=origin, origin_token=token)
     yield server
     server.stop()
 
@@ -373,7 +360,7 @@ def hub_issuer(lake_dir):
 def test_tokens_of_the_hub_issuer(tmp_path, lake_dir, export, hub_issuer, expected):
     """The origin trusts the hub's issuer: its read token opens a protected
     file; an expired one of the same issuer is refused."""
-    server = _origin(lake_dir, export, hub_issuer)
+    server = start_origin(lake_dir, export, hub_issuer)
     try:
         read = Reader(tmp_path, server)
         url = server.url(f"/protected/{SAMPLE}")
