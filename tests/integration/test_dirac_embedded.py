@@ -154,6 +154,16 @@ def test_job_exiting_3_ends_failed(diracx_server, diracx_local_site):
     assert st.status == "Failed"
     assert st.minor_status == "exit code 3"
 
+    # The gateway kills the job of every worker it gives up on, failed ones
+    # included: the job keeps its status and the reason it failed.
+    async def kill_and_read():
+        async with diracx_server.client() as dx:
+            await dx.kill([job_id])
+            return (await dx.statuses([job_id]))[job_id]
+
+    st = run(kill_and_read())
+    assert (st.status, st.minor_status) == ("Failed", "exit code 3"), st
+
 
 def test_killed_job_ends_killed_and_its_process_is_gone(diracx_server, diracx_local_site):
     job_id = run(submit(diracx_server, "sleep"))

@@ -187,18 +187,34 @@ async def test_search_follows_pages():
     assert [j["JobID"] for j in jobs] == list(range(1, 151))
 
 
-async def test_kill_sets_status_killed():
+async def test_kill_sets_status_killed_on_live_jobs_only():
+    """A final job keeps its status and the reason it ended: DiracX would
+    refuse Killed but overwrite its minor status (as DIRAC, only live jobs
+    are killed)."""
     bodies = []
+    states = {4: "Running", 5: "Failed"}
 
     def handler(req):
-        bodies.append((req.method, req.url.path, json.loads(req.content)))
+        body = json.loads(req.content)
+        bodies.append((req.method, req.url.path, body))
+        if req.url.path == "/api/jobs/search":
+            (cond,) = body["search"]
+            return httpx.Response(
+                200,
+                json=[
+                    {"JobID": i, "Status": states[i], "MinorStatus": "", "ApplicationStatus": ""}
+                    for i in cond["values"]
+                    if i in states
+                ],
+            )
         return httpx.Response(200, json={"success": {"4": {}}, "failed": {}})
 
     async with client_with(handler) as dx:
-        await dx.kill([4])
-    method, path, body = bodies[0]
-    assert (method, path) == ("PATCH", "/api/jobs/status")
-    (update,) = body["4"].values()
+        await dx.kill([4, 5, 6])
+        await dx.kill([5])
+    patches = [(p, b) for m, p, b in bodies if m == "PATCH"]
+    assert [(p, sorted(b)) for p, b in patches] == [("/api/jobs/status", ["4"])]
+    (update,) = patches[0][1]["4"].values()
     assert update["Status"] == "Killed"
 
 

@@ -357,8 +357,12 @@ class DiracXClient:
     async def kill(self, job_ids: Iterable[int]) -> None:
         """Kill jobs: DiracX 0.7 has no kill endpoint; setting status Killed is
         the kill (it also queues a ``Kill`` command returned by the job's next
-        heartbeat).  Jobs already final are left alone; unknown jobs ignored."""
-        ids = sorted({int(i) for i in job_ids})
+        heartbeat). Jobs already final are left alone, as DIRAC's JobManager
+        does: DiracX refuses their status change but would still overwrite
+        the minor status, the reason a failed job failed. Unknown jobs are
+        ignored."""
+        states = await self.statuses(job_ids)
+        ids = [i for i, st in states.items() if not st.final]
         if not ids:
             return
         ts = datetime.now(UTC).isoformat()
