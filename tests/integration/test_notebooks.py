@@ -218,8 +218,15 @@ def test_agc_ttbar_matches_an_independent_computation(
     env = kernel_env(
         dirac_facility, "nb-alice", sample_data, AGC_OUTPUT_DIR=str(out_dir), AGC_MODE=mode
     )
-    nb, elapsed = run_notebook(NOTEBOOKS / "agc-ttbar" / "ttbar_analysis.ipynb", env, tmp_path)
+    folder = NOTEBOOKS / "agc-ttbar"
+    before = {p for p in folder.rglob("*") if "__pycache__" not in p.parts}
+    nb, elapsed = run_notebook(folder / "ttbar_analysis.ipynb", env, tmp_path)
     out = text_of(nb)
+    # everything it writes goes to AGC_OUTPUT_DIR; the notebook's folder (the
+    # image's examples) stays as it is
+    after = {p for p in folder.rglob("*") if "__pycache__" not in p.parts}
+    assert after == before, sorted(map(str, after - before))
+    assert {p.name for p in (out_dir / "figures").iterdir()} >= {"pulls.pdf"}
     assert "using shipped samples" in out
     assert f"{mode} mode: 240 events" in out
     assert f"{sidebar_cluster.name} -" in out  # computed on the sidebar's cluster
