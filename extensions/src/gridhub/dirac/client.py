@@ -359,10 +359,11 @@ class DiracXClient:
         the kill (it also queues a ``Kill`` command returned by the job's next
         heartbeat). Jobs already final are left alone, as DIRAC's JobManager
         does: DiracX refuses their status change but would still overwrite
-        the minor status, the reason a failed job failed. Unknown jobs are
-        ignored."""
-        states = await self.statuses(job_ids)
-        ids = [i for i, st in states.items() if not st.final]
+        the minor status, the reason a failed job failed. Jobs the caller
+        cannot see are asked for all the same (DiracX answers 403 for
+        another user's); jobs that do not exist are ignored."""
+        final = {i for i, st in (await self.statuses(job_ids)).items() if st.final}
+        ids = sorted({int(i) for i in job_ids} - final)
         if not ids:
             return
         ts = datetime.now(UTC).isoformat()
