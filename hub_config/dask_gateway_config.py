@@ -79,6 +79,8 @@ if os.environ.get("FACILITY_SCHEDULER_NETWORK"):
     c.SchedulerContainers.name_prefix = f"{project}-scheduler-"
     # started ahead: a new cluster's scheduler skips docker start and its imports
     c.SchedulerContainers.pool_size = s.gateway_scheduler_pool
+    # each cluster's own network takes a /28 of these (cluster_networks.py)
+    c.SchedulerContainers.subnets = s.gateway_scheduler_subnets
     # compose's own labels: `docker compose down --remove-orphans` removes them too
     c.SchedulerContainers.labels = {
         "com.docker.compose.project": project,

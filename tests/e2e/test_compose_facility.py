@@ -184,6 +184,13 @@ class Facility:
             args += ["--filter", f]
         return docker(*args).stdout.split()
 
+    def service_of(self, container: str) -> str:
+        """The compose service a container belongs to (scheduler containers
+        carry service=scheduler)."""
+        return docker(
+            "inspect", "-f", '{{index .Config.Labels "com.docker.compose.service"}}', container
+        ).stdout.strip()
+
     def project_containers(self) -> list[str]:
         return sorted(
             set(self.containers(f"label=com.docker.compose.project={PROJECT}"))
@@ -274,6 +281,12 @@ class Facility:
         with servers, schedulers and grid jobs running; it must succeed."""
         return self.compose("down", "--remove-orphans", *args, timeout=300)
 
+    def cluster_networks(self) -> list[str]:
+        """The Dask clusters' own networks (the gateway creates them, compose
+        does not know them: docs/operations.md, Stop)."""
+        label = f"org.gridhub.network-of={PROJECT}_schedulers"
+        return docker("network", "ls", "-q", "--filter", f"label={label}").stdout.split()
+
     def home_volumes(self) -> list[str]:
         return docker("volume", "ls", "-q", "--filter", f"name={PROJECT}_home-").stdout.split()
 
@@ -287,6 +300,8 @@ class Facility:
             self.down("-v")
             if self.home_volumes():
                 docker("volume", "rm", *self.home_volumes())
+            if self.cluster_networks():
+                docker("network", "rm", *self.cluster_networks())
         finally:
             RESULTS["left_after_down"] = self.leftovers()
             for cid in self.project_containers():
@@ -1172,13 +1187,25 @@ def test_trust_boundaries(facility, lab):
     # A's code, on A's notebook server and on A's scheduler
     internal = ["gateway:8000", "gateway:8022", "dirac:8000", "dirac:8010"]
     schedulers = [f"scheduler-{c}:{p}" for c in (a_cluster, b_cluster) for p in (8786, 8787, 8788)]
+    # B's scheduler by name and by address, as A's code scanning its network would find it
+    b_info = json.loads(docker("inspect", _scheduler_container(b_cluster)).stdout)[0]
+    b_addresses = [n["IPAddress"] for n in b_info["NetworkSettings"]["Networks"].values()]
+    b_scheduler = [
+        f"{h}:{p}" for h in [f"scheduler-{b_cluster}", *b_addresses] for p in (8786, 8787, 8788)
+    ]
     request = {
         "cluster": a_cluster,
         "other_cluster": b_cluster,
         "needles": _needles(facility, b_key),
         # (Traefik's ports are open to notebooks by design; its API's 401 is checked below)
         "notebook_targets": internal + schedulers,
-        "scheduler_targets": ["hub:8081", "dirac:8000", "dirac:8010", "localsite:8000"],
+        "scheduler_targets": [
+            "hub:8081",
+            "dirac:8000",
+            "dirac:8010",
+            "localsite:8000",
+            *b_scheduler,
+        ],
     }
     (a_server,) = facility.server_of(SEAT)
     probes_src = (Path(__file__).parent / "trust_probes.py").read_text()
@@ -1188,11 +1215,16 @@ def test_trust_boundaries(facility, lab):
     _save_results()
 
     # each scheduler in a container of its own: no volume, unprivileged,
-    # read-only, no capabilities, on the schedulers' network only
+    # read-only, no capabilities, on its cluster's own network, shared with
+    # Traefik and the gateway only
     for cluster in (a_cluster, b_cluster):
         info = json.loads(docker("inspect", _scheduler_container(cluster)).stdout)[0]
         assert info["State"]["Running"], info["State"]
-        assert list(info["NetworkSettings"]["Networks"]) == [f"{PROJECT}_schedulers"]
+        own = f"{PROJECT}_schedulers-{cluster}"
+        assert list(info["NetworkSettings"]["Networks"]) == [own]
+        members = json.loads(docker("network", "inspect", own).stdout)[0]["Containers"]
+        services = {facility.service_of(cid) for cid in members}
+        assert services == {"scheduler", "traefik", "gateway"}, services
         assert info["Mounts"] == [], info["Mounts"]
         assert info["Config"]["User"] not in ("", "0", "root", "1000", "1000:1000")
         host = info["HostConfig"]
@@ -1436,12 +1468,19 @@ def test_down_up_keeps_files_and_hub_db(facility, lab):
     facility.down()  # once, no retry
     RESULTS["down_seconds"] = round(time.monotonic() - t0, 1)
     assert not facility.project_containers()
-    assert not docker("network", "ls", "-q", "--filter", f"name={PROJECT}_").stdout.split()
+    # compose removes its networks; the clusters' own (the gateway's, compose
+    # does not know them) stay, with nothing on them, until the next gateway
+    left = docker("network", "ls", "-q", "--filter", f"name={PROJECT}_").stdout.split()
+    assert sorted(left) == sorted(facility.cluster_networks()) and left, left
     t0 = time.monotonic()
     facility.compose("up", "-d", "--no-build", timeout=600)
     RESULTS["second_up_to_healthy_seconds"] = round(
         time.monotonic() - t0 + facility.wait_healthy(), 1
     )
+    deadline = time.monotonic() + 60
+    while facility.cluster_networks():
+        assert time.monotonic() < deadline, f"the new gateway left {facility.cluster_networks()}"
+        time.sleep(1)
     users = facility.exec(
         "hub",
         "python",

@@ -2,7 +2,9 @@
 image (gridhub.gateway.containers, scheduler_bootstrap): a warm container
 waits on no network, then takes its cluster's job over the attach socket and
 runs a TLS scheduler that a client with the cluster's key reaches at the
-cluster's alias (scheduler-<cluster>, connected when it is taken); no
+cluster's alias (scheduler-<cluster>, on the cluster's own network, connected
+when it is taken; the schedulers' network's member is attached to it, another
+cluster's scheduler reaches nothing of it); no
 credential is in `docker inspect` or the logs; the pool refills, leftovers of
 an earlier gateway go. Timings of each step go to artifacts/scheduler-pool.json.
 
@@ -36,14 +38,24 @@ def wait_log(name: str, text: str, deadline: float) -> str:
 
 
 @pytest.fixture
-def network():
+def network(notebook_image):
+    """The schedulers' network, with a member (as Traefik and the gateway
+    are in a facility) that every cluster's network gets."""
+    from gridhub.gateway.cluster_networks import LABEL
+
     name = f"pooltest-{uuid.uuid4().hex[:8]}"
     docker("network", "create", "--internal", "--label", f"{TEST_LABEL}={RUN_ID}", name)
+    docker(
+        *("run", "-d", "--name", f"{name}-member", "--network", name, "--network-alias", "member"),
+        *("--label", f"{TEST_LABEL}={RUN_ID}", "--entrypoint", "sleep", notebook_image, "600"),
+    )
     yield name
-    left = docker("ps", "-aq", "--filter", f"network={name}").stdout.split()
-    if left:
-        docker("rm", "-f", *left, check=False)
-    docker("network", "rm", name, check=False)
+    clusters = docker("network", "ls", "-q", "--filter", f"label={LABEL}={name}").stdout.split()
+    for net in [name, *clusters]:
+        left = docker("ps", "-aq", "--filter", f"network={net}").stdout.split()
+        if left:
+            docker("rm", "-f", *left, check=False)
+        docker("network", "rm", net, check=False)
 
 
 def keypair(cluster: str) -> tuple[str, str]:
@@ -140,7 +152,10 @@ async def _warm_scheduler_container(notebook_image: str, network: str) -> None:
     for secret in (key_body, token):
         assert secret not in shown
     assert info["Id"] == warm.id
-    assert info["NetworkSettings"]["Networks"][network]["Aliases"][0] == host
+    # on its cluster's own network only, under the cluster's alias
+    (own,) = info["NetworkSettings"]["Networks"]
+    assert own == f"{network}-{cluster}"
+    assert info["NetworkSettings"]["Networks"][own]["Aliases"][0] == host
     assert info["Config"]["User"] == "65534:65534" and info["HostConfig"]["ReadonlyRootfs"]
     assert info["HostConfig"]["CapDrop"] == ["ALL"] and info["Mounts"] == []
 
@@ -155,22 +170,10 @@ async def _warm_scheduler_container(notebook_image: str, network: str) -> None:
         f"c = Client('tls://{host}:8786', security=s, timeout=30)\n"
         "print('SCHEDULER', c.scheduler_info()['address'])\n"
     )
+    # from the member of the schedulers' network, attached to the cluster's
     out = docker(
-        "run",
-        "--rm",
-        "--network",
-        network,
-        "--label",
-        f"{TEST_LABEL}={RUN_ID}",
-        "-e",
-        f"PEM={cert}",
-        "-e",
-        f"KEY={key}",
-        "--entrypoint",
-        "python",
-        notebook_image,
-        "-c",
-        probe,
+        *("exec", "-e", f"PEM={cert}", "-e", f"KEY={key}", f"{network}-member"),
+        *("python", "-c", probe),
         timeout=120,
     ).stdout
     # (it names itself by its IP address on the network, as distributed does)
@@ -186,7 +189,6 @@ async def _warm_scheduler_container(notebook_image: str, network: str) -> None:
     await pool.stop_pool()
     assert not docker("ps", "-aq", "--filter", f"name={prefix}pool-").stdout.strip()
     assert docker("ps", "-q", "--filter", f"name={name}").stdout.strip()  # the cluster's stays
-    await pool.remove(name)
 
     # the cold path, as with pool_size 0: the same bootstrap, handed the job at once
     cold = SchedulerContainers(
@@ -199,7 +201,29 @@ async def _warm_scheduler_container(notebook_image: str, network: str) -> None:
     )
     wait_log(f"{prefix}{cluster2}", "Scheduler at:", time.monotonic() + 120)
     timings["cold_create_to_scheduler_listening"] = time.monotonic() - t3
+    # one cluster's scheduler (its user's code) reaches nothing of the other's
+    reach = (
+        "import socket\n"
+        "for port in (8786, 8787):\n"
+        "    try:\n"
+        f"        socket.create_connection(('{host}', port), timeout=5).close()\n"
+        "        print('OPEN', port)\n"
+        "    except OSError as e:\n"
+        "        print('CLOSED', port, e)\n"
+    )
+    out = docker("exec", f"{prefix}{cluster2}", "python", "-c", reach, timeout=60).stdout
+    assert "OPEN" not in out and out.count("CLOSED") == 2, out
+    # the member reaches both
+    out = docker("exec", f"{network}-member", "python", "-c", reach, timeout=60).stdout
+    assert "OPEN 8786" in out, out
+
+    # a cluster's end takes its network; the member leaves it first
     await cold.remove(f"{prefix}{cluster2}")
+    await cold.remove_network(cluster2)
+    await pool.remove(name)
+    await pool.remove_network(cluster)
+    for c in (cluster, cluster2):
+        assert not docker("network", "ls", "-q", "--filter", f"name={network}-{c}").stdout.strip()
 
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "scheduler-pool.json").write_text(

@@ -69,22 +69,71 @@ class FakeDocker:
         self.stdin: dict[str, list[bytes]] = {}
         self.ids = (f"id{i}" for i in itertools.count())
         self.containers = self
+        # networks by name: their create arguments; the template is there
+        self.nets: dict[str, dict] = {"proj_schedulers": {"Options": {}, "labels": {}}}
         self.api = SimpleNamespace(
             create_endpoint_config=lambda aliases: {"Aliases": aliases},
             attach_socket=self.attach_socket,
+            networks=self.list_networks,
+            inspect_network=self.inspect_network,
+            create_network=self.create_network,
+            connect_container_to_network=self.connect,
+            disconnect_container_from_network=self.disconnect,
+            remove_network=self.remove_network,
+            inspect_container=self.inspect_container,
         )
-        self.networks = SimpleNamespace(get=self.network)
 
-    def network(self, net: str) -> SimpleNamespace:
-        def connect(cid: str, aliases: list[str]) -> None:
-            ctr = self.get(cid)
-            assert net not in ctr.networks
-            ctr.networks[net] = aliases
+    # docker-py's low-level network API
+    def list_networks(self, names=None, filters=None) -> list[dict]:
+        out = []
+        for name, net in self.nets.items():
+            if names is not None and name not in names:
+                continue
+            if filters:
+                key, value = filters["label"].split("=", 1)
+                if net["labels"].get(key) != value:
+                    continue
+            subnets = [{"Subnet": net["subnet"]}] if net.get("subnet") else []
+            out.append({"Name": name, "Id": name, "IPAM": {"Config": subnets}})
+        return out
 
-        def disconnect(cid: str) -> None:
-            del self.get(cid).networks[net]
+    def inspect_network(self, name: str) -> dict:
+        import docker.errors
 
-        return SimpleNamespace(connect=connect, disconnect=disconnect)
+        if name not in self.nets:
+            raise docker.errors.NotFound(name)
+        on = {c.id: {"Name": c.name} for c in self.all if name in c.networks}
+        return {"Name": name, "Options": self.nets[name]["Options"], "Containers": on}
+
+    def create_network(self, name, driver, internal, options, ipam, labels, check_duplicate):
+        assert name not in self.nets and driver == "bridge" and internal
+        (pool,) = ipam["Config"]
+        self.nets[name] = {"Options": options or {}, "labels": labels, "subnet": pool["Subnet"]}
+
+    def connect(self, cid: str, net: str, aliases: list[str]) -> None:
+        ctr = self.get(cid)
+        assert net in self.nets and net not in ctr.networks
+        ctr.networks[net] = aliases
+
+    def disconnect(self, cid: str, net: str, force: bool = False) -> None:
+        del self.get(cid).networks[net]
+
+    def remove_network(self, name: str) -> None:
+        assert not self.inspect_network(name)["Containers"], f"{name} in use"
+        del self.nets[name]
+
+    def inspect_container(self, cid: str) -> dict:
+        ctr = self.get(cid)
+        return {
+            "Config": {"Labels": ctr.kwargs["labels"]},
+            "NetworkSettings": {"Networks": {n: {"Aliases": a} for n, a in ctr.networks.items()}},
+        }
+
+    def member(self, name: str, aliases: list[str]) -> FakeContainer:
+        """A service on the schedulers' network (Traefik, the gateway)."""
+        ctr = self.add(name)
+        ctr.networks["proj_schedulers"] = aliases
+        return ctr
 
     def alive(self) -> list[FakeContainer]:
         return list(self.all)
@@ -212,8 +261,9 @@ async def test_container_is_confined(backend) -> None:
     assert args[1] == ["python", "-m", "gridhub.gateway.scheduler_bootstrap"]
     assert kw["name"] == "proj-scheduler-c0ffee"
     assert kw["hostname"] == "scheduler-c0ffee"
-    assert kw["network"] == "proj_schedulers"
-    assert kw["networking_config"] == {"proj_schedulers": {"Aliases": ["scheduler-c0ffee"]}}
+    # on its cluster's own network, not the schedulers' (cluster_networks.py)
+    assert kw["network"] == "proj_schedulers-c0ffee"
+    assert kw["networking_config"] == {"proj_schedulers-c0ffee": {"Aliases": ["scheduler-c0ffee"]}}
     assert kw["read_only"] and kw["cap_drop"] == ["ALL"]
     assert kw["security_opt"] == ["no-new-privileges"]
     assert kw["user"] not in ("0", "root", "1000:1000") and kw["pids_limit"] > 0
@@ -233,7 +283,8 @@ async def test_credentials_only_on_stdin_never_in_the_container_config(backend) 
     for secret in SECRETS:
         assert secret not in shown, secret
     (ctr,) = fake.all
-    assert ctr.status == "running" and ctr.networks == {"proj_schedulers": ["scheduler-c0ffee"]}
+    assert ctr.status == "running"
+    assert ctr.networks == {"proj_schedulers-c0ffee": ["scheduler-c0ffee"]}
     module, argv, env = fake.job_of(ctr.id)
     assert module == "distributed.cli.dask_scheduler"
     assert argv[argv.index("--host") + 1] == "scheduler-c0ffee"
@@ -280,7 +331,7 @@ async def test_a_cluster_takes_the_oldest_warm_container_and_the_pool_refills() 
     # with the cluster's alias: the address is the one it always was
     assert states[-1] == {"container": "proj-scheduler-c0ffee"}
     assert fake.renames == [(oldest.name, "proj-scheduler-c0ffee")]
-    assert fake.get(oldest.id).networks == {"proj_schedulers": ["scheduler-c0ffee"]}
+    assert fake.get(oldest.id).networks == {"proj_schedulers-c0ffee": ["scheduler-c0ffee"]}
     _, argv, env = fake.job_of(oldest.id)
     assert argv[argv.index("--host") + 1] == "scheduler-c0ffee"
     assert argv[argv.index("--dashboard-address") + 1] == "scheduler-c0ffee:8787"
@@ -292,8 +343,9 @@ async def test_a_cluster_takes_the_oldest_warm_container_and_the_pool_refills() 
         True,
         False,
     ]
-    await b.stop_scheduler(SimpleNamespace(state=states[-1]))
+    await b.stop_scheduler(SimpleNamespace(name="c0ffee", state=states[-1]))
     assert "proj-scheduler-c0ffee" in fake.removed
+    assert "proj_schedulers-c0ffee" not in fake.nets
     await b.containers.stop_pool()
 
 
@@ -360,3 +412,106 @@ async def test_a_failed_pool_start_is_cleaned_up_and_retried() -> None:
     assert len(calls) == 2 and fake.removed == [calls[0]]
     assert [c.name for c in fake.all] == [calls[1]]
     await b.containers.stop_pool()
+
+
+# --- a network per cluster (cluster_networks.py) ---------------------------
+
+
+def on(fake: FakeDocker, net: str) -> dict[str, list[str]]:
+    """Who is on a network, by name, with their aliases."""
+    return {c.name: c.networks[net] for c in fake.all if net in c.networks}
+
+
+async def test_each_cluster_has_a_network_shared_only_with_traefik_and_the_gateway() -> None:
+    """Security: one user's code on its scheduler reaches no other scheduler
+    (on one shared network it could reach every dashboard)."""
+    b, fake = make_backend()
+    fake.member("traefik", ["gridhub.internal", "traefik"])
+    fake.member("gateway", ["gateway"])
+    await start(b, cluster("aaaa"))
+    await start(b, cluster("bbbb"))
+    for c in ("aaaa", "bbbb"):
+        assert on(fake, f"proj_schedulers-{c}") == {
+            f"proj-scheduler-{c}": [f"scheduler-{c}"],
+            # under their aliases on the schedulers' network: the names a
+            # scheduler dials (the public host, the gateway's API) resolve
+            "traefik": ["gridhub.internal", "traefik"],
+            "gateway": ["gateway"],
+        }
+    # the schedulers' network has no scheduler
+    assert set(on(fake, "proj_schedulers")) == {"traefik", "gateway"}
+    a, bb = fake.nets["proj_schedulers-aaaa"], fake.nets["proj_schedulers-bbbb"]
+    assert a["labels"]["com.docker.compose.project"] == "proj"
+    assert {a["subnet"], bb["subnet"]} == {"10.253.0.0/28", "10.253.0.16/28"}
+
+    # a cluster's end takes its network, and nothing of the other's
+    await b.stop_scheduler(SimpleNamespace(name="aaaa", state={"container": "proj-scheduler-aaaa"}))
+    assert "proj_schedulers-aaaa" not in fake.nets
+    assert set(on(fake, "proj_schedulers-bbbb")) == {"proj-scheduler-bbbb", "traefik", "gateway"}
+    assert set(fake.get("traefik").networks) == {"proj_schedulers", "proj_schedulers-bbbb"}
+
+
+async def test_a_warm_scheduler_joins_its_clusters_network_only() -> None:
+    b, fake = make_backend(pool_size=1)
+    fake.member("traefik", ["gridhub.internal"])
+    await b.containers.start_pool()
+    await settle(b, 1)
+    (warm,) = b.containers._pool
+    await start(b)
+    assert fake.get(warm.id).networks == {"proj_schedulers-c0ffee": ["scheduler-c0ffee"]}
+    await settle(b, 1)
+    # the new warm one is on no network, and never made a member of one
+    (again,) = b.containers._pool
+    assert fake.get(again.id).networks == {}
+    assert set(on(fake, "proj_schedulers-c0ffee")) == {"proj-scheduler-c0ffee", "traefik"}
+    await b.containers.stop_pool()
+
+
+async def test_a_recreated_traefik_is_attached_to_every_clusters_network() -> None:
+    b, fake = make_backend()
+    old = fake.member("traefik", ["gridhub.internal"])
+    await start(b, cluster("aaaa"))
+    await start(b, cluster("bbbb"))
+    # an upgrade: compose replaces Traefik; the new one is on the compose networks only
+    old.remove(force=True)
+    fake.member("traefik-new", ["gridhub.internal"])
+    await b.do_check_clusters([])
+    for c in ("aaaa", "bbbb"):
+        assert on(fake, f"proj_schedulers-{c}")["traefik-new"] == ["gridhub.internal"]
+
+
+async def test_subnets_skip_those_in_use_and_run_out_with_a_clear_error() -> None:
+    b, fake = make_backend()
+    b.containers.subnets = "10.253.0.0/27"  # two /28s
+    fake.nets["elsewhere"] = {"Options": {}, "labels": {}, "subnet": "10.253.0.0/28"}
+    await start(b, cluster("aaaa"))
+    assert fake.nets["proj_schedulers-aaaa"]["subnet"] == "10.253.0.16/28"
+    with pytest.raises(RuntimeError, match=r"No free /28 left in 10\.253\.0\.0/27.*SUBNETS"):
+        await start(b, cluster("bbbb"))
+    assert [kw["name"] for _, kw in fake.runs] == ["proj-scheduler-aaaa"]
+
+
+async def test_gateway_start_removes_networks_no_scheduler_is_on() -> None:
+    """`compose down` removes the schedulers but not their networks (compose
+    does not know them): the next gateway removes them, keeps the live
+    ones and joins those (it is a new container)."""
+    b, fake = make_backend()
+    await start(b, cluster("live"))
+    fake.nets["proj_schedulers-gone"] = {
+        "Options": {},
+        "labels": {"org.gridhub.network-of": "proj_schedulers"},
+        "subnet": "10.253.0.32/28",
+    }
+    fake.nets["unrelated"] = {"Options": {}, "labels": {}}
+    b2, _ = make_backend()
+    b2.containers._client = fake
+    fake.member("gateway-new", ["gateway"])
+    await b2.containers.start_pool()
+    for _ in range(200):
+        if "gateway-new" in on(fake, "proj_schedulers-live"):
+            break
+        await asyncio.sleep(0.01)
+    assert "proj_schedulers-gone" not in fake.nets
+    assert {"proj_schedulers-live", "unrelated"} <= set(fake.nets)
+    assert set(on(fake, "proj_schedulers-live")) == {"proj-scheduler-live", "gateway-new"}
+    await b2.containers.stop_pool()

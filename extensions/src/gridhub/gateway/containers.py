@@ -9,8 +9,9 @@ backend does with a pod per scheduler, each cluster's scheduler is a
 container started through the Docker API with nothing but its own cluster's
 credentials (handed to it on its stdin: no file, no volume, nothing
 ``docker inspect`` shows), as an unprivileged user, with a read-only root, no
-capabilities and bounded memory and PIDs, on a network that reaches only
-Traefik and the gateway's API (docs/dirac-backend.md, "Where schedulers run").
+capabilities and bounded memory and PIDs, on a network of its own shared
+only with Traefik and the gateway (cluster_networks.py; docs/dirac-backend.md,
+"Where schedulers run").
 
 Starting a container and importing the scheduler's code takes seconds, so a
 few containers are started ahead (``SchedulerContainers.pool_size``): each
@@ -35,6 +36,7 @@ from traitlets import Dict, Float, Integer, List, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .backend import DiracBackend
+from .cluster_networks import ClusterNetworks
 
 # Inside its own container a scheduler has fixed ports (nothing else listens there)
 SCHEDULER_PORT = 8786
@@ -76,8 +78,15 @@ class SchedulerContainers(LoggingConfigurable):
         config=True,
     )
     network = Unicode(
-        help="""Docker network of the schedulers: one that reaches Traefik (by the
-        public host name) and the gateway's API, and nothing else.""",
+        help="""Docker network whose members (Traefik, by the public host name,
+        and the gateway) each cluster's own network gets, under the same
+        aliases (cluster_networks.py); schedulers are never on it.""",
+        config=True,
+    )
+    subnets = Unicode(
+        "10.253.0.0/16",
+        help="""Address range the clusters' networks take their /28 subnets
+        from (Docker's default pools hold only about 30 networks).""",
         config=True,
     )
     name_prefix = Unicode(
@@ -125,6 +134,7 @@ class SchedulerContainers(LoggingConfigurable):
         self._refill: asyncio.Task[None] | None = None
         self._creating: asyncio.Future[Warm] | None = None
         self._closing = False
+        self._networks: ClusterNetworks | None = None
 
     def _docker(self) -> Any:
         if self._client is None:
@@ -136,6 +146,20 @@ class SchedulerContainers(LoggingConfigurable):
     def _check_configured(self) -> None:
         if not self.image or not self.network:
             raise ValueError("SchedulerContainers.image and .network must be set")
+
+    @property
+    def networks(self) -> ClusterNetworks:
+        if self._networks is None:
+            self._check_configured()
+            self._networks = ClusterNetworks(
+                self._docker,
+                self.network,
+                self.subnets,
+                labels=dict(self.labels),
+                scheduler_label=self.LABEL,
+                log=self.log,
+            )
+        return self._networks
 
     def name(self, cluster_name: str) -> str:
         return f"{self.name_prefix}{cluster_name}"
@@ -153,15 +177,17 @@ class SchedulerContainers(LoggingConfigurable):
     async def start(self, cluster_name: str, command: list[str], env: dict[str, str]) -> None:
         """Run the cluster's scheduler (``command`` with ``env``) in a warm
         container when the pool has one, else in one started now; either way
-        named for the cluster, with the alias ``host(cluster_name)``."""
+        named for the cluster, with the alias ``host(cluster_name)`` on the
+        cluster's own network."""
         self._check_configured()
         name, host = self.name(cluster_name), self.host(cluster_name)
+        network = await asyncio.to_thread(self.networks.create, cluster_name)
         while self._pool:
             # the oldest first: the gateway's choice alone, nothing of the user's
             warm = self._pool.pop(0)
             self._wake.set()
             try:
-                await asyncio.to_thread(self._take, warm, name, host, command, env)
+                await asyncio.to_thread(self._take, warm, name, host, network, command, env)
             except Exception as exc:
                 # gone (killed, out of memory) or Docker refused: never
                 # reused, whatever it got; the next one or a cold start
@@ -170,11 +196,17 @@ class SchedulerContainers(LoggingConfigurable):
                 continue
             self.log.info("Cluster %s: scheduler in warm container %s", cluster_name, name)
             return
-        await asyncio.to_thread(self._cold, name, host, command, env)
+        await asyncio.to_thread(self._cold, name, host, network, command, env)
         self.log.info("Cluster %s: scheduler in new container %s", cluster_name, name)
 
     def _take(
-        self, warm: Warm, name: str, host: str, command: list[str], env: dict[str, str]
+        self,
+        warm: Warm,
+        name: str,
+        host: str,
+        network: str,
+        command: list[str],
+        env: dict[str, str],
     ) -> None:
         client = self._docker()
         ctr = client.containers.get(warm.id)
@@ -184,15 +216,17 @@ class SchedulerContainers(LoggingConfigurable):
         # the cluster's name before its credentials: a container holding them
         # is always found by that name (the cluster's state), never as a pool one
         ctr.rename(name)
-        # on the network only now, under the cluster's alias: the address is
-        # the one a container started for the cluster has (Traefik, the
-        # gateway and the scrape relay dial what the scheduler reports)
-        client.networks.get(self.network).connect(ctr.id, aliases=[host])
+        # on its cluster's network only now, under the cluster's alias: the
+        # address is the one a container started for the cluster has
+        # (Traefik, the gateway and the scrape relay dial what it reports)
+        client.api.connect_container_to_network(ctr.id, network, aliases=[host])
         self._send_job(warm.id, command, env)
 
-    def _cold(self, name: str, host: str, command: list[str], env: dict[str, str]) -> None:
+    def _cold(
+        self, name: str, host: str, network: str, command: list[str], env: dict[str, str]
+    ) -> None:
         self._remove_stale(name)
-        ctr = self._create(name, host)
+        ctr = self._create(name, host, network)
         try:
             ctr.start()
             self._send_job(ctr.id, command, env)
@@ -205,10 +239,12 @@ class SchedulerContainers(LoggingConfigurable):
         # state was saved: it belongs to this cluster, start afresh
         self._remove(name)
 
-    def _create(self, name: str, host: str | None) -> Any:
-        """Create (not start) a scheduler container on the schedulers' network,
-        with the alias ``host``."""
+    def _create(self, name: str, host: str | None, network: str | None = None) -> Any:
+        """Create (not start) a scheduler container on ``network`` (its
+        cluster's; a warm one: the template, left before it starts), with the
+        alias ``host``."""
         client = self._docker()
+        network = network or self.network
         return client.containers.create(
             self.image,
             list(self.bootstrap_cmd),
@@ -229,9 +265,9 @@ class SchedulerContainers(LoggingConfigurable):
             # the image's own check is the gateway's: the gateway watches schedulers
             healthcheck={"test": ["NONE"]},
             mem_limit=self.mem_limit,
-            network=self.network,
+            network=network,
             networking_config={
-                self.network: client.api.create_endpoint_config(aliases=[host] if host else [])
+                network: client.api.create_endpoint_config(aliases=[host] if host else [])
             },
             labels={**self.labels, self.LABEL: self.name_prefix},
         )
@@ -273,6 +309,13 @@ class SchedulerContainers(LoggingConfigurable):
             await asyncio.to_thread(self._remove_pool_leftovers)
         except Exception as exc:
             self.log.error("Could not remove earlier pool containers: %s", exc)
+        try:
+            # what clusters that ended while no gateway ran left; and this
+            # gateway (a new container after an upgrade) on the live ones
+            await asyncio.to_thread(self.networks.remove_unused)
+            await self.sync_networks()
+        except Exception as exc:
+            self.log.error("Could not tidy the clusters' networks: %s", exc)
         self._wake.set()
         while not self._closing:
             await self._wake.wait()
@@ -303,7 +346,7 @@ class SchedulerContainers(LoggingConfigurable):
         # started on no network: while it waits it reaches nothing and nothing
         # reaches it, and its network interface (and alias) come with its
         # cluster (_take)
-        self._docker().networks.get(self.network).disconnect(ctr.id)
+        self._docker().api.disconnect_container_from_network(ctr.id, self.network)
         ctr.start()
         self.log.info("Warm scheduler %s started", name)
         return Warm(id=ctr.id, name=name)
@@ -347,6 +390,14 @@ class SchedulerContainers(LoggingConfigurable):
             filters={"label": f"{self.LABEL}={self.name_prefix}", "status": "running"}
         )
         return {c.name for c in found}
+
+    async def sync_networks(self) -> None:
+        """Traefik and the gateway on every cluster's network (again, when
+        one of them was recreated)."""
+        await asyncio.to_thread(self.networks.sync_members)
+
+    async def remove_network(self, cluster_name: str) -> None:
+        await asyncio.to_thread(self.networks.remove, cluster_name)
 
     async def remove(self, name: str) -> None:
         await asyncio.to_thread(self._remove, name)
@@ -433,7 +484,12 @@ class DockerDiracBackend(DiracBackend):
         name = cluster.state.get("container")
         if name:
             await self.containers.remove(name)
+        await self.containers.remove_network(cluster.name)
 
     async def do_check_clusters(self, clusters: Sequence[Cluster]) -> list[bool]:
+        try:
+            await self.containers.sync_networks()
+        except Exception as exc:  # Docker busy: the next check tries again
+            self.log.warning("Could not check the clusters' networks: %s", exc)
         names = [c.state.get("container", "") for c in clusters]
         return await self.containers.running(names)

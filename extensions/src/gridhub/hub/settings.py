@@ -13,6 +13,7 @@ valid one.  The facility's mode is derived: ``iam`` when ``iam_issuer`` is set, 
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import os
 import re
@@ -347,6 +348,12 @@ class Settings(BaseModel):
         " credential yet), each used for one new cluster and replaced in the background: a"
         " cluster's scheduler is up seconds sooner. 0: started when a cluster is created.",
     )
+    gateway_scheduler_subnets: str = Field(
+        "10.253.0.0/16",
+        description="Address range (IPv4 CIDR, /28 or larger) each Dask cluster's own"
+        " Docker network takes a /28 from: its scheduler shares it with Traefik and the"
+        " gateway only. Pick one no network of the site or the host uses.",
+    )
     gateway_stop_clusters_with_server: bool = Field(
         True,
         description="When a user's server stops (stopped, culled or dead), the hub stops"
@@ -487,6 +494,17 @@ class Settings(BaseModel):
         if not value.startswith(("root://", "roots://")):
             raise ValueError(f"must start with root:// or roots://, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("gateway_scheduler_subnets")
+    @classmethod
+    def _subnets(cls, value: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"must be an IPv4 network such as 10.253.0.0/16: {exc}") from None
+        if net.prefixlen > 28:
+            raise ValueError(f"{net} is smaller than one cluster's /28")
+        return str(net)
 
     @field_validator("lake_cache_default_expiry", "lake_cache_max_expiry")
     @classmethod
