@@ -33,6 +33,8 @@ browser runs there, as a user's runs on another machine: browser_netns.py):
    samples over root:// through the XCache, which then holds them; a read of
    a non-public path without a token is refused; a read token from the hub's
    issuer opens it at the origin; notebooks and workers reach the cache only;
+   the analysis cache (lake-store): a student's notebook puts and gets an
+   object in its own area, another student can neither read nor delete it;
 6. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
 
 Timings, image sizes and the build times (first build and cached rebuild)
