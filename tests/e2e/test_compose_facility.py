@@ -1566,7 +1566,11 @@ def test_analysis_cache_round_trip_and_areas(facility):
     expiry sidecar; another student cannot read, list or delete it (with their
     own token or none); the class group has no area. The store is read-only,
     runs as xrootd, on the users' network only; notebooks trust its
-    certificate from a read-only volume that holds no key."""
+    certificate from a read-only volume that holds no key.
+
+    Needs only the facility (its own two students: it runs alone with -k). In
+    the module's order it comes after the hub was restarted, which forgot the
+    failed logins of test_trust_boundaries (kept in the hub's memory)."""
     code = facility.exec("hub", "gridhub-access-code").strip()
     owner, owner_server = _student_server(facility, "dana", code)
     other, other_server = _student_server(facility, "erin", code)
