@@ -33,6 +33,8 @@ browser runs there, as a user's runs on another machine: browser_netns.py):
    samples over root:// through the XCache, which then holds them; a read of
    a non-public path without a token is refused; a read token from the hub's
    issuer opens it at the origin; notebooks and workers reach the cache only;
+   the analysis cache (lake-store): a student's notebook puts and gets an
+   object in its own area, another student can neither read nor delete it;
 6. teardown leaves no containers, networks, volumes or unfinished DIRAC jobs.
 
 Timings, image sizes and the build times (first build and cached rebuild)
@@ -1503,6 +1505,164 @@ def test_down_up_keeps_files_and_hub_db(facility, lab):
         if j["Status"] not in ("Done", "Failed", "Killed", "Deleted")
     ]
     assert not active, active
+
+
+# The analysis cache (issue 17) as notebooks use it: run on a student's server
+# with the student's own credentials (the hub's storage token, gridhub.analysiscache)
+CACHE_OWNER = r"""
+import json, os, sys
+from gridhub import analysiscache as cache
+phase, key, data = sys.argv[1:4]
+out = {"url": os.environ.get("GRIDHUB_ANALYSIS_CACHE_URL")}
+tok = cache.token()
+out["user"] = tok.user
+if phase == "put":
+    out["put"] = cache.put(key, data.encode(), expires="1h").size
+    out["path"] = f"{cache.area()}/{key}"
+    try:  # the class is no shared area: every student is in it
+        cache.put("shared.txt", b"x", group="class")
+        out["class_area"] = "written"
+    except cache.CacheError as exc:
+        out["class_area"] = f"{type(exc).__name__}: {exc}"
+out["get"] = cache.get(key).decode()
+out["list"] = [[e.key, e.size] for e in cache.list()]
+if phase == "delete":
+    cache.delete(key)
+    try:
+        out["after_delete"] = cache.get(key).decode()
+    except cache.CacheError as exc:
+        out["after_delete"] = type(exc).__name__
+print("CACHE", json.dumps(out))
+"""
+
+# Run on another student's server with that student's credentials: the owner's
+# object, addressed by its path on the store, with this student's token and with none
+CACHE_OTHER = r"""
+import json, os, sys
+from XRootD import client
+from gridhub import analysiscache as cache
+path = sys.argv[1]
+url = os.environ["GRIDHUB_ANALYSIS_CACHE_URL"]
+tok = cache.token()
+
+def answer(status):
+    return "ok" if status.ok else f"[{status.errno}] {status.message.strip()}".replace(
+        tok.secret(), "<token>"
+    )
+
+def read(target):
+    with client.File() as f:
+        status, _ = f.open(f"{url}//{target}", timeout=30)
+        if status.ok:
+            status, data = f.read(0, 1 << 20, timeout=30)
+            return f"READ {data!r}" if status.ok else answer(status)
+        return answer(status)
+
+authz = f"?authz=Bearer%20{tok.secret()}"
+fs = client.FileSystem(url)
+out = {
+    "user": tok.user,
+    "read": read(path + authz),
+    "read_anonymous": read(path),
+    "delete": answer(fs.rm(path + authz, timeout=30)[0]),
+    "delete_anonymous": answer(fs.rm(path, timeout=30)[0]),
+    "list": answer(fs.dirlist(path.rsplit("/", 1)[0] + authz, timeout=30)[0]),
+}
+cache.put("mine.txt", b"mine", expires="10m")
+out["own"] = cache.get("mine.txt").decode()
+print("OTHER", json.dumps(out))
+"""
+
+
+def _student_server(facility: Facility, name: str, code: str) -> tuple[str, str]:
+    """A new student logged in with the access code: (hub user, server container)."""
+    client, r = _login(facility, name, code)
+    assert r.status_code == 302, (r.status_code, r.text[-500:])
+    try:
+        xsrf = {"X-XSRFToken": client.cookies.get("_xsrf", path="/hub/") or ""}
+        user = client.get("/hub/api/user", headers=xsrf).json()["name"]
+        client.post(f"/hub/api/users/{user}/server", headers=xsrf)  # 400 when already running
+        deadline = time.monotonic() + 300
+        while not (
+            facility.server_of(user)
+            and client.get(f"/hub/api/users/{user}", headers=xsrf)
+            .json()["servers"]
+            .get("", {})
+            .get("ready")
+        ):
+            assert time.monotonic() < deadline, f"no server for {name} ({user})"
+            time.sleep(2)
+    finally:
+        client.close()
+    (server,) = facility.server_of(user)
+    return user, server
+
+
+def test_analysis_cache_round_trip_and_areas(facility):
+    """Issue 17, the analysis cache in compose (lake-store): a student's
+    notebook puts an object with gridhub.analysiscache and gets it back; the
+    object sits in the student's own area on the store's volume, with its
+    expiry sidecar; another student cannot read, list or delete it (with their
+    own token or none); the class group has no area. The store is read-only,
+    runs as xrootd, on the users' network only; notebooks trust its
+    certificate from a read-only volume that holds no key.
+
+    Needs only the facility (its own two students: it runs alone with -k). In
+    the module's order it comes after the hub was restarted, which forgot the
+    failed logins of test_trust_boundaries (kept in the hub's memory)."""
+    code = facility.exec("hub", "gridhub-access-code").strip()
+    owner, owner_server = _student_server(facility, "dana", code)
+    other, other_server = _student_server(facility, "erin", code)
+    assert owner != other
+    key, data = "skim/part-0.txt", f"dana's skim {RUN_ID}"
+
+    put = _python_in(owner_server, CACHE_OWNER, "put", key, data)
+    got = json.loads(put.split("CACHE ", 1)[1].splitlines()[0])
+    RESULTS["analysis_cache"] = {"owner": got}
+    assert got["url"] == "root://lake-store:1094", got
+    assert (got["user"], got["put"], got["get"]) == (owner, len(data), data), got
+    assert got["path"] == f"{cachepolicy.user_area(owner)}/{key}", got
+    assert [key, len(data)] in got["list"], got
+    assert got["class_area"].startswith("Refused:") and "3010" in got["class_area"], got
+
+    # on the store's volume, in the owner's area, with its expiry (1 h from now)
+    stored = facility.exec("lake-store", "cat", f"/srv/lake/store{got['path']}")
+    assert stored == data, stored
+    expires = int(facility.exec("lake-store", "cat", f"/srv/lake/store{got['path']}.expires"))
+    assert 3000 < expires - time.time() <= 3600, expires
+
+    out = _python_in(other_server, CACHE_OTHER, got["path"])
+    them = json.loads(out.split("OTHER ", 1)[1].splitlines()[0])
+    RESULTS["analysis_cache"]["other"] = them
+    _save_results()
+    assert them["user"] == other and them["own"] == "mine", them
+    for attempt in ("read", "read_anonymous", "delete", "delete_anonymous", "list"):
+        assert them[attempt].startswith("[3010]"), (attempt, them)
+
+    # still there, unchanged; the owner deletes it
+    again = _python_in(owner_server, CACHE_OWNER, "delete", key, data)
+    after = json.loads(again.split("CACHE ", 1)[1].splitlines()[0])
+    assert after["get"] == data and after["after_delete"] == "NotFound", after
+    left = facility.exec("lake-store", "find", "/srv/lake/store/cache", "-type", "f").split()
+    assert not [f for f in left if f.startswith(f"/srv/lake/store{got['path']}")], left
+
+    # the store: read-only, not root, on the users' network only, reading the
+    # issuer's keys through Traefik there
+    (cid,) = facility.containers(
+        f"label=com.docker.compose.project={PROJECT}",
+        "label=com.docker.compose.service=lake-store",
+    )
+    info = json.loads(docker("inspect", cid).stdout)[0]
+    assert info["HostConfig"]["ReadonlyRootfs"] and info["Config"]["User"] == "xrootd"
+    assert set(info["NetworkSettings"]["Networks"]) == {f"{PROJECT}_users"}
+    # the notebooks: the store's certificate from its own volume, read-only, no key in it
+    mounts = json.loads(docker("inspect", owner_server).stdout)[0]["Mounts"]
+    (ca,) = [m for m in mounts if m.get("Name") == f"{PROJECT}_lake-store-ca"]
+    assert ca["RW"] is False, ca
+    env = docker("inspect", "-f", "{{json .Config.Env}}", owner_server).stdout
+    assert f'"X509_CERT_DIR={ca["Destination"]}"' in env, env
+    listing = docker("exec", owner_server, "sh", "-c", f"cat {ca['Destination']}/*").stdout
+    assert "CERTIFICATE" in listing and "PRIVATE KEY" not in listing
 
 
 # a JSON Web Token: DiracX access and refresh tokens

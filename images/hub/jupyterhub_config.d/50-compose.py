@@ -9,7 +9,8 @@ deployer choice (those are settings):
 - Volumes are the compose project's (FACILITY_PROJECT): each user's home is
   `<project>_home-<user>`; the facility certificate bundle and the masterclass
   notebooks are mounted read-only from `<project>_certs` / `<project>_masterclass`
-  (the hub's own paths mean nothing to the Docker daemon). A new home gets
+  (the hub's own paths mean nothing to the Docker daemon), and so is the
+  analysis-cache store's certificate from `<project>_lake-store-ca`. A new home gets
   its notebooks at the server's start (gridhub.hub.homecopy).
 - User containers carry the compose project label, so
   `docker compose down --remove-orphans` removes them too (without Docker's
@@ -17,8 +18,12 @@ deployer choice (those are settings):
 """
 
 import os
+from urllib.parse import urlsplit
 
 from gridhub.hub.settings import load_settings
+
+STORE = "lake-store"  # docker-compose.yml's analysis-cache service
+STORE_CA = "/etc/gridhub/lake-store-ca"
 
 c = get_config()  # noqa: F821  (provided by traitlets)
 project = os.environ.get("FACILITY_PROJECT")
@@ -41,6 +46,13 @@ if project and settings.spawner == "docker":
     bundle = "/etc/gridhub/certs/ca-bundle.pem"
     # the gateway API is reached over HTTPS with the facility's (self-signed) cert
     env.update(SSL_CERT_FILE=bundle, REQUESTS_CA_BUNDLE=bundle, GRIDHUB_FACILITY_CA=bundle)
+    # the analysis cache's store of this file's facility (lake-store): its TLS
+    # certificate (self-signed, made on its first start) from the volume it
+    # writes, read-only, as the XRootD client's CA directory; a store elsewhere
+    # (GRIDHUB_ANALYSIS_CACHE_URL) is trusted as the image trusts it
+    if settings.analysis_cache_url and urlsplit(settings.analysis_cache_url).hostname == STORE:
+        d.volumes[f"{project}_lake-store-ca"] = {"bind": STORE_CA, "mode": "ro"}
+        env["X509_CERT_DIR"] = STORE_CA
     # prepared notebooks go into a new home once, as the user (gridhub.hub.homecopy),
     # then the server starts: a student gets the class's, a physicist the
     # notebook image's examples ($GRIDHUB_EXAMPLES, set by the image)

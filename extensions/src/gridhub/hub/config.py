@@ -212,6 +212,9 @@ def _spawner(c, s: Settings) -> None:
         # gridhub.data reads through the XCache and asks the issuer for read tokens
         env["GRIDHUB_LAKE_URL"] = s.lake_url
         env["GRIDHUB_STORAGE_TOKEN_URL"] = f"{s.public_url}/services/{STORAGE_SERVICE}/token"
+        if s.analysis_cache_url:
+            # gridhub.analysiscache puts and gets there with the issuer's tokens
+            env["GRIDHUB_ANALYSIS_CACHE_URL"] = s.analysis_cache_url
     c.Spawner.environment = env
 
 

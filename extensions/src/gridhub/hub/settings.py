@@ -221,6 +221,12 @@ class Settings(BaseModel):
         " read through (docs/data-lake.md); the hub then runs the storage-token issuer."
         " Unset: no lake, notebooks read the shipped samples.",
     )
+    analysis_cache_url: str | None = Field(
+        None,
+        description="root:// URL of the analysis cache's store (docs/data-lake.md) that notebooks"
+        " put and get their objects on with gridhub.analysiscache ($GRIDHUB_ANALYSIS_CACHE_URL);"
+        " needs lake_url (its tokens come from the hub's storage-token issuer). Unset: none.",
+    )
     lake_cache_default_expiry: str = Field(
         cachepolicy.DEFAULT_EXPIRY,
         description="Analysis cache on the lake: how long an object lives when its writer names"
@@ -486,7 +492,7 @@ class Settings(BaseModel):
             raise ValueError(f"must start with http:// or https://, got {value!r}")
         return value.rstrip("/")
 
-    @field_validator("lake_url")
+    @field_validator("lake_url", "analysis_cache_url")
     @classmethod
     def _lake_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -562,6 +568,11 @@ class Settings(BaseModel):
                 "diracx_url is set without diracx_token_file, so each user logs in to DiracX:"
                 " that needs iam_issuer (the same IAM as DiracX's) and diracx_vo"
                 " (or set diracx_token_file for the facility's robot identity)"
+            )
+        if self.analysis_cache_url and not self.lake_url:
+            raise ValueError(
+                "analysis_cache_url is set without lake_url: the analysis cache takes tokens of"
+                " the hub's storage-token issuer, which runs only with a data lake (lake_url)"
             )
         if cachepolicy.parse_duration(self.lake_cache_default_expiry) > cachepolicy.parse_duration(
             self.lake_cache_max_expiry
