@@ -1159,22 +1159,7 @@ def test_trust_boundaries(facility, lab):
     code = facility.exec("hub", "gridhub-access-code").strip()
 
     # B logs in from another browser and gets a server (a seat or his own)
-    bob, r = _login(facility, "bob", code)
-    assert r.status_code == 302, r.text[-500:]
-    xsrf = {"X-XSRFToken": bob.cookies.get("_xsrf", path="/hub/") or ""}
-    b_user = bob.get("/hub/api/user", headers=xsrf).json()["name"]
-    bob.post(f"/hub/api/users/{b_user}/server", headers=xsrf)  # 400 when already running
-    deadline = time.monotonic() + 300
-    while not (
-        facility.server_of(b_user)
-        and bob.get(f"/hub/api/users/{b_user}", headers=xsrf)
-        .json()["servers"]
-        .get("", {})
-        .get("ready")
-    ):
-        assert time.monotonic() < deadline, f"no server for bob ({b_user})"
-        time.sleep(2)
-    (b_server,) = facility.server_of(b_user)
+    b_user, b_server = _student_server(facility, "bob", code)
     out = _python_in(
         b_server,
         "from dask_gateway import Gateway\n"
@@ -1280,7 +1265,7 @@ def test_trust_boundaries(facility, lab):
         assert _login(facility, "eve", f"wrong-{i}")[1].status_code == 403
     eve, r = _login(facility, "eve", code)
     assert r.status_code == 429, r.status_code
-    for c in (bob, mallory, eve):
+    for c in (mallory, eve):
         c.close()
 
 
