@@ -515,3 +515,30 @@ async def test_gateway_start_removes_networks_no_scheduler_is_on() -> None:
     assert {"proj_schedulers-live", "unrelated"} <= set(fake.nets)
     assert set(on(fake, "proj_schedulers-live")) == {"proj-scheduler-live", "gateway-new"}
     await b2.containers.stop_pool()
+
+
+async def test_a_member_attached_meanwhile_or_gone_does_not_fail_a_start() -> None:
+    """The periodic check and a cluster's start may attach the same member at
+    once (Docker refuses the second), and a member may be being replaced."""
+    import docker.errors
+
+    b, fake = make_backend()
+    traefik = fake.member("traefik", ["gridhub.internal"])
+    gone = fake.member("old-gateway", ["gateway"])
+    connect, inspect = fake.connect, fake.inspect_container
+
+    def racing(cid, net, aliases):
+        if cid == traefik.id:  # attached by the check just before
+            connect(cid, net, aliases)
+            raise docker.errors.APIError("endpoint with name traefik already exists")
+        return connect(cid, net, aliases)
+
+    def inspect_gone(cid):
+        if cid == gone.id:
+            raise docker.errors.NotFound(cid)
+        return inspect(cid)
+
+    fake.api.connect_container_to_network = racing
+    fake.api.inspect_container = inspect_gone
+    await start(b)
+    assert set(on(fake, "proj_schedulers-c0ffee")) == {"proj-scheduler-c0ffee", "traefik"}

@@ -115,10 +115,15 @@ class ClusterNetworks:
         """The template's containers and their aliases there (Traefik, the
         gateway), schedulers left out: a warm one is on it between its
         creation and its start."""
+        import docker.errors
+
         api = self._docker().api
         members: Members = {}
         for cid in api.inspect_network(self.template).get("Containers") or {}:
-            info = api.inspect_container(cid)
+            try:
+                info = api.inspect_container(cid)
+            except docker.errors.NotFound:  # being replaced: the next check
+                continue
             if self.scheduler_label in (info["Config"].get("Labels") or {}):
                 continue
             endpoint = info["NetworkSettings"]["Networks"].get(self.template) or {}
@@ -137,6 +142,9 @@ class ClusterNetworks:
                 api.connect_container_to_network(cid, name, aliases=aliases)
             except docker.errors.APIError as exc:
                 if exc.status_code == 404:  # a member being replaced: the next check
+                    continue
+                # attached meanwhile by a check or a start running beside this one
+                if cid in (api.inspect_network(name).get("Containers") or {}):
                     continue
                 raise
             self.log.info("Attached %s to %s", cid[:12], name)
