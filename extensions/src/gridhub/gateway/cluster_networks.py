@@ -115,16 +115,10 @@ class ClusterNetworks:
         """The template's containers and their aliases there (Traefik, the
         gateway), schedulers left out: a warm one is on it between its
         creation and its start."""
-        import docker.errors
-
-        api = self._docker().api
         members: Members = {}
-        for cid in api.inspect_network(self.template).get("Containers") or {}:
-            try:
-                info = api.inspect_container(cid)
-            except docker.errors.NotFound:  # being replaced: the next check
-                continue
-            if self.scheduler_label in (info["Config"].get("Labels") or {}):
+        for cid in self._docker().api.inspect_network(self.template).get("Containers") or {}:
+            info = self._inspect(cid)
+            if info is None or self._is_scheduler(info):  # gone: being replaced
                 continue
             endpoint = info["NetworkSettings"]["Networks"].get(self.template) or {}
             members[cid] = list(endpoint.get("Aliases") or [])
@@ -196,18 +190,22 @@ class ClusterNetworks:
                 if net["Name"] in self._created:
                     continue
                 on_it = api.inspect_network(net["Id"]).get("Containers") or {}
-                if not any(self._is_scheduler(cid) for cid in on_it):
+                if not any(self._is_scheduler(self._inspect(cid)) for cid in on_it):
                     self.log.info("Removing %s: no scheduler is on it", net["Name"])
                     self._remove(net["Name"])
 
-    def _is_scheduler(self, cid: str) -> bool:
+    def _inspect(self, cid: str) -> dict[str, Any] | None:
+        """A container's configuration; None when it is gone."""
         import docker.errors
 
         try:
-            labels = self._docker().api.inspect_container(cid)["Config"].get("Labels") or {}
+            info: dict[str, Any] = self._docker().api.inspect_container(cid)
         except docker.errors.NotFound:
-            return False
-        return self.scheduler_label in labels
+            return None
+        return info
+
+    def _is_scheduler(self, info: dict[str, Any] | None) -> bool:
+        return info is not None and self.scheduler_label in (info["Config"].get("Labels") or {})
 
     def _ours(self) -> list[dict[str, Any]]:
         found = self._docker().api.networks(filters={"label": f"{LABEL}={self.template}"})
